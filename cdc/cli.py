@@ -1,0 +1,145 @@
+"""The `cdc` command: thin — parse, load config, call the library."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import typer
+
+from cdc.config import ConnectorConfig, load_config
+from cdc.errors import CdcError, ConfigError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="pos-cdc: keep the storefront's prices in step with the POS.",
+)
+state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and debug logs")) -> None:
+    state["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def load_all(files: list[Path]) -> list[ConnectorConfig]:
+    configs, problems = [], []
+    for f in files:
+        try:
+            configs.append(load_config(f))
+        except ConfigError as e:
+            problems += e.problems
+    names = [c.name for c in configs]
+    for c in configs:
+        if names.count(c.name) > 1:
+            problems.append(f"{c.path}:1: name: connector name {c.name!r} is used by more than one file")
+            break
+    if problems:
+        for p in problems:
+            typer.echo(p, err=True)
+        raise typer.Exit(2)
+    return configs
+
+
+@app.command()
+def validate(configs: list[Path] = typer.Argument(..., help="connector YAML files")) -> None:
+    """Check config files without touching any database."""
+    for c in load_all(configs):
+        typer.echo(f"{c.path}: ok ({c.name}: {', '.join(c.source.tables)} -> {c.sink.table})")
+
+
+@app.command()
+def run(
+    configs: list[Path] = typer.Argument(..., help="connector YAML files"),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="serve /metrics and /healthz"),
+    resnapshot: bool = typer.Option(
+        False, "--resnapshot", help="forget stored positions, recreate the slot and copy the tables anew"
+    ),
+) -> None:
+    """Run the connectors until SIGINT/SIGTERM."""
+    from cdc.metrics import Metrics
+    from cdc.pipeline import Pipeline
+
+    cfgs = load_all(configs)
+    metrics = Metrics()
+    port = metrics_port if metrics_port is not None else cfgs[0].metrics.port
+    if port is not None:
+        metrics.serve(port, cfgs[0].metrics.host)
+    pipelines = [Pipeline(c, metrics) for c in cfgs]
+    if resnapshot:
+        for p in pipelines:
+            p.reset()
+
+    def on_signal(signum, _frame) -> None:
+        logging.getLogger("cdc").info(
+            "signal %s: stopping after the current batch", signal.Signals(signum).name
+        )
+        for p in pipelines:
+            p.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    errors: list[BaseException] = []
+
+    def guarded(p: Pipeline) -> None:
+        try:
+            p.run()
+        except BaseException as e:  # noqa: BLE001 - reported below, one line each
+            errors.append(e)
+            for other in pipelines:
+                other.stop()
+
+    threads = [threading.Thread(target=guarded, args=(p,), name=p.cfg.name) for p in pipelines]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        for t in threads:
+            t.join(0.2)
+    if errors:
+        if state["debug"]:
+            raise errors[0]
+        for e in errors:
+            typer.echo(
+                f"error: {e}" if isinstance(e, CdcError) else f"error: {type(e).__name__}: {e}", err=True
+            )
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    seconds: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),
+    rate: float = typer.Option(20, help="simulated price changes per second"),
+) -> None:
+    """The embedded default: a local POS PostgreSQL, a local storefront, simulated price changes, live lag."""
+    from cdc.demo import run_demo
+
+    run_demo(seconds=seconds, rate=rate)
+
+
+def main() -> None:
+    try:
+        app()
+    except CdcError as e:
+        if state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

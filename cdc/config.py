@@ -1,0 +1,178 @@
+"""Connector config: YAML with line numbers, ${VAR} interpolation, pydantic models with extra="forbid".
+
+Every problem is reported as `FILE:LINE: field.path: message`, all of them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cdc.errors import ConfigError
+from cdc.stages import StageConfig
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _ident(name: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+class PostgresSource(Strict):
+    type: Literal["postgres"]
+    dsn: str = Field(description="libpq connection string or postgresql:// URL of the POS database")
+    tables: list[str] = Field(min_length=1, description="schema-qualified tables to capture")
+    slot: str | None = Field(None, description="replication slot; default cdc_<name>")
+    publication: str | None = Field(None, description="publication; default cdc_<name>")
+    snapshot: Literal["initial", "never"] = "initial"
+    status_interval_s: float = Field(10.0, gt=0, description="standby status update interval")
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, tables: list[str]) -> list[str]:
+        for t in tables:
+            if not re.fullmatch(r"[A-Za-z_][\w$]*\.[A-Za-z_][\w$]*", t):
+                raise ValueError(f"{t!r} must be schema-qualified, e.g. public.item_price")
+        return tables
+
+
+class SqlSink(Strict):
+    type: Literal["sql"]
+    url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db")
+    table: str = Field(description="storefront table (schema.table or table)")
+    key: list[str] = Field(min_length=1, description="columns that identify a row in the storefront table")
+    delete: Literal["hard", "soft"] = "hard"
+    soft_delete_column: str = Field("deleted_at", description="set to the delete time when delete: soft")
+    truncate: Literal["delete", "ignore"] = Field("delete", description="what a source TRUNCATE does")
+    create_table: bool = Field(False, description="create a missing target table from the events (demos)")
+    batch_size: int = Field(20000, ge=1, description="changes written per sink round trip")
+    batch_max_ms: int = Field(200, ge=1, description="longest a change waits for its batch to fill")
+
+
+SourceConfig = Annotated[PostgresSource, Field(discriminator="type")]
+SinkConfig = Annotated[SqlSink, Field(discriminator="type")]
+
+
+class MetricsConfig(Strict):
+    port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
+class ConnectorConfig(Strict):
+    name: str = Field(pattern=NAME_RE, description="unique; metrics label and key of stored offsets")
+    source: SourceConfig
+    transforms: list[StageConfig] = Field(default_factory=list)
+    sink: SinkConfig
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    path: str = Field("", exclude=True, description="file the config was read from (set by the loader)")
+
+    @property
+    def slot(self) -> str:
+        return self.source.slot or f"cdc_{_ident(self.name)}"
+
+    @property
+    def publication(self) -> str:
+        return self.source.publication or f"cdc_{_ident(self.name)}"
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+
+def _to_data(node: yaml.Node, lines: dict[tuple, int], path: tuple, problems: list, fname: str) -> Any:
+    """A composed YAML node -> plain data, recording the line of every path and interpolating ${VAR}."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for k, v in node.value:
+            key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) else k.value
+            out[key] = _to_data(v, lines, path + (key,), problems, fname)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_data(v, lines, path + (i,), problems, fname) for i, v in enumerate(node.value)]
+    text = node.value
+    if "${" in text:
+
+        def sub(m: re.Match) -> str:
+            if m.group(1) not in os.environ:
+                field = ".".join(str(p) for p in path) or "(root)"
+                problems.append(
+                    f"{fname}:{lines[path]}: {field}: environment variable {m.group(1)} is not set "
+                    f"(export it, or write the value in the file)"
+                )
+                return ""
+            return os.environ[m.group(1)]
+
+        text = VAR_RE.sub(sub, text)
+    # a plain scalar gets its implicit type (int, bool, null...) from its final text; quoted ones stay str
+    tag = _LOADER.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
+    return _LOADER.construct_object(yaml.ScalarNode(tag, text), deep=True)
+
+
+_LOADER = yaml.SafeLoader("")
+
+
+def _locate(data: Any, loc: tuple, lines: dict[tuple, int]) -> tuple[str, int]:
+    """Follow a pydantic error location through the data (skipping union tags) -> (field path, line)."""
+    path: tuple = ()
+    node = data
+    shown: list[str] = []
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node, path = node[part], path + (part,)
+            shown.append(str(part))
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node, path = node[part], path + (part,)
+            shown.append(str(part))
+        elif isinstance(node, dict) and isinstance(part, str) and part == node.get("type"):
+            continue  # discriminated-union tag
+        else:
+            shown.append(str(part))
+            node = None
+    return ".".join(shown) or "(root)", lines.get(path, 1)
+
+
+def load_config(file: str | os.PathLike) -> ConnectorConfig:
+    fname = str(file)
+    try:
+        text = Path(file).read_text()
+    except OSError as e:
+        raise ConfigError([f"{fname}:1: (file): cannot read: {e.strerror}"]) from None
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ConfigError([f"{fname}:{line}: (yaml): {getattr(e, 'problem', None) or e}"]) from None
+    if root is None or not isinstance(root, yaml.MappingNode):
+        raise ConfigError([f"{fname}:1: (root): expected a mapping with name, source, sink"])
+    lines: dict[tuple, int] = {}
+    problems: list[str] = []
+    data = _to_data(root, lines, (), problems, fname)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        cfg = ConnectorConfig.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            field, line = _locate(data, err["loc"], lines)
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (check the spelling; see the connector reference)"
+            elif err["type"] == "union_tag_invalid":
+                msg = f"unknown type {err['input'].get('type')!r}; expected one of {err['ctx']['expected_tags']}"
+            elif err["type"] == "union_tag_not_found":
+                msg = "missing `type`"
+            problems.append(f"{fname}:{line}: {field}: {msg}")
+        raise ConfigError(problems) from None
+    cfg.path = fname
+    return cfg

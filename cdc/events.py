@@ -1,0 +1,135 @@
+"""The change event that flows through pos-cdc, and the positions it carries.
+
+A ChangeEvent holds the fields of Debezium's change-event envelope (before, after, op, ts_ms, source
+info) in a flat, cheap form; `to_envelope()` builds the Debezium JSON shape when one is needed (Kafka,
+quarantine, dead letters, `cdc explain`). Positions order everything: a PostgreSQL change is placed by its
+transaction's commit LSN, then its own sequence number inside that transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+CONNECTOR_VERSION = "0.1.0"
+
+# op codes, as in Debezium
+CREATE, UPDATE, DELETE, READ, TRUNCATE = "c", "u", "d", "r", "t"
+
+
+class _UnchangedToast:
+    """An unchanged TOASTed value: the source did not send it, so the sink keeps what it has."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "UNCHANGED_TOAST"
+
+    def __reduce__(self):
+        return "UNCHANGED_TOAST"
+
+
+UNCHANGED_TOAST = _UnchangedToast()
+
+
+def lsn_to_str(lsn: int) -> str:
+    """0x16B3748 -> '0/16B3748', PostgreSQL's spelling of an LSN."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def str_to_lsn(text: str) -> int:
+    hi, _, lo = text.partition("/")
+    if not lo:
+        raise ValueError(f"not an LSN: {text!r} (expected e.g. 0/16B3748)")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+@dataclass(slots=True, order=True, frozen=True)
+class Position:
+    """Where a change stands in the source's history: (commit LSN of its transaction, sequence inside it).
+
+    `commit_lsn` is the transaction's commit record LSN (unique and increasing in stream order); `seq` is the
+    change's ordinal in the transaction, so changes that share an LSN are still strictly ordered. Snapshot rows
+    carry the snapshot's consistent point and seq 0.
+    """
+
+    commit_lsn: int
+    seq: int = 0
+
+    def __str__(self) -> str:
+        return f"{lsn_to_str(self.commit_lsn)}#{self.seq}"
+
+
+@dataclass(slots=True)
+class ChangeEvent:
+    op: str  # c u d r t
+    schema: str
+    table: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    lsn: int  # LSN of this change's WAL record (Debezium source.lsn); the commit LSN for snapshot rows
+    commit_lsn: int  # the transaction's commit LSN
+    seq: int  # ordinal inside the transaction
+    ts_ms: int  # source commit time, ms since the epoch
+    txid: int | None = None
+    snapshot: str = "false"  # "true" | "last" | "false", as Debezium
+    db: str = ""
+    connector_name: str = ""
+    key_columns: tuple[str, ...] = ()  # primary key (replica identity) columns of the source table
+    lane: str | None = None  # set by a `route` stage
+    headers: dict[str, Any] = field(default_factory=dict)  # free-form, for stages that need to leave a mark
+
+    @property
+    def position(self) -> Position:
+        return Position(self.commit_lsn, self.seq)
+
+    @property
+    def row(self) -> dict[str, Any] | None:
+        """The row as it is now: `after`, or `before` for a delete."""
+        return self.before if self.op == DELETE else self.after
+
+    def to_envelope(self) -> dict[str, Any]:
+        """Debezium's change-event envelope (JSON-ready: Decimals as strings, times as ISO strings)."""
+        source = {
+            "version": CONNECTOR_VERSION,
+            "connector": "postgresql",
+            "name": self.connector_name,
+            "ts_ms": self.ts_ms,
+            "snapshot": self.snapshot,
+            "db": self.db,
+            "sequence": f'["{self.commit_lsn}","{self.lsn}"]',
+            "schema": self.schema,
+            "table": self.table,
+            "txId": self.txid,
+            "lsn": self.lsn,
+            "xmin": None,
+        }
+        return {
+            "before": jsonable(self.before),
+            "after": jsonable(self.after),
+            "source": source,
+            "op": self.op,
+            "ts_ms": self.ts_ms,
+            "transaction": None if self.txid is None else {"id": f"{self.txid}:{self.commit_lsn}"},
+        }
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy: Decimal -> str (exact), datetimes -> ISO, bytes -> hex, unchanged TOAST -> marker."""
+    if value is None or isinstance(value, bool | int | str | float):
+        return value
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if value is UNCHANGED_TOAST:
+        return "__debezium_unavailable_value"
+    return str(value)

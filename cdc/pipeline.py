@@ -1,0 +1,180 @@
+"""The loop: read -> stages -> sink -> checkpoint.
+
+This is the ONLY place positions are committed, always in this order:
+  1. the sink commits the batch's rows and the source position in one transaction;
+  2. then the source is told to confirm that position to the server.
+A batch holds whole source transactions (a huge one is written in pieces but committed once). Everything the
+loop knows at start comes from the sink's stored position: a crash at any point replays from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from cdc.config import ConnectorConfig
+from cdc.errors import HoldError, TransientError
+from cdc.events import ChangeEvent
+from cdc.metrics import Metrics
+from cdc.sinks.sql import SqlSink
+from cdc.sources.postgres import Idle, PostgresSource, TxnEnd
+from cdc.stages import apply_stages, build_stages
+
+log = logging.getLogger("cdc.pipeline")
+
+
+class Pipeline:
+    def __init__(self, cfg: ConnectorConfig, metrics: Metrics | None = None, retry_for_s: float = 900.0):
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.stages = build_stages(cfg.transforms)
+        self.retry_for_s = retry_for_s
+        self.stopping = False
+        self.source: PostgresSource | None = None
+        self.sink: SqlSink | None = None
+        m, name = self.metrics, cfg.name
+        self._m_up = m.up.labels(name)
+        self._m_batch = m.sink_batch.labels(name)
+        self._m_latency = m.end_to_end_latency.labels(name)
+        self._m_lag = m.end_to_end_lag.labels(name)
+        self._m_last_commit = m.last_commit.labels(name)
+        self._m_held = m.held.labels(name, "dead_letter")
+        self._event_counters: dict[tuple, object] = {}
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    # --- supervision ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Runs until stop(); transient failures reconnect with exponential backoff and jitter, for up to
+        `retry_for_s` seconds without progress; terminal errors propagate."""
+        delay, failing_since = 0.5, None
+        try:
+            while not self.stopping:
+                try:
+                    self._session()
+                    return
+                except TransientError as e:
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > self.retry_for_s:
+                        raise TransientError(f"{e} (gave up after {self.retry_for_s:.0f}s of retries)") from e
+                    log.warning("%s: %s; retrying in %.1fs", self.cfg.name, e, delay)
+                    self._teardown()
+                    self._sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 30.0)
+                    if self._progressed:
+                        delay, failing_since = 0.5, None
+        finally:
+            self._teardown()
+            self._m_up.set(0)
+            self.metrics.healthy.clear()
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.1, end - time.monotonic()))
+
+    def _teardown(self) -> None:
+        if self.sink is not None:
+            self.sink.rollback()
+            self.sink.close()
+            self.sink = None
+        if self.source is not None:
+            self.source.close()
+            self.source = None
+
+    # --- one connected session ------------------------------------------------------------------------
+
+    def _session(self) -> None:
+        self._progressed = False
+        self.sink = sink = SqlSink(self.cfg)
+        sink.open()
+        self.source = source = PostgresSource(self.cfg)
+        source.prepare()
+        self._m_up.set(1)
+        self.metrics.healthy.set()
+        pos = sink.load_offset()
+        if pos is None and self.cfg.source.snapshot == "initial":
+            self._consume(source.snapshot())
+            if self.stopping:
+                return
+            pos = sink.load_offset()
+        start = pos["end_lsn"] if pos else 0
+        self._consume(source.stream(start, skip_through=pos["commit_lsn"] if pos else 0))
+
+    def _consume(self, items) -> None:
+        sink, stages = self.sink, self.stages
+        batch_size = self.cfg.sink.batch_size
+        max_wait = self.cfg.sink.batch_max_ms / 1000
+        last_end: TxnEnd | None = None  # newest transaction fully buffered, not yet committed
+        in_txn = False
+        first_at = 0.0
+        n_buffered = 0
+        for item in items:
+            if type(item) is ChangeEvent:
+                if not in_txn:
+                    in_txn = True
+                    first_at = first_at or time.monotonic()
+                self._count(item)
+                try:
+                    ev = apply_stages(stages, item)
+                    if ev is not None:
+                        sink.add(ev)
+                except HoldError as e:
+                    sink.hold(item, e)
+                    self._m_held.inc()
+                n_buffered += 1
+                if n_buffered >= batch_size:  # bound memory: send rows now, commit at a transaction end
+                    sink.write()
+                    n_buffered = 0
+                if self.stopping:
+                    log.info(
+                        "%s: stop requested inside a transaction; abandoning the open batch", self.cfg.name
+                    )
+                    sink.rollback()
+                    return
+            elif type(item) is TxnEnd:
+                in_txn = False
+                last_end = item
+                if item.snapshot or time.monotonic() - first_at >= max_wait or n_buffered >= batch_size:
+                    self._checkpoint(last_end)
+                    last_end, first_at, n_buffered = None, 0.0, 0
+            elif type(item) is Idle:
+                if last_end is not None and not in_txn:
+                    self._checkpoint(last_end)
+                    last_end, first_at, n_buffered = None, 0.0, 0
+                elif not in_txn:
+                    self._m_lag.set(0)
+                if self.stopping and not in_txn:
+                    return
+        if last_end is not None:
+            self._checkpoint(last_end)
+
+    def _checkpoint(self, end: TxnEnd) -> None:
+        """Sink commit (rows + position, one transaction), then confirm to the source. Nothing else commits."""
+        t0 = time.monotonic()
+        position = {"commit_lsn": end.commit_lsn, "end_lsn": end.end_lsn}
+        if end.snapshot:
+            position["snapshot"] = "done"
+        self.sink.commit(position, ts_ms=end.ts_ms)
+        self.source.confirm(end.end_lsn)
+        self._progressed = True
+        now = time.time()
+        self._m_batch.observe(time.monotonic() - t0)
+        self._m_last_commit.set(now)
+        if not end.snapshot:
+            lag = max(0.0, now - end.ts_ms / 1000)
+            self._m_latency.observe(lag)
+            self._m_lag.set(lag)
+
+    def _count(self, ev: ChangeEvent) -> None:
+        key = (ev.table, ev.op)
+        c = self._event_counters.get(key)
+        if c is None:
+            c = self._event_counters[key] = self.metrics.events.labels(
+                self.cfg.name, f"{ev.schema}.{ev.table}", ev.op
+            )
+        c.inc()
