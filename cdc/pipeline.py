@@ -31,6 +31,7 @@ class Pipeline:
         self.stages = build_stages(cfg.transforms)
         self.retry_for_s = retry_for_s
         self.stopping = False
+        self._progressed = False
         self.source: PostgresSource | None = None
         self.sink: SqlSink | None = None
         m, name = self.metrics, cfg.name
@@ -44,6 +45,17 @@ class Pipeline:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def reset(self) -> None:
+        """For a re-snapshot: forget the stored positions and drop the slot (prepare() makes a new one)."""
+        sink = SqlSink(self.cfg)
+        sink.open()
+        try:
+            sink.forget_offsets()
+        finally:
+            sink.close()
+        PostgresSource(self.cfg).drop_slot()
+        log.info("%s: positions forgotten and slot dropped; the next start takes a new snapshot", self.cfg.name)
 
     # --- supervision ----------------------------------------------------------------------------------
 

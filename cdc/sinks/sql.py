@@ -202,6 +202,10 @@ class SqlSink:
             ).first()
         return json.loads(row[0]) if row else None
 
+    def forget_offsets(self) -> None:
+        with self.engine.begin() as c:
+            c.execute(sa.delete(offsets_table).where(offsets_table.c.connector == self.name))
+
     # --- buffering ------------------------------------------------------------------------------------
 
     def _key(self, row: dict[str, Any] | None, ev: ChangeEvent) -> tuple:

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The embedded default on a fresh machine: installs what is missing, then runs `cdc demo` (Ctrl-C to stop).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec "${PYTHON:-python3}" -m cdc.cli demo "$@"

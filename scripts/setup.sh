@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what pos-cdc and its tests need on a fresh Debian machine, skipping what is already there:
+# Debian's PostgreSQL server (and pgbench), Prometheus' promtool, and the Python package with its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+
+need=()
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || need+=(postgresql postgresql-contrib)
+[ "${1:-}" = "--with-test-tools" ] && { command -v promtool >/dev/null || need+=(prometheus); }
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  # no daemons: the tests and the demo start their own throwaway servers
+  echo exit 101 | $SUDO tee /usr/sbin/policy-rc.d >/dev/null && $SUDO chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  $SUDO rm -f /usr/sbin/policy-rc.d
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
+  echo "setup: pip install -e '.[all]'"
+  "$PY" -m pip install -q --disable-pip-version-check -e '.[all]'
+  mkdir -p .cache && touch .cache/.installed
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what is missing, lints, then runs every test against
+# real PostgreSQL clusters that the suite starts itself. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh --with-test-tools
+PY="${PYTHON:-python3}"
+"$PY" -m ruff check .
+"$PY" -m ruff format --check . >/dev/null || { echo "ruff format would change files: run 'ruff format .'"; exit 1; }
+exec "$PY" -m pytest -q -p no:cacheprovider "$@"
