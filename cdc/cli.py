@@ -121,6 +121,30 @@ def run(
 
 
 @app.command()
+def status(
+    config: Path = typer.Argument(..., help="connector YAML file"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+) -> None:
+    """Position, lag (bytes and seconds), retained WAL, last commit time, held changes, state."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cdc.status import gather
+
+    (cfg,) = load_all([config])
+    info = gather(cfg)
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+        return
+    table = Table(title=f"pos-cdc status: {cfg.name}", show_header=False)
+    for k, v in info.items():
+        table.add_row(k, json.dumps(v, default=str) if isinstance(v, dict) else str(v))
+    Console().print(table)
+
+
+@app.command()
 def demo(
     seconds: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),
     rate: float = typer.Option(20, help="simulated price changes per second"),

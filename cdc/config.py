@@ -36,6 +36,14 @@ class PostgresSource(Strict):
     publication: str | None = Field(None, description="publication; default cdc_<name>")
     snapshot: Literal["initial", "never"] = "initial"
     status_interval_s: float = Field(10.0, gt=0, description="standby status update interval")
+    heartbeat_interval_s: float = Field(
+        10.0, ge=0, description="while idle, emit a WAL message this often so the slot advances (0: off)"
+    )
+    heartbeat_query: str | None = Field(
+        None,
+        description="statement run as the heartbeat instead of pg_logical_emit_message, e.g. an UPDATE of "
+        "a heartbeat table that is in the publication",
+    )
 
     @field_validator("tables")
     @classmethod

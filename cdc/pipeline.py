@@ -23,6 +23,8 @@ from cdc.stages import apply_stages, build_stages
 
 log = logging.getLogger("cdc.pipeline")
 
+STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
+
 
 class Pipeline:
     def __init__(self, cfg: ConnectorConfig, metrics: Metrics | None = None, retry_for_s: float = 900.0):
@@ -32,6 +34,7 @@ class Pipeline:
         self.retry_for_s = retry_for_s
         self.stopping = False
         self._progressed = False
+        self._last_heartbeat = self._last_stats = 0.0
         self.source: PostgresSource | None = None
         self.sink: SqlSink | None = None
         m, name = self.metrics, cfg.name
@@ -55,7 +58,9 @@ class Pipeline:
         finally:
             sink.close()
         PostgresSource(self.cfg).drop_slot()
-        log.info("%s: positions forgotten and slot dropped; the next start takes a new snapshot", self.cfg.name)
+        log.info(
+            "%s: positions forgotten and slot dropped; the next start takes a new snapshot", self.cfg.name
+        )
 
     # --- supervision ----------------------------------------------------------------------------------
 
@@ -160,10 +165,31 @@ class Pipeline:
                     last_end, first_at, n_buffered = None, 0.0, 0
                 elif not in_txn:
                     self._m_lag.set(0)
+                if not in_txn:
+                    self._tick()
                 if self.stopping and not in_txn:
                     return
         if last_end is not None:
             self._checkpoint(last_end)
+
+    def _tick(self) -> None:
+        """While idle: heartbeat so the slot advances, and refresh the source-side gauges."""
+        now = time.monotonic()
+        interval = self.cfg.source.heartbeat_interval_s
+        if interval and now - self._last_heartbeat >= interval:
+            self._last_heartbeat = now
+            self.source.heartbeat()
+        if now - self._last_stats >= STATS_INTERVAL_S:
+            self._last_stats = now
+            self.refresh_source_gauges()
+
+    def refresh_source_gauges(self) -> None:
+        stats = self.source.slot_stats()
+        if stats is not None:
+            self.metrics.source_lag_bytes.labels(self.cfg.name).set(max(0, stats["lag_bytes"] or 0))
+            self.metrics.retained_wal_bytes.labels(self.cfg.name).set(
+                max(0, stats["retained_wal_bytes"] or 0)
+            )
 
     def _checkpoint(self, end: TxnEnd) -> None:
         """Sink commit (rows + position, one transaction), then confirm to the source. Nothing else commits."""

@@ -76,6 +76,8 @@ class PostgresSource:
         self._in_txn = False
         self._last_status = 0.0
         self.db = ""
+        self._side: psycopg.Connection | None = None
+        self._heartbeat_off = False
 
     # --- plain SQL connection -------------------------------------------------------------------------
 
@@ -160,6 +162,61 @@ class PostgresSource:
                     f"max_slot_wal_keep_size or a failover): changes were missed. Re-snapshot: "
                     f"`cdc run {self.cfg.path or 'CONFIG'} --resnapshot` drops the slot and copies the tables anew"
                 )
+
+    def slot_stats(self) -> dict | None:
+        """The slot as the server sees it: lag and retained WAL in bytes, active, wal_status."""
+        try:
+            row = (
+                self._side_conn()
+                .execute(
+                    "SELECT pg_current_wal_lsn() - confirmed_flush_lsn, pg_current_wal_lsn() - restart_lsn, active,"
+                    " wal_status, confirmed_flush_lsn::text, pg_current_wal_lsn()::text"
+                    " FROM pg_replication_slots WHERE slot_name = %s",
+                    (self.cfg.slot,),
+                )
+                .fetchone()
+            )
+        except psycopg.Error as e:
+            raise classify(e) from e
+        if row is None:
+            return None
+        keys = (
+            "lag_bytes",
+            "retained_wal_bytes",
+            "active",
+            "wal_status",
+            "confirmed_flush_lsn",
+            "current_lsn",
+        )
+        return dict(zip(keys, row, strict=True))
+
+    def heartbeat(self) -> None:
+        """Writes a small WAL record in the POS database; it reaches us as a transaction with no rows, whose
+        confirmation moves the slot past the WAL other databases wrote meanwhile."""
+        if self._heartbeat_off:
+            return
+        query = (
+            self.scfg.heartbeat_query
+            or "SELECT pg_logical_emit_message(true, 'pos-cdc-heartbeat', now()::text)"
+        )
+        try:
+            self._side_conn().execute(query)
+        except psycopg.errors.InsufficientPrivilege as e:
+            self._heartbeat_off = True
+            log.warning(
+                "%s: heartbeat disabled: %s (grant EXECUTE on pg_logical_emit_message, or set "
+                "source.heartbeat_query to an UPDATE of a heartbeat table in the publication)",
+                self.cfg.name,
+                e.diag.message_primary,
+            )
+        except psycopg.Error as e:
+            raise classify(e) from e
+
+    def _side_conn(self) -> psycopg.Connection:
+        """A plain autocommit connection for heartbeats and slot statistics (opened on first use)."""
+        if self._side is None or self._side.closed:
+            self._side = self.connect(autocommit=True)
+        return self._side
 
     def drop_slot(self) -> None:
         with self.connect(autocommit=True) as conn:
@@ -464,6 +521,9 @@ class PostgresSource:
         self._last_status = time.monotonic()
 
     def close(self) -> None:
+        if self._side is not None:
+            self._side.close()
+            self._side = None
         if self._repl is not None:
             self._repl.finish()
             self._repl = None
