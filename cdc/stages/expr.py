@@ -1,0 +1,650 @@
+"""A small, safe expression language for stage configs (`filter: where: "price > 0 and status in ('a', 'b')"`).
+
+The text is parsed with `ast.parse(text, mode="eval")` and the tree is walked against a strict whitelist of
+node types; it is compiled once into nested Python closures, so evaluating a row costs a few function calls.
+User text is never passed to eval/exec/compile.
+
+Language:
+
+* field names resolve from the row dict; a field the row lacks raises `MissingField` (missing is not null);
+* literals: 'strings', numbers (always `Decimal`, built from the literal's source text, never a float),
+  `null`/`None`, `true`/`false`/`True`/`False`;
+* comparisons `== != < <= > >=` (chained: `0 < x <= 10`), `x in (..)` / `x not in [..]` with a literal list,
+  `x is null` / `x is not null` (also `is None`);
+* `and`, `or`, `not`, parentheses;
+* arithmetic `+ - * /` and unary minus on numbers (ints become Decimal; `+` on two strings concatenates);
+* functions: coalesce(a, b, ...), now(), lower(s), upper(s), abs(x), round(x[, n]).
+
+Null semantics (SQL-ish): a comparison or `in`/`not in` with a null operand is false (`is null` excepted);
+arithmetic and lower/upper/abs/round of null give null; in a boolean context null counts as false, so
+`not (x == 1)` is true when x is null. `and`/`or`/`not` accept only true/false/null operands.
+
+Comparing values of different kinds (a string with a number, a boolean with a number...) raises `EvalError`
+(a TypeError) at evaluation, even for `==`: a silent false in a filter would silently drop rows. A float in
+a row is compared and computed as the Decimal of its shortest repr (so a float 0.1 equals the literal 0.1).
+Arithmetic uses `EXPR_CONTEXT` (100 significant digits, half-even, traps on division by zero, invalid
+operations and overflow), so sums and products of numeric(38) values are exact.
+"""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import operator
+import re
+import warnings
+from collections.abc import Callable
+from decimal import (
+    ROUND_HALF_UP,
+    Context,
+    Decimal,
+    DivisionByZero,
+    InvalidOperation,
+    Overflow,
+)
+from typing import Any
+
+from cdc.events import UNCHANGED_TOAST
+
+__all__ = ["EXPR_CONTEXT", "EvalError", "Expr", "ExprError", "MissingField", "parse_expr"]
+
+EXPR_CONTEXT = Context(
+    prec=100, rounding="ROUND_HALF_EVEN", traps=[DivisionByZero, InvalidOperation, Overflow], Emax=999_999
+)
+MAX_LENGTH = 4000  # characters of expression text
+MAX_DEPTH = 64  # nesting of the expression tree
+
+_ToastType = type(UNCHANGED_TOAST)
+Fn = Callable[[dict], Any]
+
+
+class ExprError(ValueError):
+    """The expression text is not valid (syntax, or a construct outside the language). Raised at parse time."""
+
+    def __init__(self, message: str, column: int | None = None):
+        super().__init__(message)
+        self.column = column  # 1-based column in the expression text, when known
+
+
+class MissingField(Exception):
+    """Raised at evaluation when the row lacks a field the expression reads."""
+
+    def __init__(self, field: str):
+        super().__init__(f"row has no field {field!r}")
+        self.field = field
+
+
+class EvalError(TypeError):
+    """The expression cannot be evaluated on this row (mismatched types, division by zero, NaN ordering...)."""
+
+
+class Expr:
+    """A compiled expression. `expr(row)` evaluates it on a row dict."""
+
+    __slots__ = ("text", "fields", "_fn", "_result")
+
+    def __init__(self, text: str, fields: frozenset[str], fn: Fn, result: str):
+        self.text = text
+        self.fields = fields
+        self._fn = fn
+        self._result = result  # static result kind: "bool", "value", "null" or "any"
+
+    def __call__(self, row: dict) -> Any:
+        return self._fn(row)
+
+    def __repr__(self) -> str:
+        return f"Expr({self.text!r})"
+
+
+def parse_expr(text: str) -> Expr:
+    """Parse and compile `text`; raises ExprError for bad syntax or a construct outside the language."""
+    if not isinstance(text, str):
+        raise ExprError(f"an expression must be a string, not {type(text).__name__}")
+    if len(text) > MAX_LENGTH:
+        raise ExprError(f"expression is too long ({len(text)} characters; at most {MAX_LENGTH})")
+    # Newlines (a YAML block scalar) become spaces so columns stay put; leading blanks are skipped.
+    src = text.replace("\r", " ").replace("\n", " ").replace("\t", " ")
+    body = src.lstrip()
+    if not body.strip():
+        raise ExprError("empty expression")
+    lead = len(src) - len(body)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tree = ast.parse(body, mode="eval")
+    except SyntaxError as exc:
+        col = lead + (exc.offset or 1)
+        raise ExprError(
+            f"invalid expression {_clip(text)!r}: {exc.msg} at column {col}{_syntax_hint(body)}", col
+        ) from None
+    except (RecursionError, MemoryError, ValueError) as exc:
+        raise ExprError(f"invalid expression {_clip(text)!r}: {exc}") from None
+    compiler = _Compiler(body, lead, _clip(text))
+    node = compiler.compile(tree.body, 0)
+    return Expr(text.strip(), frozenset(compiler.fields), node.fn, node.kind)
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _syntax_hint(body: str) -> str:
+    hints = []
+    if re.search(r"(?<![=!<>])=(?!=)", body):
+        hints.append("use == to compare")
+    if "<>" in body:
+        hints.append("use != for 'not equal'")
+    if re.search(r"\b(AND|OR|NOT|NULL|IS|IN|TRUE|FALSE)\b", body):
+        hints.append("keywords are lowercase: and, or, not, is null, in, true, false")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int | Decimal | float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if v is UNCHANGED_TOAST:
+        return "unchanged TOAST value"
+    return type(v).__name__
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _num(v: Any, what: str) -> Decimal:
+    """A number operand as a Decimal (int exact, float via its shortest repr); anything else -> EvalError."""
+    cls = v.__class__
+    if cls is Decimal:
+        return v
+    if cls is int:
+        return Decimal(v)
+    if cls is float:
+        return Decimal(repr(v))
+    if isinstance(v, Decimal):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return Decimal(int(v))
+    raise EvalError(f"{what} needs a number, got {_kind(v)} {_show(v)}")
+
+
+def _coerce_pair(a: Any, b: Any, op: str) -> tuple[Any, Any]:
+    """Slow path of a comparison whose operands have different classes (or are TOAST markers)."""
+    ka, kb = _kind(a), _kind(b)
+    if ka != kb or a is UNCHANGED_TOAST:
+        raise EvalError(f"cannot compare {ka} {_show(a)} with {kb} {_show(b)} using {op}")
+    if ka == "number":
+        if a.__class__ is float and b.__class__ is not float:
+            a = Decimal(repr(a))
+        elif b.__class__ is float and a.__class__ is not float:
+            b = Decimal(repr(b))
+    return a, b
+
+
+def _compare_fn(op: Callable[[Any, Any], bool], sym: str) -> Callable[[Any, Any], bool]:
+    def cmp(a: Any, b: Any) -> bool:
+        if a is None or b is None:
+            return False
+        if a.__class__ is not b.__class__ or a.__class__ is _ToastType:
+            a, b = _coerce_pair(a, b, sym)
+        try:
+            return op(a, b)
+        except (TypeError, ArithmeticError) as exc:
+            raise EvalError(f"cannot compare {_show(a)} with {_show(b)} using {sym}: {exc}") from None
+
+    return cmp
+
+
+_CMP_OPS: dict[type, tuple[str, Callable[[Any, Any], bool]]] = {
+    ast.Eq: ("==", operator.eq),
+    ast.NotEq: ("!=", operator.ne),
+    ast.Lt: ("<", operator.lt),
+    ast.LtE: ("<=", operator.le),
+    ast.Gt: (">", operator.gt),
+    ast.GtE: (">=", operator.ge),
+}
+_COMPARE = {k: _compare_fn(fn, sym) for k, (sym, fn) in _CMP_OPS.items()}
+
+
+def _truth(v: Any, what: str) -> bool:
+    if v is True:
+        return True
+    if v is False or v is None:
+        return False
+    raise EvalError(f"{what} needs true/false, got {_kind(v)} {_show(v)}")
+
+
+def _arith(a: Any, b: Any, op: str) -> Any:
+    if a is None or b is None:
+        return None
+    if op == "+" and a.__class__ is str and b.__class__ is str:
+        return a + b
+    if op == "+" and (isinstance(a, str) or isinstance(b, str)):
+        raise EvalError(f"cannot add {_kind(a)} {_show(a)} and {_kind(b)} {_show(b)}")
+    x, y = _num(a, op), _num(b, op)
+    try:
+        if op == "+":
+            return EXPR_CONTEXT.add(x, y)
+        if op == "-":
+            return EXPR_CONTEXT.subtract(x, y)
+        if op == "*":
+            return EXPR_CONTEXT.multiply(x, y)
+        return EXPR_CONTEXT.divide(x, y)
+    except DivisionByZero:
+        raise EvalError(f"division by zero: {_show(a)} / {_show(b)}") from None
+    except ArithmeticError as exc:
+        raise EvalError(f"cannot compute {_show(a)} {op} {_show(b)}: {type(exc).__name__}") from None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _lower(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.lower()
+    raise EvalError(f"lower() needs a string, got {_kind(v)} {_show(v)}")
+
+
+def _upper(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):
+        return v.upper()
+    raise EvalError(f"upper() needs a string, got {_kind(v)} {_show(v)}")
+
+
+def _abs(v: Any) -> Any:
+    if v is None:
+        return None
+    return _num(v, "abs()").copy_abs()
+
+
+_ONE = Decimal(1)
+
+
+def _round(v: Any, n: Any = 0) -> Any:
+    if v is None or n is None:
+        return None
+    places = _num(n, "round() places")
+    if places != places.to_integral_value() or abs(places) > 1000:
+        raise EvalError(f"round() places must be a whole number, got {_show(n)}")
+    x = _num(v, "round()")
+    try:
+        out = x.quantize(_ONE.scaleb(-int(places)), rounding=ROUND_HALF_UP, context=EXPR_CONTEXT)
+    except ArithmeticError as exc:
+        raise EvalError(f"cannot round {_show(v)} to {int(places)} places: {type(exc).__name__}") from None
+    return out.copy_abs() if not out and out.is_signed() else out
+
+
+# name -> (min args, max args, implementation, static result kind); coalesce is special (lazy).
+_FUNCTIONS: dict[str, tuple[int, int | None, Callable[..., Any] | None, str]] = {
+    "coalesce": (1, None, None, "any"),
+    "now": (0, 0, _now, "value"),
+    "lower": (1, 1, _lower, "value"),
+    "upper": (1, 1, _upper, "value"),
+    "abs": (1, 1, _abs, "value"),
+    "round": (1, 2, _round, "value"),
+}
+
+_NAMED_CONSTANTS = {"null": None, "None": None, "true": True, "True": True, "false": False, "False": False}
+
+# friendly names for rejected node types
+_CONSTRUCTS = {
+    ast.Attribute: "attribute access",
+    ast.Subscript: "subscript",
+    ast.Slice: "slice",
+    ast.Lambda: "lambda",
+    ast.ListComp: "comprehension",
+    ast.SetComp: "comprehension",
+    ast.DictComp: "comprehension",
+    ast.GeneratorExp: "generator expression",
+    ast.IfExp: "conditional expression (x if c else y)",
+    ast.NamedExpr: "assignment expression (:=)",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Dict: "dict literal",
+    ast.Set: "set literal",
+    ast.List: "list literal (allowed only after 'in'/'not in')",
+    ast.Tuple: "tuple (allowed only after 'in'/'not in')",
+    ast.JoinedStr: "f-string",
+    ast.FormattedValue: "f-string",
+    ast.Starred: "starred argument",
+}
+_BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+_OTHER_BINOPS = {
+    ast.Mod: "%",
+    ast.Pow: "**",
+    ast.FloorDiv: "//",
+    ast.MatMult: "@",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitAnd: "&",
+    ast.BitOr: "|",
+    ast.BitXor: "^",
+}
+
+_NOCONST = object()
+
+
+class _Node:
+    __slots__ = ("fn", "kind", "const")
+
+    def __init__(self, fn: Fn, kind: str, const: Any = _NOCONST):
+        self.fn = fn
+        self.kind = kind  # "bool" | "value" | "null" | "any"
+        self.const = const
+
+
+def _const_node(value: Any) -> _Node:
+    kind = "bool" if isinstance(value, bool) else "null" if value is None else "value"
+    return _Node(lambda row, _v=value: _v, kind, value)
+
+
+class _Compiler:
+    def __init__(self, src: str, lead: int, text: str):
+        self.src = src
+        self.lead = lead
+        self.text = text
+        self.fields: set[str] = set()
+
+    # -- errors
+
+    def column(self, node: ast.AST) -> int:
+        """1-based character column of `node` in the original text (col_offset counts UTF-8 bytes)."""
+        byte_col = getattr(node, "col_offset", 0)
+        char_col = len(self.src.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+        return self.lead + char_col + 1
+
+    def error(self, node: ast.AST, what: str) -> ExprError:
+        col = self.column(node)
+        return ExprError(f"{what} at column {col} in expression {self.text!r}", col)
+
+    def reject(self, node: ast.AST) -> ExprError:
+        what = _CONSTRUCTS.get(type(node))
+        if what is None:
+            what = f"{type(node).__name__} (not part of the expression language)"
+        seg = ast.get_source_segment(self.src, node)
+        if seg and len(seg) <= 40:
+            what = f"{what} {seg!r}"
+        return self.error(node, f"{what} is not allowed")
+
+    # -- compile
+
+    def compile(self, node: ast.AST, depth: int) -> _Node:
+        if depth > MAX_DEPTH:
+            raise self.error(node, f"expression is nested too deeply (more than {MAX_DEPTH} levels)")
+        depth += 1
+        if isinstance(node, ast.Constant):
+            return self.constant(node)
+        if isinstance(node, ast.Name):
+            return self.name(node)
+        if isinstance(node, ast.BoolOp):
+            return self.boolop(node, depth)
+        if isinstance(node, ast.UnaryOp):
+            return self.unary(node, depth)
+        if isinstance(node, ast.BinOp):
+            return self.binop(node, depth)
+        if isinstance(node, ast.Compare):
+            return self.compare(node, depth)
+        if isinstance(node, ast.Call):
+            return self.call(node, depth)
+        raise self.reject(node)
+
+    def constant(self, node: ast.Constant) -> _Node:
+        v = node.value
+        if v is None or isinstance(v, bool | str):
+            return _const_node(v)
+        if isinstance(v, int | float):
+            seg = ast.get_source_segment(self.src, node) or ""
+            try:
+                d = Decimal(seg)
+            except (InvalidOperation, ValueError):
+                if not isinstance(v, int):  # pragma: no cover - every float literal is valid Decimal text
+                    raise self.error(node, f"number {seg!r} is not allowed") from None
+                d = Decimal(v)  # 0x1F, 0o17, 0b101: exact from the int value
+            return _const_node(d)
+        if isinstance(v, complex):
+            raise self.error(
+                node, f"complex number {ast.get_source_segment(self.src, node)!r} is not allowed"
+            )
+        if isinstance(v, bytes):
+            raise self.error(node, "bytes literal is not allowed")
+        raise self.error(node, f"literal {v!r} is not allowed")
+
+    def name(self, node: ast.Name) -> _Node:
+        name = node.id
+        if name in _NAMED_CONSTANTS:
+            return _const_node(_NAMED_CONSTANTS[name])
+        if name.startswith("__") or name.endswith("__"):
+            raise self.error(node, f"dunder name {name!r} is not allowed")
+        self.fields.add(name)
+
+        def get(row: dict, _n: str = name) -> Any:
+            try:
+                return row[_n]
+            except KeyError:
+                raise MissingField(_n) from None
+
+        return _Node(get, "any")
+
+    def operand(self, node: ast.AST, depth: int, what: str) -> _Node:
+        c = self.compile(node, depth)
+        if c.kind == "value":
+            raise self.error(node, f"{what} needs a condition (true/false), not a value")
+        return c
+
+    def boolop(self, node: ast.BoolOp, depth: int) -> _Node:
+        word = "and" if isinstance(node.op, ast.And) else "or"
+        fns = tuple(self.operand(v, depth, f"'{word}'").fn for v in node.values)
+        what = f"'{word}'"
+        if isinstance(node.op, ast.And):
+
+            def fn(row: dict) -> bool:
+                for f in fns:
+                    if not _truth(f(row), what):
+                        return False
+                return True
+
+        else:
+
+            def fn(row: dict) -> bool:
+                for f in fns:
+                    if _truth(f(row), what):
+                        return True
+                return False
+
+        return _Node(fn, "bool")
+
+    def unary(self, node: ast.UnaryOp, depth: int) -> _Node:
+        if isinstance(node.op, ast.Not):
+            inner = self.operand(node.operand, depth, "'not'").fn
+
+            def not_(row: dict) -> bool:
+                return not _truth(inner(row), "'not'")
+
+            return _Node(not_, "bool")
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            c = self.compile(node.operand, depth)
+            neg = isinstance(node.op, ast.USub)
+            sym = "-" if neg else "+"
+            if c.const is not _NOCONST:
+                if not isinstance(c.const, Decimal):
+                    raise self.error(node, f"unary {sym} needs a number, not {_kind(c.const)}")
+                return _const_node(c.const.copy_negate() if neg else c.const)
+            inner = c.fn
+
+            def minus(row: dict) -> Any:
+                v = inner(row)
+                if v is None:
+                    return None
+                d = _num(v, f"unary {sym}")
+                return d.copy_negate() if neg else d
+
+            return _Node(minus, "value")
+        raise self.error(node, "operator '~' is not allowed")
+
+    def binop(self, node: ast.BinOp, depth: int) -> _Node:
+        sym = _BINOPS.get(type(node.op))
+        if sym is None:
+            op = _OTHER_BINOPS.get(type(node.op), type(node.op).__name__)
+            raise self.error(node, f"operator '{op}' is not allowed (only + - * /)")
+        left = self.compile(node.left, depth)
+        right = self.compile(node.right, depth)
+        for side in (left, right):
+            if side.kind == "bool":
+                raise self.error(node, f"operator '{sym}' needs numbers (or strings for +), not a condition")
+        lf, rf = left.fn, right.fn
+
+        def arith(row: dict) -> Any:
+            return _arith(lf(row), rf(row), sym)
+
+        return _Node(arith, "value")
+
+    def compare(self, node: ast.Compare, depth: int) -> _Node:
+        ops = node.ops
+        if len(ops) > 1:
+            for op in ops:
+                if not isinstance(op, tuple(_CMP_OPS)):
+                    raise self.error(
+                        node, "'in', 'not in', 'is null' and 'is not null' cannot be chained with comparisons"
+                    )
+        op = ops[0]
+        if isinstance(op, ast.Is | ast.IsNot):
+            right = node.comparators[0]
+            is_null = (isinstance(right, ast.Constant) and right.value is None) or (
+                isinstance(right, ast.Name) and right.id in ("null", "None")
+            )
+            if not is_null:
+                raise self.error(right, "only 'is null' and 'is not null' are supported after 'is'")
+            inner = self.compile(node.left, depth).fn
+            if isinstance(op, ast.Is):
+                return _Node(lambda row: inner(row) is None, "bool")
+            return _Node(lambda row: inner(row) is not None, "bool")
+        if isinstance(op, ast.In | ast.NotIn):
+            return self.membership(node, depth, isinstance(op, ast.NotIn))
+
+        operands = [self.compile(n, depth) for n in (node.left, *node.comparators)]
+        for i, op in enumerate(ops):
+            a, b = operands[i], operands[i + 1]
+            if a.const is not _NOCONST and b.const is not _NOCONST:
+                ka, kb = _kind(a.const), _kind(b.const)
+                if "null" not in (ka, kb) and ka != kb:
+                    sym = _CMP_OPS[type(op)][0]
+                    raise self.error(node, f"cannot compare {ka} with {kb} using {sym}")
+        cmps = [_COMPARE[type(op)] for op in ops]
+        if len(ops) == 1:
+            lf, rf, c = operands[0].fn, operands[1].fn, cmps[0]
+            return _Node(lambda row: c(lf(row), rf(row)), "bool")
+        fns = [o.fn for o in operands]
+        pairs = tuple(zip(cmps, fns[1:], strict=True))
+        first = fns[0]
+
+        def chain(row: dict) -> bool:
+            a = first(row)
+            for c, f in pairs:
+                b = f(row)
+                if not c(a, b):
+                    return False
+                a = b
+            return True
+
+        return _Node(chain, "bool")
+
+    def membership(self, node: ast.Compare, depth: int, negate: bool) -> _Node:
+        word = "not in" if negate else "in"
+        container = node.comparators[0]
+        if not isinstance(container, ast.List | ast.Tuple):
+            raise self.error(container, f"'{word}' needs a literal list, e.g. x {word} ('a', 'b')")
+        values = []
+        for elt in container.elts:
+            c = self.compile(elt, depth)
+            if c.const is _NOCONST:
+                raise self.error(elt, f"the list after '{word}' may hold only literals")
+            values.append(c.const)
+        has_null = any(v is None for v in values)
+        members = frozenset(v for v in values if v is not None)
+        kinds = {_kind(v) for v in members}
+        classes: set[type] = set()
+        for k in kinds:
+            classes |= {"number": {int, Decimal, float}, "string": {str}, "boolean": {bool}}[k]
+        inner = self.compile(node.left, depth).fn
+        kinds_text = " or ".join(sorted(kinds))
+
+        def contains(row: dict) -> bool:
+            v = inner(row)
+            if v is None:
+                return False
+            cls = v.__class__
+            if cls not in classes:
+                k = _kind(v)
+                if k not in kinds:
+                    if not members:
+                        return negate and not has_null
+                    raise EvalError(f"cannot test {k} {_show(v)} '{word}' a list of {kinds_text}")
+            if cls is float:
+                v = Decimal(repr(v))
+            try:
+                found = v in members
+            except (TypeError, ValueError) as exc:
+                raise EvalError(f"cannot test {_show(v)} '{word}' a list: {exc}") from None
+            if found:
+                return not negate
+            return negate and not has_null  # SQL: x not in (.., null) is never true
+
+        return _Node(contains, "bool")
+
+    def call(self, node: ast.Call, depth: int) -> _Node:
+        if not isinstance(node.func, ast.Name):
+            raise self.reject(node.func)
+        name = node.func.id
+        if name.startswith("__") or name.endswith("__"):
+            raise self.error(node, f"dunder name {name!r} is not allowed")
+        spec = _FUNCTIONS.get(name)
+        if spec is None:
+            known = ", ".join(_FUNCTIONS)
+            raise self.error(node, f"unknown function {name!r} (known: {known})")
+        if node.keywords:
+            raise self.error(node, f"keyword arguments are not allowed in {name}()")
+        for a in node.args:
+            if isinstance(a, ast.Starred):
+                raise self.reject(a)
+        lo, hi, impl, kind = spec
+        n = len(node.args)
+        if n < lo or (hi is not None and n > hi):
+            want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+            raise self.error(node, f"{name}() takes {want} argument(s), got {n}")
+        args = tuple(self.compile(a, depth).fn for a in node.args)
+        if name == "coalesce":
+
+            def coalesce(row: dict) -> Any:
+                for f in args:
+                    v = f(row)
+                    if v is not None:
+                        return v
+                return None
+
+            return _Node(coalesce, kind)
+        assert impl is not None
+        if n == 0:
+            return _Node(lambda row: impl(), kind)
+        if n == 1:
+            a0 = args[0]
+            return _Node(lambda row: impl(a0(row)), kind)
+        if name == "round" and n == 2:
+            a0, a1 = args
+            return _Node(lambda row: impl(a0(row), a1(row)), kind)
+        return _Node(lambda row: impl(*(f(row) for f in args)), kind)  # pragma: no cover
