@@ -28,7 +28,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s level=%(levelname)s thread=%(threadName)s logger=%(name)s %(message)s",
     )
 
 

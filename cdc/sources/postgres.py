@@ -23,6 +23,7 @@ from psycopg import pq, sql
 from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError, TransientError
 from cdc.events import CREATE, DELETE, READ, TRUNCATE, UPDATE, ChangeEvent, lsn_to_str, str_to_lsn
+from cdc.progress import Progress
 from cdc.sources import pgoutput as po
 
 log = logging.getLogger("cdc.source.postgres")
@@ -310,11 +311,14 @@ class PostgresSource:
             sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
             sql.Identifier(schema, name),
         )
+        estimate = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+        progress = Progress(f"{self.cfg.name}: snapshot of {table}", max(estimate[0], 0) or None, log)
         with conn.cursor(name=f"cdc_snap_{name}") as cur:
             cur.itersize = 5000
             cur.execute(query)
             for rec in cur:
                 seq += 1
+                progress.advance()
                 after = {n: (None if v is None else f(v)) for n, f, v in zip(names, convs, rec, strict=True)}
                 yield ChangeEvent(
                     READ,
@@ -332,6 +336,7 @@ class PostgresSource:
                     self.cfg.name,
                     keys,
                 )
+        progress.close()
 
     # --- streaming ------------------------------------------------------------------------------------
 
