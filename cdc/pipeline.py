@@ -197,9 +197,12 @@ class Pipeline:
         position = {"commit_lsn": end.commit_lsn, "end_lsn": end.end_lsn}
         if end.snapshot:
             position["snapshot"] = "done"
-        self.sink.commit(position, ts_ms=end.ts_ms)
+        self.sink.commit(position)
         self.source.confirm(end.end_lsn)
         self._progressed = True
+        if self.sink.dead_lettered:  # rows the storefront refused in this batch
+            self._m_held.inc(self.sink.dead_lettered)
+            self.sink.dead_lettered = 0
         now = time.time()
         self._m_batch.observe(time.monotonic() - t0)
         self._m_last_commit.set(now)

@@ -9,7 +9,10 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 need=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || need+=(postgresql postgresql-contrib)
-[ "${1:-}" = "--with-test-tools" ] && { command -v promtool >/dev/null || need+=(prometheus); }
+if [ "${1:-}" = "--with-test-tools" ]; then
+  command -v promtool >/dev/null || need+=(prometheus)
+  [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || need+=(mariadb-server)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
@@ -20,7 +23,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
+if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
   echo "setup: pip install -e '.[all]'"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[all]'
   mkdir -p .cache && touch .cache/.installed

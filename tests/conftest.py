@@ -65,3 +65,51 @@ def env(pg, tmp_path):
         f"SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
         f"WHERE database = '{e.pos_db}' AND NOT active"
     )
+
+
+@pytest.fixture(scope="session")
+def mariadb():
+    from cdc.localmariadb import LocalMariaDB
+
+    with LocalMariaDB() as server:
+        yield server
+
+
+class Store:
+    """A storefront database of one dialect: its SQLAlchemy URL, and plain SQL against it."""
+
+    def __init__(self, kind: str, url: str, run):
+        self.kind, self.url, self._run = kind, url, run
+
+    def __call__(self, sql: str, *params):
+        return self._run(sql, params)
+
+
+def _sqlalchemy_runner(url: str):
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+    def run(sql: str, params):
+        with engine.begin() as c:
+            res = c.exec_driver_sql(sql, tuple(params) if params else ())
+            return [tuple(r) for r in res] if res.returns_rows else res.rowcount
+
+    return run
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def store(request, env, tmp_path):
+    kind = request.param
+    if kind == "postgresql":
+        yield Store(kind, env.store_url, lambda sql, params: env.store(sql.replace("?", "%s"), *params))
+        return
+    if kind == "mariadb":
+        server = request.getfixturevalue("mariadb")
+        url = server.create_database(f"store_{env.name}")
+    else:
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    run = _sqlalchemy_runner(url)
+    yield Store(
+        kind, url, lambda sql, params: run(sql.replace("%s", "?") if kind == "sqlite" else sql, params)
+    )

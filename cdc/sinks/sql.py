@@ -1,93 +1,48 @@
 """SQL sink: upserts transformed changes into the storefront table, keyed by the configured columns.
 
 One open sink transaction at a time. `add()` buffers changes (the last change per key wins; an unchanged TOAST
-value inherits the buffered value); `write()` sends the buffer inside the open transaction; `commit(offset)`
+value inherits the buffered value); `write()` sends the buffer inside the open transaction; `commit(position)`
 writes the rest, the held changes and the source position, and commits them together.
 
 Never backwards: every applied key has a row in `cdc_row_state` with the source position of the change that
-put it there; a change at or below that position is skipped inside the same statement that applies the rest.
-The storefront table itself is never altered.
+put it there; a change at or below that position is skipped (see dialects.py). A row the database refuses
+(too long, out of range, a constraint) is found by bisecting its group under savepoints and dead-lettered
+with the database's error; the rest of the batch is applied. The storefront table itself is never altered.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg import sql
 
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, jsonable
+from cdc.sinks.bookkeeping import (
+    held_table,
+    key_text,
+    meta,
+    offsets_table,
+    row_state_table,
+    upsert,
+    utcnow,
+)
+from cdc.sinks.dialects import REMOVE, UPSERT, CoreMerge, PgMerge
 
 log = logging.getLogger("cdc.sink.sql")
 
-UPSERT, REMOVE = "u", "d"
-KEY_SEP = "\x1f"
-
-meta = sa.MetaData()
-offsets_table = sa.Table(
-    "cdc_offsets",
-    meta,
-    sa.Column("connector", sa.String(200), primary_key=True),
-    sa.Column("partition", sa.String(200), primary_key=True),
-    sa.Column("position", sa.Text, nullable=False),  # JSON
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-row_state_table = sa.Table(
-    "cdc_row_state",
-    meta,
-    sa.Column("connector", sa.String(200), primary_key=True),
-    sa.Column("key", sa.String(500), primary_key=True),
-    sa.Column("commit_lsn", sa.BigInteger, nullable=False),
-    sa.Column("seq", sa.BigInteger, nullable=False),
-    sa.Column("ts_ms", sa.BigInteger, nullable=False),
-    sa.Column("txid", sa.BigInteger),
-    sa.Column("op", sa.String(1), nullable=False),
-    sa.Column("applied_at", sa.DateTime(timezone=True), server_default=sa.func.now()),
-)
-held_table = sa.Table(
-    "cdc_held",
-    meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("connector", sa.String(200), nullable=False, index=True),
-    sa.Column("kind", sa.String(20), nullable=False),  # quarantine | dead_letter
-    sa.Column("status", sa.String(20), nullable=False, server_default="held"),
-    sa.Column("key", sa.String(500)),
-    sa.Column("source_table", sa.String(200)),
-    sa.Column("commit_lsn", sa.BigInteger),
-    sa.Column("seq", sa.BigInteger),
-    sa.Column("rule", sa.String(200)),
-    sa.Column("reason", sa.Text, nullable=False),
-    sa.Column("details", sa.Text),  # JSON
-    sa.Column("event", sa.Text, nullable=False),  # Debezium envelope, JSON
-    sa.Column("held_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("resolved_by", sa.String(200)),
-    sa.Column("resolved_at", sa.DateTime(timezone=True)),
-)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def key_text(key: tuple) -> str:
-    return KEY_SEP.join(map(str, key))
+__all__ = ["SqlSink", "held_table", "offsets_table", "row_state_table", "key_text"]
 
 
 @dataclass(slots=True)
 class Pending:
     op: str  # UPSERT | REMOVE
     row: dict[str, Any]
-    commit_lsn: int
-    seq: int
-    ts_ms: int
-    txid: int | None
+    ev: ChangeEvent
 
 
 class SqlSink:
@@ -96,37 +51,42 @@ class SqlSink:
         self.scfg = cfg.sink
         self.name = cfg.name
         self.key_cols = tuple(cfg.sink.key)
+        self.soft_delete_column = cfg.sink.soft_delete_column if cfg.sink.delete == "soft" else None
         self.pending: dict[tuple, Pending] = {}
         self.held: list[dict] = []
         self.truncate_first = False
         self.engine: sa.Engine | None = None
-        self.conn: Any = None  # raw DBAPI (psycopg) connection
+        self.conn: sa.Connection | None = None
         self.target: sa.Table | None = None
-        self.last_commit_wall = 0.0
-        self.applied_ts_ms = 0  # source commit time of the newest change committed
+        self.dialect = ""
+        self.dead_lettered = 0  # rows the database refused, since start (for metrics)
+        self._warned: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def open(self) -> None:
         url = sa.engine.make_url(self.scfg.url)
-        if url.get_backend_name() != "postgresql":
+        self.dialect = url.get_backend_name()
+        if self.dialect not in ("postgresql", "mysql", "sqlite"):
             raise TerminalError(
-                f"sink.url: the {url.get_backend_name()} dialect is not supported yet; "
-                "use postgresql+psycopg://"
+                f"sink.url: {self.dialect} is not supported; use postgresql+psycopg://, "
+                "mysql+pymysql:// (MariaDB/MySQL) or sqlite:///"
             )
-        if url.drivername == "postgresql":
+        if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")
+        elif url.drivername in ("mysql", "mariadb"):
+            url = url.set(drivername=f"{url.drivername}+pymysql")
         try:
-            self.engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+            self.engine = _engine(url)
             meta.create_all(self.engine, checkfirst=True)
             self.target = self._reflect()
-            self.conn = self.engine.raw_connection()
-        except sa.exc.OperationalError as e:
-            raise TransientError(
-                f"storefront database unavailable: {str(e.orig).strip().splitlines()[0]}"
-            ) from e
-        self.pg = self.conn.driver_connection
-        self._prepare_statements()
+            self.conn = self.engine.connect()
+            self._merger = PgMerge(self) if self.dialect == "postgresql" else CoreMerge(self)
+            if self.target is not None:
+                self._merger.prepare(self.conn)
+        except Exception as e:
+            self.close()
+            raise _classify(e) from e
 
     def _reflect(self) -> sa.Table | None:
         schema, _, name = self.scfg.table.rpartition(".")
@@ -149,10 +109,9 @@ class SqlSink:
             raise TerminalError(
                 f"sink.key: storefront table {self.scfg.table} has no column {', '.join(missing)}"
             )
-        if self.scfg.delete == "soft" and self.scfg.soft_delete_column not in cols:
+        if self.soft_delete_column and self.soft_delete_column not in cols:
             raise TerminalError(
-                f"sink.soft_delete_column: {self.scfg.table} has no column "
-                f"{self.scfg.soft_delete_column} for soft deletes"
+                f"sink.soft_delete_column: {self.scfg.table} has no column {self.soft_delete_column} for soft deletes"
             )
         uniques = [tuple(table.primary_key.columns.keys())]
         uniques += [tuple(u["column_names"]) for u in insp.get_unique_constraints(table.name, table.schema)]
@@ -168,18 +127,18 @@ class SqlSink:
 
     def _create_target(self, row: dict[str, Any]) -> None:
         schema, _, name = self.scfg.table.rpartition(".")
-        cols = [sa.Column(c, _sa_type(v), primary_key=c in self.key_cols) for c, v in row.items()]
-        if self.scfg.delete == "soft" and self.scfg.soft_delete_column not in row:
-            cols.append(sa.Column(self.scfg.soft_delete_column, sa.DateTime(timezone=True)))
+        cols = [
+            sa.Column(c, _sa_type(v, self.dialect), primary_key=c in self.key_cols) for c, v in row.items()
+        ]
+        if self.soft_delete_column and self.soft_delete_column not in row:
+            cols.append(sa.Column(self.soft_delete_column, sa.DateTime(timezone=True)))
         table = sa.Table(name, sa.MetaData(), *cols, schema=schema or None)
-        table.create(self.engine, checkfirst=True)
+        with self.engine.begin() as c:
+            table.create(c, checkfirst=True)
         self.target = table
-        log.info("created target table %s", self.scfg.table)
-
-    def _prepare_statements(self) -> None:
-        self._stage_ready = False
-        self._warned: set[str] = set()
-        self._merge_cache: dict[tuple, sql.Composed] = {}
+        self._merger = PgMerge(self) if self.dialect == "postgresql" else CoreMerge(self)
+        self._merger.prepare(self.conn)
+        log.info("%s: created target table %s", self.name, self.scfg.table)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -194,12 +153,15 @@ class SqlSink:
     # --- reading bookkeeping --------------------------------------------------------------------------
 
     def load_offset(self, partition: str = "wal") -> dict | None:
-        with self.engine.connect() as c:
-            row = c.execute(
-                sa.select(offsets_table.c.position).where(
-                    offsets_table.c.connector == self.name, offsets_table.c.partition == partition
-                )
-            ).first()
+        try:
+            with self.engine.connect() as c:
+                row = c.execute(
+                    sa.select(offsets_table.c.position).where(
+                        offsets_table.c.connector == self.name, offsets_table.c.partition == partition
+                    )
+                ).first()
+        except Exception as e:
+            raise _classify(e) from e
         return json.loads(row[0]) if row else None
 
     def forget_offsets(self) -> None:
@@ -247,7 +209,7 @@ class SqlSink:
         prev = self.pending.get(key)
         if prev is not None and op == UPSERT and prev.op == UPSERT and UNCHANGED_TOAST in row.values():
             row = {c: (prev.row.get(c, v) if v is UNCHANGED_TOAST else v) for c, v in row.items()}
-        self.pending[key] = Pending(op, row, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
+        self.pending[key] = Pending(op, row, ev)
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
         row = ev.row or {}
@@ -257,7 +219,7 @@ class SqlSink:
                 "connector": self.name,
                 "kind": kind,
                 "status": "held",
-                "key": key_text(key) if None not in key else None,
+                "row_key": key_text(key) if None not in key else None,
                 "source_table": f"{ev.schema}.{ev.table}",
                 "commit_lsn": ev.commit_lsn,
                 "seq": ev.seq,
@@ -275,6 +237,11 @@ class SqlSink:
 
     # --- writing --------------------------------------------------------------------------------------
 
+    def _tx(self) -> sa.Connection:
+        if not self.conn.in_transaction():
+            self.conn.begin()
+        return self.conn
+
     def write(self) -> None:
         """Sends the buffered changes inside the open transaction (no commit)."""
         try:
@@ -283,9 +250,9 @@ class SqlSink:
             raise _classify(e) from e
 
     def _write(self) -> None:
-        cur = self.pg.cursor()
+        conn = self._tx()
         if self.truncate_first:
-            self._truncate(cur)
+            self._truncate(conn)
             self.truncate_first = False
         if self.pending:
             if self.target is None:
@@ -294,6 +261,7 @@ class SqlSink:
                     self.pending.clear()
                     return
                 self._create_target(first)
+                conn = self._tx()
             groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
             for key, p in self.pending.items():
                 if p.op == UPSERT:
@@ -303,18 +271,34 @@ class SqlSink:
                 else:
                     cols = self.key_cols
                 groups.setdefault(cols, []).append((key, p))
-            for cols, items in groups.items():
-                self._merge(cur, items, self._columns(cols))
             self.pending.clear()
+            for cols, items in groups.items():
+                self._apply(conn, items, self._columns(cols))
         if self.held:
-            self.pg.cursor().executemany(
-                sql.SQL("INSERT INTO cdc_held ({}) VALUES ({})").format(
-                    sql.SQL(", ").join(map(sql.Identifier, self.held[0])),
-                    sql.SQL(", ").join(sql.Placeholder(k) for k in self.held[0]),
-                ),
-                self.held,
-            )
+            conn.execute(held_table.insert(), self.held)
             self.held.clear()
+
+    def _apply(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+        """Merges a group under a savepoint; a group the database refuses is bisected down to the rows that
+        cause it, which are dead-lettered with the database's error."""
+        try:
+            with conn.begin_nested():
+                self._merger.merge(conn, items, cols)
+        except Exception as e:
+            if not _is_row_error(e):
+                raise
+            if len(items) > 1:
+                mid = len(items) // 2
+                self._apply(conn, items[:mid], cols)
+                self._apply(conn, items[mid:], cols)
+                return
+            _, p = items[0]
+            message = _first_line(getattr(e, "orig", None) or e)
+            log.warning("%s: storefront refused a row, dead-lettered: %s", self.name, message)
+            self.dead_lettered += 1
+            self.hold(
+                p.ev, HoldError(f"the storefront database refused the row: {message}", rule="sink.write")
+            )
 
     def _columns(self, present: tuple[str, ...]) -> list[str]:
         """The target's columns among those a change carries (schema drift: extra ones are ignored)."""
@@ -322,151 +306,143 @@ class SqlSink:
         extra = set(present) - set(target_cols)
         if extra - self._warned:
             self._warned |= extra
-            log.warning("columns %s are not in %s and are ignored", ", ".join(sorted(extra)), self.scfg.table)
+            log.warning(
+                "%s: columns %s are not in %s and are ignored",
+                self.name,
+                ", ".join(sorted(extra)),
+                self.scfg.table,
+            )
         return [c for c in target_cols if c in present or c in self.key_cols]
 
-    def _ensure_stage(self, cur) -> None:
-        if not self._stage_ready:
-            cur.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS cdc_stage AS SELECT * FROM {} WITH NO DATA").format(
-                    self._tid()
-                )
-            )
-            cur.execute(
-                "ALTER TABLE cdc_stage ADD COLUMN IF NOT EXISTS __k text, ADD COLUMN IF NOT EXISTS __op "
-                "char(1), ADD COLUMN IF NOT EXISTS __lsn bigint, ADD COLUMN IF NOT EXISTS __seq bigint, "
-                "ADD COLUMN IF NOT EXISTS __ts bigint, ADD COLUMN IF NOT EXISTS __tx bigint"
-            )
-            self._stage_ready = True
-        else:
-            cur.execute("TRUNCATE cdc_stage")
-
-    def _tid(self) -> sql.Identifier:
-        t = self.target
-        return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
-
-    def _merge(self, cur, items: list, cols: list[str]) -> None:
-        self._ensure_stage(cur)
-        ident = sql.Identifier
-        stage_cols = sql.SQL(", ").join(map(ident, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"]))
-        with cur.copy(sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)) as cp:
-            write_row = cp.write_row
-            for key, p in items:
-                row = p.row
-                if p.op == UPSERT:
-                    vals = [row.get(c) for c in cols]
-                else:
-                    vals = [row.get(c) if c in self.key_cols else None for c in cols]
-                vals += (key_text(key), p.op, p.commit_lsn, p.seq, p.ts_ms, p.txid)
-                write_row(vals)
-        cur.execute(self._merge_sql(tuple(cols)), {"c": self.name})
-
-    def _merge_sql(self, cols: tuple[str, ...]) -> sql.Composed:
-        cache = self._merge_cache
-        if cols in cache:
-            return cache[cols]
-        ident, S = sql.Identifier, sql.SQL
-        tid = self._tid()
-        keys = self.key_cols
-        sd = self.scfg.soft_delete_column if self.scfg.delete == "soft" else None
-        col_list = S(", ").join(map(ident, cols))
-        sets = [S("{0} = EXCLUDED.{0}").format(ident(c)) for c in cols if c not in keys]
-        if sd and sd not in cols:
-            sets.append(S("{} = NULL").format(ident(sd)))
-        conflict = S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
-        match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
-        if sd:
-            remove = S(
-                "UPDATE {} AS t SET {} = to_timestamp(s.__ts / 1000.0) FROM s WHERE s.__op = 'd' AND {}"
-            ).format(tid, ident(sd), match)
-        else:
-            remove = S("DELETE FROM {} AS t USING s WHERE s.__op = 'd' AND {}").format(tid, match)
-        stmt = S(
-            "WITH s AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
-            " ON rs.connector = %(c)s AND rs.key = st.__k"
-            " WHERE rs.key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)),"
-            " up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM s WHERE s.__op = 'u'"
-            " ON CONFLICT ({keys}) {conflict}),"
-            " rm AS ({remove})"
-            " INSERT INTO cdc_row_state (connector, key, commit_lsn, seq, ts_ms, txid, op, applied_at)"
-            " SELECT %(c)s, __k, __lsn, __seq, __ts, __tx, __op, now() FROM s"
-            " ON CONFLICT (connector, key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq,"
-            " ts_ms = EXCLUDED.ts_ms, txid = EXCLUDED.txid, op = EXCLUDED.op, applied_at = EXCLUDED.applied_at"
-        ).format(
-            tid=tid, cols=col_list, keys=S(", ").join(map(ident, keys)), conflict=conflict, remove=remove
-        )
-        cache[cols] = stmt
-        return stmt
-
-    def _truncate(self, cur) -> None:
+    def _truncate(self, conn: sa.Connection) -> None:
         if self.target is None:
             return
-        if self.scfg.delete == "soft":
-            cur.execute(
-                sql.SQL("UPDATE {} SET {} = now() WHERE {} IS NULL").format(
-                    self._tid(),
-                    sql.Identifier(self.scfg.soft_delete_column),
-                    sql.Identifier(self.scfg.soft_delete_column),
-                )
-            )
+        if self.soft_delete_column:
+            col = self.target.c[self.soft_delete_column]
+            conn.execute(self.target.update().where(col.is_(None)).values({col: utcnow()}))
         else:
-            cur.execute(sql.SQL("DELETE FROM {}").format(self._tid()))
-        cur.execute("DELETE FROM cdc_row_state WHERE connector = %s", (self.name,))
+            conn.execute(self.target.delete())
+        conn.execute(row_state_table.delete().where(row_state_table.c.connector == self.name))
 
-    def commit(self, position: dict, partition: str = "wal", ts_ms: int | None = None) -> None:
+    def commit(self, position: dict, partition: str = "wal") -> None:
         """Writes what is buffered, stores `position`, and commits it all in one transaction."""
         try:
             self._write()
-            self.pg.execute(
-                "INSERT INTO cdc_offsets (connector, partition, position, updated_at) VALUES (%s, %s, %s, now())"
-                " ON CONFLICT (connector, partition) DO UPDATE SET position = EXCLUDED.position,"
-                " updated_at = EXCLUDED.updated_at",
-                (self.name, partition, json.dumps(position)),
+            conn = self._tx()
+            conn.execute(
+                upsert(self.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]),
+                [
+                    {
+                        "connector": self.name,
+                        "partition": partition,
+                        "position": json.dumps(position),
+                        "updated_at": utcnow(),
+                    }
+                ],
             )
-            self.pg.commit()
+            conn.commit()
         except Exception as e:
             raise _classify(e) from e
-        self.last_commit_wall = time.time()
-        if ts_ms:
-            self.applied_ts_ms = ts_ms
 
     def rollback(self) -> None:
         self.pending.clear()
         self.held.clear()
         self.truncate_first = False
+        self.dead_lettered = 0
         if self.conn is not None:
             try:
-                self.pg.rollback()
+                self.conn.rollback()
             except Exception:  # noqa: BLE001 - the connection may be gone; reopening will tell
                 pass
 
 
-def _sa_type(value: Any) -> sa.types.TypeEngine:
+def _engine(url: sa.URL) -> sa.Engine:
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, poolclass=sa.pool.NullPool)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
+
+    # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _sa_type(value: Any, dialect: str) -> sa.types.TypeEngine:
+    import datetime as dt
     import decimal
     import uuid
 
+    if isinstance(value, decimal.Decimal):
+        return (
+            sa.Text() if dialect == "sqlite" else sa.Numeric(38, 10) if dialect == "mysql" else sa.Numeric()
+        )
     return {
         bool: sa.Boolean(),
         int: sa.BigInteger(),
-        decimal.Decimal: sa.Numeric(),
         float: sa.Float(),
         dt.datetime: sa.DateTime(timezone=True),
         dt.date: sa.Date(),
         dt.time: sa.Time(),
         bytes: sa.LargeBinary(),
         uuid.UUID: sa.Uuid(),
-    }.get(type(value), sa.Text())
+    }.get(type(value), sa.String(255) if dialect == "mysql" else sa.Text())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# MySQL/MariaDB error codes: a row the table refuses (the rest of the batch can go on) ...
+MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 1690, 3819, 4025}
+# ... and a server that is away or busy (retry)
+MYSQL_TRANSIENT = {1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
+
+
+def _code(err: BaseException) -> tuple[str, int | None]:
+    orig = getattr(err, "orig", None) or err
+    state = getattr(orig, "sqlstate", None) or ""
+    args = getattr(orig, "args", ())
+    code = args[0] if args and isinstance(args[0], int) else None
+    return state, code
+
+
+def _is_row_error(err: BaseException) -> bool:
+    """Data exception or constraint violation caused by a row's values (SQLSTATE class 22/23, or MySQL codes)."""
+    if isinstance(err, HoldError):
+        return True
+    state, code = _code(err)
+    if state[:2] in ("22", "23"):
+        return True
+    if code in MYSQL_ROW_ERRORS:
+        return True
+    return isinstance(err, sa.exc.IntegrityError) and "sqlite" in type(getattr(err, "orig", err)).__module__
 
 
 def _classify(err: Exception) -> Exception:
-    import psycopg
-
     if isinstance(err, TerminalError | TransientError | HoldError):
         return err
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if isinstance(err, psycopg.OperationalError):
+    state, code = _code(err)
+    first = _first_line(getattr(err, "orig", None) or err)
+    import psycopg
+
+    orig = getattr(err, "orig", None) or err
+    if (
+        isinstance(err, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError)
+        and (state[:2] in ("", "08", "57", "53", "40") or code in MYSQL_TRANSIENT or "locked" in first)
+        or isinstance(orig, psycopg.OperationalError)
+        and state[:2] in ("", "08", "57", "53")
+        or state[:2] in ("08", "40", "53")
+        or state.startswith("57P")
+        or code in MYSQL_TRANSIENT
+    ):
         return TransientError(f"storefront database unavailable: {first}")
-    state = getattr(err, "sqlstate", None) or ""
-    if state.startswith(("08", "57P", "53", "40")):
-        return TransientError(f"storefront database error [{state}]: {first}")
-    return TerminalError(f"storefront database error [{state or '?'}]: {first}")
+    label = state or (str(code) if code is not None else "?")
+    return TerminalError(f"storefront database error [{label}]: {first}")

@@ -1,0 +1,231 @@
+"""How one group of buffered changes (same columns) is merged into the storefront table, per dialect.
+
+Both strategies skip changes at or below the key's recorded source position (never backwards), apply upserts
+and deletes, and record the new positions in cdc_row_state, all inside the caller's open transaction.
+
+- PostgreSQL: COPY into a temp staging table, then ONE statement (data-modifying CTEs) does the rest on the
+  server; per-row Python work is a tuple build and a COPY row.
+- MariaDB/MySQL and SQLite: read the recorded positions for the group's keys, drop stale changes in Python,
+  then executemany the dialect's upsert, the deletes and the row-state upsert.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg import sql
+
+from cdc.errors import HoldError, TerminalError
+from cdc.sinks.bookkeeping import key_text, row_state_table, row_state_upsert, upsert, utcnow
+
+UPSERT, REMOVE = "u", "d"
+
+
+class PgMerge:
+    def __init__(self, sink):
+        self.sink = sink
+        self._cache: dict[tuple, sql.Composed] = {}
+
+    def prepare(self, conn: sa.Connection) -> None:
+        """The session's staging table (temp, so it lives and dies with this connection)."""
+        pg = conn.connection.driver_connection
+        pg.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS cdc_stage AS SELECT * FROM {} WITH NO DATA").format(
+                self._tid()
+            )
+        )
+        pg.execute(
+            "ALTER TABLE cdc_stage ADD COLUMN IF NOT EXISTS __k text, ADD COLUMN IF NOT EXISTS __op char(1),"
+            " ADD COLUMN IF NOT EXISTS __lsn bigint, ADD COLUMN IF NOT EXISTS __seq bigint,"
+            " ADD COLUMN IF NOT EXISTS __ts bigint, ADD COLUMN IF NOT EXISTS __tx bigint"
+        )
+        pg.commit()
+
+    def _tid(self) -> sql.Identifier:
+        t = self.sink.target
+        return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
+
+    def merge(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+        cur = conn.connection.driver_connection.cursor()
+        cur.execute("TRUNCATE cdc_stage")
+        key_cols = self.sink.key_cols
+        stage_cols = sql.SQL(", ").join(
+            map(sql.Identifier, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"])
+        )
+        with cur.copy(sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)) as cp:
+            write_row = cp.write_row
+            for key, p in items:
+                row, ev = p.row, p.ev
+                if p.op == UPSERT:
+                    vals = [row.get(c) for c in cols]
+                else:
+                    vals = [row.get(c) if c in key_cols else None for c in cols]
+                vals += (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
+                write_row(vals)
+        cur.execute(self._statement(tuple(cols)), {"c": self.sink.name})
+
+    def _statement(self, cols: tuple[str, ...]) -> sql.Composed:
+        if cols in self._cache:
+            return self._cache[cols]
+        ident, S = sql.Identifier, sql.SQL
+        tid, keys = self._tid(), self.sink.key_cols
+        soft = self.sink.soft_delete_column
+        sets = [S("{0} = EXCLUDED.{0}").format(ident(c)) for c in cols if c not in keys]
+        if soft and soft not in cols:
+            sets.append(S("{} = NULL").format(ident(soft)))
+        conflict = S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
+        match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
+        if soft:
+            remove = S(
+                "UPDATE {} AS t SET {} = to_timestamp(s.__ts / 1000.0) FROM s WHERE s.__op = 'd' AND {}"
+            ).format(tid, ident(soft), match)
+        else:
+            remove = S("DELETE FROM {} AS t USING s WHERE s.__op = 'd' AND {}").format(tid, match)
+        stmt = S(
+            "WITH s AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
+            " ON rs.connector = %(c)s AND rs.row_key = st.__k"
+            " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)),"
+            " up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM s WHERE s.__op = 'u'"
+            " ON CONFLICT ({keys}) {conflict}),"
+            " rm AS ({remove})"
+            " INSERT INTO cdc_row_state (connector, row_key, commit_lsn, seq, ts_ms, txid, op, applied_at)"
+            " SELECT %(c)s, __k, __lsn, __seq, __ts, __tx, __op, now() FROM s"
+            " ON CONFLICT (connector, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq,"
+            " ts_ms = EXCLUDED.ts_ms, txid = EXCLUDED.txid, op = EXCLUDED.op, applied_at = EXCLUDED.applied_at"
+        ).format(
+            tid=tid,
+            cols=S(", ").join(map(ident, cols)),
+            keys=S(", ").join(map(ident, keys)),
+            conflict=conflict,
+            remove=remove,
+        )
+        self._cache[cols] = stmt
+        return stmt
+
+
+class CoreMerge:
+    """MariaDB/MySQL and SQLite through SQLAlchemy Core."""
+
+    LOOKUP_CHUNK = 500
+
+    def __init__(self, sink):
+        self.sink = sink
+        self.dialect = sink.dialect
+        self._adapters = self._column_adapters()
+        self._cache: dict[tuple, tuple] = {}
+
+    def prepare(self, conn: sa.Connection) -> None:
+        pass
+
+    def _column_adapters(self) -> dict[str, Any]:
+        """SQLite has no exact decimal type: Decimals go to TEXT columns as exact strings and to INTEGER
+        columns only when whole; a REAL/NUMERIC column would round them through a float, so it is refused."""
+        if self.dialect != "sqlite" or self.sink.target is None:
+            return {}
+        adapters = {}
+        for col in self.sink.target.columns:
+            affinity = _sqlite_affinity(str(col.type))
+            adapters[col.name] = affinity
+        return adapters
+
+    def _adapt(self, col: str, value: Any) -> Any:
+        if type(value) is not Decimal:
+            return value
+        affinity = self._adapters.get(col)
+        if affinity == "INTEGER":
+            if value != value.to_integral_value():
+                raise HoldError(
+                    f"{col} = {value} is not a whole number and {col} is an INTEGER column", rule="sink.type"
+                )
+            return int(value)
+        if affinity in ("REAL", "NUMERIC"):
+            raise TerminalError(
+                f"sink.table: column {col} of {self.sink.scfg.table} has {affinity} affinity in SQLite, which "
+                f"stores decimals as floating point; declare it TEXT (exact decimal strings) or INTEGER (minor units)"
+            )
+        return str(value)
+
+    def _statements(self, cols: tuple[str, ...]) -> tuple:
+        if cols in self._cache:
+            return self._cache[cols]
+        sink, target = self.sink, self.sink.target
+        keys = sink.key_cols
+        update = [c for c in cols if c not in keys]
+        soft = sink.soft_delete_column
+        constants = {soft: None} if soft and soft not in cols else {}  # a re-inserted row is visible again
+        ups = upsert(self.dialect, target, keys, update, constants)
+        where = sa.and_(*(target.c[k] == sa.bindparam(f"k_{k}") for k in keys))
+        if soft:
+            remove = target.update().where(where).values({soft: sa.bindparam("k__deleted_at")})
+        else:
+            remove = target.delete().where(where)
+        self._cache[cols] = (ups, remove)
+        return self._cache[cols]
+
+    def merge(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+        sink = self.sink
+        rs = row_state_table
+        texts = [key_text(k) for k, _ in items]
+        seen: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(texts), self.LOOKUP_CHUNK):
+            chunk = texts[i : i + self.LOOKUP_CHUNK]
+            for k, lsn, seq in conn.execute(
+                sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(
+                    rs.c.connector == sink.name, rs.c.row_key.in_(chunk)
+                )
+            ):
+                seen[k] = (lsn, seq)
+        ups, dels, states = [], [], []
+        adapt = self._adapt
+        now = utcnow()
+        for (key, p), kt in zip(items, texts, strict=True):
+            ev = p.ev
+            if seen.get(kt, (-1, -1)) >= (ev.commit_lsn, ev.seq):
+                continue  # an older change than the one the row already reflects
+            if p.op == UPSERT:
+                ups.append({c: adapt(c, p.row.get(c)) for c in cols})
+            else:
+                d = {f"k_{k}": adapt(k, v) for k, v in zip(sink.key_cols, key, strict=True)}
+                d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
+                dels.append(d)
+            states.append(
+                {
+                    "connector": sink.name,
+                    "row_key": kt,
+                    "commit_lsn": ev.commit_lsn,
+                    "seq": ev.seq,
+                    "ts_ms": ev.ts_ms,
+                    "txid": ev.txid,
+                    "op": p.op,
+                    "applied_at": now,
+                }
+            )
+        ups_stmt, remove_stmt = self._statements(tuple(cols))
+        if ups:
+            conn.execute(ups_stmt, ups)
+        if dels:
+            conn.execute(remove_stmt, dels)
+        if states:
+            conn.execute(row_state_upsert(self.dialect), states)
+
+
+def _ms_to_dt(ms: int):
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def _sqlite_affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
