@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 
 from cdc.config import ConnectorConfig
-from cdc.errors import HoldError, TransientError
+from cdc.errors import CdcError, HoldError, TransientError
 from cdc.events import ChangeEvent
 from cdc.metrics import Metrics
 from cdc.sinks.sql import SqlSink
@@ -34,7 +35,10 @@ class Pipeline:
         self.retry_for_s = retry_for_s
         self.stopping = False
         self._progressed = False
-        self._last_heartbeat = self._last_stats = 0.0
+        self._done = threading.Event()
+        self._caught_up = False
+        self._lag_base_ms = time.time() * 1000
+        self._last_heartbeat = 0.0
         self.source: PostgresSource | None = None
         self.sink: SqlSink | None = None
         m, name = self.metrics, cfg.name
@@ -44,6 +48,8 @@ class Pipeline:
         self._m_lag = m.end_to_end_lag.labels(name)
         self._m_last_commit = m.last_commit.labels(name)
         self._m_held = m.held.labels(name, "dead_letter")
+        m.held.labels(name, "quarantine")  # both series exist from the start, so increase() sees the first
+        m.source_lag_bytes.labels(name), m.retained_wal_bytes.labels(name)
         self._event_counters: dict[tuple, object] = {}
 
     def stop(self) -> None:
@@ -68,6 +74,8 @@ class Pipeline:
         """Runs until stop(); transient failures reconnect with exponential backoff and jitter, for up to
         `retry_for_s` seconds without progress; terminal errors propagate."""
         delay, failing_since = 0.5, None
+        gauges = threading.Thread(target=self._gauges_loop, daemon=True, name=f"{self.cfg.name}-gauges")
+        gauges.start()
         try:
             while not self.stopping:
                 try:
@@ -79,15 +87,19 @@ class Pipeline:
                     if now - failing_since > self.retry_for_s:
                         raise TransientError(f"{e} (gave up after {self.retry_for_s:.0f}s of retries)") from e
                     log.warning("%s: %s; retrying in %.1fs", self.cfg.name, e, delay)
+                    self._m_up.set(0)
+                    self.metrics.healthy.clear()
                     self._teardown()
                     self._sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 30.0)
                     if self._progressed:
                         delay, failing_since = 0.5, None
         finally:
+            self._done.set()
             self._teardown()
             self._m_up.set(0)
             self.metrics.healthy.clear()
+            gauges.join(5)
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -135,6 +147,8 @@ class Pipeline:
                 if not in_txn:
                     in_txn = True
                     first_at = first_at or time.monotonic()
+                    if self._caught_up:  # behind again, since this change's commit
+                        self._caught_up, self._lag_base_ms = False, item.ts_ms
                 self._count(item)
                 try:
                     ev = apply_stages(stages, item)
@@ -164,6 +178,7 @@ class Pipeline:
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
                 elif not in_txn:
+                    self._caught_up = True
                     self._m_lag.set(0)
                 if not in_txn:
                     self._tick()
@@ -173,18 +188,32 @@ class Pipeline:
             self._checkpoint(last_end)
 
     def _tick(self) -> None:
-        """While idle: heartbeat so the slot advances, and refresh the source-side gauges."""
+        """While idle: heartbeat so the slot advances past WAL that other databases write."""
         now = time.monotonic()
         interval = self.cfg.source.heartbeat_interval_s
         if interval and now - self._last_heartbeat >= interval:
             self._last_heartbeat = now
             self.source.heartbeat()
-        if now - self._last_stats >= STATS_INTERVAL_S:
-            self._last_stats = now
-            self.refresh_source_gauges()
 
-    def refresh_source_gauges(self) -> None:
-        stats = self.source.slot_stats()
+    def _gauges_loop(self) -> None:
+        """On a timer, whatever the stream is doing (busy, stalled, retrying): lag seconds, and the slot's
+        lag and retained WAL as the POS server sees them (on a connection of its own)."""
+        probe = PostgresSource(self.cfg)
+        try:
+            while True:
+                self._m_lag.set(0.0 if self._caught_up else max(0.0, time.time() - self._lag_base_ms / 1000))
+                try:
+                    self.refresh_source_gauges(probe)
+                except CdcError as e:
+                    log.debug("%s: slot statistics unavailable: %s", self.cfg.name, e)
+                    probe.close()
+                if self._done.wait(STATS_INTERVAL_S):
+                    return
+        finally:
+            probe.close()
+
+    def refresh_source_gauges(self, probe: PostgresSource | None = None) -> None:
+        stats = (probe or self.source).slot_stats()
         if stats is not None:
             self.metrics.source_lag_bytes.labels(self.cfg.name).set(max(0, stats["lag_bytes"] or 0))
             self.metrics.retained_wal_bytes.labels(self.cfg.name).set(
@@ -210,6 +239,7 @@ class Pipeline:
             lag = max(0.0, now - end.ts_ms / 1000)
             self._m_latency.observe(lag)
             self._m_lag.set(lag)
+            self._lag_base_ms = end.ts_ms
 
     def _count(self, ev: ChangeEvent) -> None:
         key = (ev.table, ev.op)
