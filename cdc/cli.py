@@ -144,6 +144,77 @@ def status(
     Console().print(table)
 
 
+def _held_command(
+    config: Path,
+    action: str,
+    entry: int | None,
+    as_json: bool,
+    by: str | None,
+    kind: str,
+    apply_word: str,
+    drop_word: str,
+) -> None:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cdc.held import list_held, resolve
+
+    (cfg,) = load_all([config])
+    if action == "list":
+        rows = list_held(cfg, kind)
+        if as_json:
+            typer.echo(json.dumps(rows, default=str))
+            return
+        table = Table(title=f"{kind.replace('_', ' ')}: {cfg.name}")
+        for col in ("id", "key", "source", "position", "rule", "reason", "held at"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                str(r["row_key"]),
+                r["source_table"],
+                f"{r['commit_lsn']}#{r['seq']}",
+                r["rule"] or "",
+                r["reason"],
+                str(r["held_at"]),
+            )
+        Console().print(table)
+        return
+    if action not in (apply_word, drop_word) or entry is None:
+        fail(f"usage: cdc {kind.replace('_', '')} CONFIG list | {apply_word} ID | {drop_word} ID", 2)
+    outcome = resolve(cfg, entry, kind, apply=action == apply_word, by=by)
+    if as_json:
+        typer.echo(json.dumps({"id": entry, "status": outcome.status, "message": outcome.message}))
+    else:
+        typer.echo(f"entry {entry}: {outcome.status}: {outcome.message}")
+
+
+@app.command()
+def quarantine(
+    config: Path = typer.Argument(..., help="connector YAML file"),
+    action: str = typer.Argument(..., help="list | approve | reject"),
+    entry: int | None = typer.Argument(None, help="entry id (approve, reject)"),
+    as_json: bool = typer.Option(False, "--json"),
+    by: str | None = typer.Option(None, "--by", help="who decides (default: the OS user)"),
+) -> None:
+    """Changes held by a guard: list, approve (apply unless a newer change landed since), reject."""
+    _held_command(config, action, entry, as_json, by, "quarantine", "approve", "reject")
+
+
+@app.command()
+def deadletter(
+    config: Path = typer.Argument(..., help="connector YAML file"),
+    action: str = typer.Argument(..., help="list | retry | drop"),
+    entry: int | None = typer.Argument(None, help="entry id (retry, drop)"),
+    as_json: bool = typer.Option(False, "--json"),
+    by: str | None = typer.Option(None, "--by", help="who decides (default: the OS user)"),
+) -> None:
+    """Changes the pipeline or the storefront refused: list, retry (after fixing the cause), drop."""
+    _held_command(config, action, entry, as_json, by, "dead_letter", "retry", "drop")
+
+
 @app.command()
 def demo(
     seconds: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),

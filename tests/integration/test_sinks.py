@@ -147,3 +147,54 @@ def test_large_batches_never_backwards_after_replay(env, store):
     with Running(path) as r:
         env.pos("UPDATE item_price SET price_fen = price_fen + 1 WHERE item_code = 'K1'")
         wait_until(lambda: rows(store) == expected(env), running=r, timeout=60)
+
+
+def cdc_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "cdc.cli", *map(str, args)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_dead_letter_retry_after_schema_fix_and_drop(env, store):
+    if store.kind == "sqlite":
+        import pytest
+
+        pytest.skip("SQLite cannot widen a column in place; retry is covered on PostgreSQL and MariaDB")
+    path = make(env, store)
+    with Running(path) as r:
+        wait_until(lambda: r.pipeline.source is not None, running=r)
+        env.pos(
+            "INSERT INTO item_price VALUES ('LONG', 200, repeat('y', 30)), ('LATE', 300, repeat('z', 30))"
+        )
+        env.pos("INSERT INTO item_price VALUES ('OK', 100, 'fine')")
+        wait_until(lambda: len(rows(store)) == 1, running=r)
+        # a newer, good change for LATE lands: its dead letter is now stale
+        env.pos("UPDATE item_price SET name = 'short' WHERE item_code = 'LATE'")
+        wait_until(lambda: len(rows(store)) == 2, running=r)
+    status = json.loads(cdc_cli("status", path, "--json").stdout)
+    assert status["held"] == {"dead_letter:held": 2}
+    listed = json.loads(cdc_cli("deadletter", path, "list", "--json").stdout)
+    ids = {e["row_key"]: e["id"] for e in listed}
+    assert set(ids) == {"LONG", "LATE"}
+    # still too long: retry refuses and changes nothing
+    out = cdc_cli("deadletter", path, "retry", ids["LONG"])
+    assert out.returncode == 1 and "still refuses" in out.stderr
+    alter = {
+        "postgresql": "ALTER TABLE product_price ALTER COLUMN name TYPE varchar(100)",
+        "mariadb": "ALTER TABLE product_price MODIFY name varchar(100)",
+    }
+    store(alter[store.kind])
+    out = cdc_cli("deadletter", path, "retry", ids["LONG"], "--by", "dba-anna")
+    assert out.returncode == 0, out.stderr
+    assert "applied" in out.stdout
+    assert ("LONG", Decimal("2.00"), "y" * 30) in rows(store)
+    out = cdc_cli("deadletter", path, "retry", ids["LATE"])
+    assert out.returncode == 0 and "superseded" in out.stdout
+    assert ("LATE", Decimal("3.00"), "short") in rows(store)
+    resolved = store("SELECT row_key, status, resolved_by FROM cdc_held ORDER BY row_key")
+    assert resolved[0][:2] == ("LATE", "superseded") and resolved[1] == ("LONG", "applied", "dba-anna")
+    out = cdc_cli("deadletter", path, "drop", ids["LONG"])
+    assert out.returncode == 1 and "already applied" in out.stderr
