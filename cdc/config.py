@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from cdc.errors import ConfigError
 from cdc.stages import StageConfig
@@ -28,10 +28,19 @@ def _ident(name: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", name.lower())
 
 
+def _qualified(table: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w$]*\.[A-Za-z_][\w$]*", table):
+        raise ValueError(f"{table!r} must be schema-qualified, e.g. public.item_price")
+    return table
+
+
+QualifiedTable = Annotated[str, AfterValidator(_qualified)]
+
+
 class PostgresSource(Strict):
     type: Literal["postgres"]
     dsn: str = Field(description="libpq connection string or postgresql:// URL of the POS database")
-    tables: list[str] = Field(min_length=1, description="schema-qualified tables to capture")
+    tables: list[QualifiedTable] = Field(min_length=1, description="schema-qualified tables to capture")
     slot: str | None = Field(None, description="replication slot; default cdc_<name>")
     publication: str | None = Field(None, description="publication; default cdc_<name>")
     snapshot: Literal["initial", "never"] = "initial"
@@ -44,14 +53,6 @@ class PostgresSource(Strict):
         description="statement run as the heartbeat instead of pg_logical_emit_message, e.g. an UPDATE of "
         "a heartbeat table that is in the publication",
     )
-
-    @field_validator("tables")
-    @classmethod
-    def _qualified(cls, tables: list[str]) -> list[str]:
-        for t in tables:
-            if not re.fullmatch(r"[A-Za-z_][\w$]*\.[A-Za-z_][\w$]*", t):
-                raise ValueError(f"{t!r} must be schema-qualified, e.g. public.item_price")
-        return tables
 
 
 class SqlSink(Strict):
@@ -104,6 +105,7 @@ def _to_data(node: yaml.Node, lines: dict[tuple, int], path: tuple, problems: li
         for k, v in node.value:
             key = yaml.safe_load(yaml.serialize(k)) if not isinstance(k, yaml.ScalarNode) else k.value
             out[key] = _to_data(v, lines, path + (key,), problems, fname)
+            lines[path + (key,)] = k.start_mark.line + 1  # a field's problems point at its key
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_data(v, lines, path + (i,), problems, fname) for i, v in enumerate(node.value)]
@@ -165,9 +167,7 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
         raise ConfigError([f"{fname}:1: (root): expected a mapping with name, source, sink"])
     lines: dict[tuple, int] = {}
     problems: list[str] = []
-    data = _to_data(root, lines, (), problems, fname)
-    if problems:
-        raise ConfigError(problems)
+    data = _to_data(root, lines, (), problems, fname)  # unset ${VAR}s are problems; the rest is still checked
     try:
         cfg = ConnectorConfig.model_validate(data)
     except ValidationError as e:
@@ -181,6 +181,7 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
             elif err["type"] == "union_tag_not_found":
                 msg = "missing `type`"
             problems.append(f"{fname}:{line}: {field}: {msg}")
-        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: int(p[len(fname) + 1 :].split(":", 1)[0])))
     cfg.path = fname
     return cfg

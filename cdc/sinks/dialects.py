@@ -47,7 +47,7 @@ class PgMerge:
         t = self.sink.target
         return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
 
-    def merge(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+    def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
         cur = conn.connection.driver_connection.cursor()
         cur.execute("TRUNCATE cdc_stage")
         key_cols = self.sink.key_cols
@@ -64,11 +64,11 @@ class PgMerge:
                     vals = [row.get(c) if c in key_cols else None for c in cols]
                 vals += (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
                 write_row(vals)
-        cur.execute(self._statement(tuple(cols)), {"c": self.sink.name})
+        cur.execute(self._statement(tuple(cols), check_stale), {"c": self.sink.name})
 
-    def _statement(self, cols: tuple[str, ...]) -> sql.Composed:
-        if cols in self._cache:
-            return self._cache[cols]
+    def _statement(self, cols: tuple[str, ...], check_stale: bool) -> sql.Composed:
+        if (cols, check_stale) in self._cache:
+            return self._cache[cols, check_stale]
         ident, S = sql.Identifier, sql.SQL
         tid, keys = self._tid(), self.sink.key_cols
         soft = self.sink.soft_delete_column
@@ -83,10 +83,14 @@ class PgMerge:
             ).format(tid, ident(soft), match)
         else:
             remove = S("DELETE FROM {} AS t USING s WHERE s.__op = 'd' AND {}").format(tid, match)
+        fresh = S(
+            "SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs ON rs.connector = %(c)s AND rs.row_key = st.__k"
+            " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)"
+            if check_stale
+            else "SELECT * FROM cdc_stage"
+        )
         stmt = S(
-            "WITH s AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
-            " ON rs.connector = %(c)s AND rs.row_key = st.__k"
-            " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)),"
+            "WITH s AS ({fresh}),"
             " up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM s WHERE s.__op = 'u'"
             " ON CONFLICT ({keys}) {conflict}),"
             " rm AS ({remove})"
@@ -95,13 +99,14 @@ class PgMerge:
             " ON CONFLICT (connector, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq,"
             " ts_ms = EXCLUDED.ts_ms, txid = EXCLUDED.txid, op = EXCLUDED.op, applied_at = EXCLUDED.applied_at"
         ).format(
+            fresh=fresh,
             tid=tid,
             cols=S(", ").join(map(ident, cols)),
             keys=S(", ").join(map(ident, keys)),
             conflict=conflict,
             remove=remove,
         )
-        self._cache[cols] = stmt
+        self._cache[cols, check_stale] = stmt
         return stmt
 
 
@@ -164,12 +169,12 @@ class CoreMerge:
         self._cache[cols] = (ups, remove)
         return self._cache[cols]
 
-    def merge(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+    def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
         sink = self.sink
         rs = row_state_table
         texts = [key_text(k) for k, _ in items]
         seen: dict[str, tuple[int, int]] = {}
-        for i in range(0, len(texts), self.LOOKUP_CHUNK):
+        for i in range(0, len(texts) if check_stale else 0, self.LOOKUP_CHUNK):
             chunk = texts[i : i + self.LOOKUP_CHUNK]
             for k, lsn, seq in conn.execute(
                 sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(
@@ -177,13 +182,18 @@ class CoreMerge:
                 )
             ):
                 seen[k] = (lsn, seq)
+        fresh = [
+            (key, p, kt)
+            for (key, p), kt in zip(items, texts, strict=True)
+            if not seen or seen.get(kt, (-1, -1)) < (p.ev.commit_lsn, p.ev.seq)  # else older than the row
+        ]
+        self._execute(conn, cols, fresh)
+
+    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
+        sink, adapt, now = self.sink, self._adapt, utcnow()
         ups, dels, states = [], [], []
-        adapt = self._adapt
-        now = utcnow()
-        for (key, p), kt in zip(items, texts, strict=True):
+        for key, p, kt in fresh:
             ev = p.ev
-            if seen.get(kt, (-1, -1)) >= (ev.commit_lsn, ev.seq):
-                continue  # an older change than the one the row already reflects
             if p.op == UPSERT:
                 ups.append({c: adapt(c, p.row.get(c)) for c in cols})
             else:
@@ -209,6 +219,60 @@ class CoreMerge:
             conn.execute(remove_stmt, dels)
         if states:
             conn.execute(row_state_upsert(self.dialect), states)
+
+
+class MySqlMerge(CoreMerge):
+    """MariaDB/MySQL: the same statements, sent as multi-row INSERT … ON DUPLICATE KEY UPDATE texts of
+    ROWS_PER_STATEMENT rows, values escaped by the driver (pymysql) — what a DBA's own bulk load does. Going
+    through SQLAlchemy's executemany costs ~5x more per row in parameter handling."""
+
+    ROWS_PER_STATEMENT = 1000
+
+    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
+        dbapi = conn.connection.driver_connection
+        cur = dbapi.cursor()
+        esc = dbapi.escape
+        q = self._quote
+        keys, soft = self.sink.key_cols, self.sink.soft_delete_column
+        update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
+        if soft and soft not in cols:
+            update.append(f"{q(soft)} = NULL")
+        up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
+        up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
+        st_head = "INSERT INTO cdc_row_state (connector, row_key, commit_lsn, seq, ts_ms, txid, op, applied_at) VALUES "
+        st_tail = (
+            " ON DUPLICATE KEY UPDATE commit_lsn = VALUES(commit_lsn), seq = VALUES(seq), ts_ms = VALUES(ts_ms),"
+            " txid = VALUES(txid), op = VALUES(op), applied_at = VALUES(applied_at)"
+        )
+        name = esc(self.sink.name)
+        dels = []
+        for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
+            ups, states = [], []
+            for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
+                ev, row = p.ev, p.row
+                if p.op == UPSERT:
+                    ups.append("(" + ",".join([esc(row.get(c)) for c in cols]) + ")")
+                else:
+                    d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
+                    d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
+                    dels.append(d)
+                txid = "NULL" if ev.txid is None else int(ev.txid)
+                states.append(
+                    f"({name},{esc(kt)},{int(ev.commit_lsn)},{int(ev.seq)},{int(ev.ts_ms)},{txid},'{p.op}',UTC_TIMESTAMP(6))"
+                )
+            if ups:
+                cur.execute(up_head + ",".join(ups) + up_tail)
+            cur.execute(st_head + ",".join(states) + st_tail)
+        if dels:
+            conn.execute(self._statements(tuple(cols))[1], dels)
+
+    @staticmethod
+    def _quote(name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def _table(self) -> str:
+        t = self.sink.target
+        return f"{self._quote(t.schema)}.{self._quote(t.name)}" if t.schema else self._quote(t.name)
 
 
 def _ms_to_dt(ms: int):

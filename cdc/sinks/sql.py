@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from cdc.sinks.bookkeeping import (
     upsert,
     utcnow,
 )
-from cdc.sinks.dialects import REMOVE, UPSERT, CoreMerge, PgMerge
+from cdc.sinks.dialects import REMOVE, UPSERT, CoreMerge, MySqlMerge, PgMerge
 
 log = logging.getLogger("cdc.sink.sql")
 
@@ -51,6 +52,10 @@ class SqlSink:
         self.scfg = cfg.sink
         self.name = cfg.name
         self.key_cols = tuple(cfg.sink.key)
+        k0 = self.key_cols[0]
+        self._keyget = (
+            operator.itemgetter(*self.key_cols) if len(self.key_cols) > 1 else lambda row: (row[k0],)
+        )
         self.soft_delete_column = cfg.sink.soft_delete_column if cfg.sink.delete == "soft" else None
         self.pending: dict[tuple, Pending] = {}
         self.held: list[dict] = []
@@ -60,6 +65,7 @@ class SqlSink:
         self.target: sa.Table | None = None
         self.dialect = ""
         self.dead_lettered = 0  # rows the database refused, since start (for metrics)
+        self.floor: int | None = None  # stored source position (commit LSN) once loaded; see _may_be_stale
         self._warned: set[str] = set()
 
     # --- lifecycle ------------------------------------------------------------------------------------
@@ -81,12 +87,15 @@ class SqlSink:
             meta.create_all(self.engine, checkfirst=True)
             self.target = self._reflect()
             self.conn = self.engine.connect()
-            self._merger = PgMerge(self) if self.dialect == "postgresql" else CoreMerge(self)
+            self._merger = self._make_merger()
             if self.target is not None:
                 self._merger.prepare(self.conn)
         except Exception as e:
             self.close()
             raise _classify(e) from e
+
+    def _make_merger(self) -> PgMerge | CoreMerge:
+        return {"postgresql": PgMerge, "mysql": MySqlMerge}.get(self.dialect, CoreMerge)(self)
 
     def _reflect(self) -> sa.Table | None:
         schema, _, name = self.scfg.table.rpartition(".")
@@ -136,7 +145,7 @@ class SqlSink:
         with self.engine.begin() as c:
             table.create(c, checkfirst=True)
         self.target = table
-        self._merger = PgMerge(self) if self.dialect == "postgresql" else CoreMerge(self)
+        self._merger = self._make_merger()
         self._merger.prepare(self.conn)
         log.info("%s: created target table %s", self.name, self.scfg.table)
 
@@ -162,7 +171,10 @@ class SqlSink:
                 ).first()
         except Exception as e:
             raise _classify(e) from e
-        return json.loads(row[0]) if row else None
+        position = json.loads(row[0]) if row else None
+        if partition == "wal":
+            self.floor = position["commit_lsn"] if position else 0
+        return position
 
     def forget_offsets(self) -> None:
         with self.engine.begin() as c:
@@ -172,7 +184,7 @@ class SqlSink:
 
     def _key(self, row: dict[str, Any] | None, ev: ChangeEvent) -> tuple:
         try:
-            key = tuple(row[k] for k in self.key_cols)
+            key = self._keyget(row)
         except (KeyError, TypeError):
             raise HoldError(
                 f"the change has no value for key column(s) {', '.join(self.key_cols)} "
@@ -202,8 +214,26 @@ class SqlSink:
             except KeyError:
                 old = key
             if old != key and None not in old:  # the key changed: the row moves
+                if UNCHANGED_TOAST in after.values():
+                    self._rename_row(old, key)  # the source did not resend some values: keep them
                 self._put(old, REMOVE, before, ev)
         self._put(key, UPSERT, after, ev)
+
+    def _rename_row(self, old: tuple, new: tuple) -> None:
+        """Moves the stored row from key `old` to `new` in place (a key change whose unchanged TOAST values
+        were not sent); what is buffered goes first, so the order of changes holds."""
+        self.write()
+        if self.target is None:
+            return
+        t = self.target
+        try:
+            self._tx().execute(
+                t.update()
+                .where(sa.and_(*(t.c[k] == v for k, v in zip(self.key_cols, old, strict=True))))
+                .values(dict(zip(self.key_cols, new, strict=True)))
+            )
+        except Exception as e:
+            raise _classify(e) from e
 
     def _put(self, key: tuple, op: str, row: dict, ev: ChangeEvent) -> None:
         prev = self.pending.get(key)
@@ -283,7 +313,7 @@ class SqlSink:
         cause it, which are dead-lettered with the database's error."""
         try:
             with conn.begin_nested():
-                self._merger.merge(conn, items, cols)
+                self._merger.merge(conn, items, cols, check_stale=self._may_be_stale(items))
         except Exception as e:
             if not _is_row_error(e):
                 raise
@@ -299,6 +329,14 @@ class SqlSink:
             self.hold(
                 p.ev, HoldError(f"the storefront database refused the row: {message}", rule="sink.write")
             )
+
+    def _may_be_stale(self, items: list) -> bool:
+        """Whether any change could be older than a row's recorded position. Every recorded position is at or
+        below the stored source position (they commit together), so changes above it need no lookup."""
+        if self.floor is None:
+            return True
+        floor = self.floor
+        return any(p.ev.commit_lsn <= floor for _, p in items)
 
     def _columns(self, present: tuple[str, ...]) -> list[str]:
         """The target's columns among those a change carries (schema drift: extra ones are ignored)."""
@@ -343,6 +381,8 @@ class SqlSink:
             conn.commit()
         except Exception as e:
             raise _classify(e) from e
+        if partition == "wal" and self.floor is not None:
+            self.floor = max(self.floor, position["commit_lsn"])
 
     def rollback(self) -> None:
         self.pending.clear()

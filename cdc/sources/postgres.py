@@ -311,7 +311,9 @@ class PostgresSource:
             sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
             sql.Identifier(schema, name),
         )
-        estimate = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+        estimate = conn.execute(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)
+        ).fetchone()
         progress = Progress(f"{self.cfg.name}: snapshot of {table}", max(estimate[0], 0) or None, log)
         with conn.cursor(name=f"cdc_snap_{name}") as cur:
             cur.itersize = 5000

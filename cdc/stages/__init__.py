@@ -18,28 +18,56 @@ from cdc.events import ChangeEvent, jsonable
 from cdc.stages.base import Stage, StageConfigBase
 from cdc.stages.drop import DropConfig, DropStage
 from cdc.stages.filter import FilterConfig, FilterStage
+from cdc.stages.guard import GuardConfig, GuardStage, GuardViolation
 from cdc.stages.money import MoneyConfig, MoneyStage
+from cdc.stages.pick import PickConfig, PickStage
 from cdc.stages.rename import RenameConfig, RenameStage
+from cdc.stages.route import RouteConfig, RouteRule, RouteStage
+from cdc.stages.set import SetConfig, SetStage
+from cdc.stages.tax import TaxConfig, TaxStage
 
 __all__ = [
     "DropConfig",
     "DropStage",
     "FilterConfig",
     "FilterStage",
+    "GuardConfig",
+    "GuardStage",
+    "GuardViolation",
     "MoneyConfig",
     "MoneyStage",
+    "PickConfig",
+    "PickStage",
     "RenameConfig",
     "RenameStage",
+    "RouteConfig",
+    "RouteRule",
+    "RouteStage",
+    "SetConfig",
+    "SetStage",
     "Stage",
     "StageConfig",
     "StageConfigBase",
+    "TaxConfig",
+    "TaxStage",
     "apply_stages",
     "build_stages",
     "snapshot",
     "stage_config_adapter",
 ]
 
-StageConfig = Annotated[RenameConfig | FilterConfig | MoneyConfig | DropConfig, Field(discriminator="type")]
+StageConfig = Annotated[
+    RenameConfig
+    | FilterConfig
+    | MoneyConfig
+    | DropConfig
+    | SetConfig
+    | TaxConfig
+    | PickConfig
+    | RouteConfig
+    | GuardConfig,
+    Field(discriminator="type"),
+]
 
 stage_config_adapter: TypeAdapter[list[StageConfig]] = TypeAdapter(list[StageConfig])
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from cdc.events import ChangeEvent
 from cdc.stages.base import StageConfigBase
 
 
 class DropConfig(StageConfigBase):
+    """Remove columns from before and after (never drop a key column the sink needs)."""
+
     type: Literal["drop"]
-    fields: list[str]
+    fields: list[str] = Field(description="columns to remove, e.g. [channel, internal_note]")
 
     @field_validator("fields")
     @classmethod

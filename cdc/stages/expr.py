@@ -13,7 +13,11 @@ Language:
   `x is null` / `x is not null` (also `is None`);
 * `and`, `or`, `not`, parentheses;
 * arithmetic `+ - * /` and unary minus on numbers (ints become Decimal; `+` on two strings concatenates);
-* functions: coalesce(a, b, ...), now(), lower(s), upper(s), abs(x), round(x[, n]).
+* functions: coalesce(a, b, ...), now(), lower(s), upper(s), abs(x), round(x[, n]), concat(a, b, ...).
+
+`now()` is the current time as an aware UTC datetime. `concat(...)` joins its arguments as text like SQL's
+concat(): nulls are skipped, strings as they are, numbers in plain notation (Decimal('1E+2') -> '100', a
+float via its shortest repr), dates and times in ISO format; anything else (booleans...) raises EvalError.
 
 Null semantics (SQL-ish): a comparison or `in`/`not in` with a null operand is false (`is null` excepted);
 arithmetic and lower/upper/abs/round of null give null; in a boolean context null counts as false, so
@@ -289,6 +293,28 @@ def _round(v: Any, n: Any = 0) -> Any:
     return out.copy_abs() if not out and out.is_signed() else out
 
 
+def _text(v: Any) -> str:
+    cls = v.__class__
+    if cls is str:
+        return v
+    if cls is Decimal or cls is int or cls is float:
+        d = _num(v, "concat()")
+        if not d.is_finite():
+            raise EvalError(f"concat() cannot join {_show(v)}")
+        return format(d, "f")
+    if isinstance(v, dt.datetime | dt.date | dt.time):
+        return v.isoformat()
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, Decimal | int) and not isinstance(v, bool):
+        return _text(_num(v, "concat()"))
+    raise EvalError(f"concat() needs strings, numbers or times, got {_kind(v)} {_show(v)}")
+
+
+def _concat(*values: Any) -> str:
+    return "".join([_text(v) for v in values if v is not None])
+
+
 # name -> (min args, max args, implementation, static result kind); coalesce is special (lazy).
 _FUNCTIONS: dict[str, tuple[int, int | None, Callable[..., Any] | None, str]] = {
     "coalesce": (1, None, None, "any"),
@@ -297,6 +323,7 @@ _FUNCTIONS: dict[str, tuple[int, int | None, Callable[..., Any] | None, str]] = 
     "upper": (1, 1, _upper, "value"),
     "abs": (1, 1, _abs, "value"),
     "round": (1, 2, _round, "value"),
+    "concat": (1, None, _concat, "value"),
 }
 
 _NAMED_CONSTANTS = {"null": None, "None": None, "true": True, "True": True, "false": False, "False": False}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from cdc.errors import HoldError
 from cdc.events import CREATE, DELETE, READ, TRUNCATE, UNCHANGED_TOAST, UPDATE, ChangeEvent
@@ -36,8 +36,13 @@ _UNKNOWN = None  # _test_before result when before cannot be judged
 
 
 class FilterConfig(StageConfigBase):
+    """Keep the changes whose row passes `where`; an update that starts or stops passing becomes an insert or
+    a delete, so the downstream table mirrors the rows that pass."""
+
     type: Literal["filter"]
-    where: str
+    where: str = Field(
+        description="condition in the expression language, e.g. channel == 'ONLINE' and price > 0"
+    )
 
     @field_validator("where")
     @classmethod

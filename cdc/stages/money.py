@@ -51,11 +51,19 @@ _ONE = Decimal(1)
 
 
 class MoneyConfig(StageConfigBase):
+    """Make a column an exact Decimal with a fixed scale (e.g. integer fen -> yuan with 2 places); floats,
+    NaN and non-numbers are held."""
+
     type: Literal["money"]
-    field: str
-    divide_by: Decimal | None = None
-    scale: int = Field(ge=0, le=100)
-    rounding: Literal["half_up", "half_even", "down", "up"] = "half_up"
+    field: str = Field(description="column holding the amount")
+    divide_by: Decimal | None = Field(
+        None, description="divide by this first (> 0), e.g. 100 for minor units; exact, one rounding"
+    )
+    scale: int = Field(ge=0, le=100, description="decimal places of the result")
+    rounding: Literal["half_up", "half_even", "down", "up"] = Field(
+        "half_up",
+        description="half_up: ties away from zero; half_even: ties to even; down: toward zero; up: away from zero",
+    )
 
     @field_validator("field")
     @classmethod

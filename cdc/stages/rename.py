@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from cdc.errors import HoldError
 from cdc.events import ChangeEvent
@@ -12,8 +12,12 @@ from cdc.stages.base import StageConfigBase
 
 
 class RenameConfig(StageConfigBase):
+    """Rename columns in before, after and the key columns."""
+
     type: Literal["rename"]
-    fields: dict[str, str]  # {old_name: new_name}
+    fields: dict[str, str] = Field(
+        description="old name -> new name, e.g. {item_code: sku, price_fen: price}"
+    )
 
     @field_validator("fields")
     @classmethod
