@@ -11,6 +11,8 @@ and deletes, and record the new positions in cdc_row_state, all inside the calle
 
 from __future__ import annotations
 
+import queue
+import threading
 from decimal import Decimal
 from typing import Any
 
@@ -231,7 +233,7 @@ class MySqlMerge(CoreMerge):
     def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
         dbapi = conn.connection.driver_connection
         cur = dbapi.cursor()
-        esc = dbapi.escape
+        esc = _mysql_escaper(dbapi)
         q = self._quote
         keys, soft = self.sink.key_cols, self.sink.soft_delete_column
         update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
@@ -246,23 +248,25 @@ class MySqlMerge(CoreMerge):
         )
         name = esc(self.sink.name)
         dels = []
-        for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
-            ups, states = [], []
-            for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
-                ev, row = p.ev, p.row
-                if p.op == UPSERT:
-                    ups.append("(" + ",".join([esc(row.get(c)) for c in cols]) + ")")
-                else:
-                    d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
-                    d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
-                    dels.append(d)
-                txid = "NULL" if ev.txid is None else int(ev.txid)
-                states.append(
-                    f"({name},{esc(kt)},{int(ev.commit_lsn)},{int(ev.seq)},{int(ev.ts_ms)},{txid},'{p.op}',UTC_TIMESTAMP(6))"
-                )
-            if ups:
-                cur.execute(up_head + ",".join(ups) + up_tail)
-            cur.execute(st_head + ",".join(states) + st_tail)
+        with _Pipelined(cur) as send:  # the server works on one statement while the next is built
+            for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
+                ups, states = [], []
+                for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
+                    ev, row = p.ev, p.row
+                    if p.op == UPSERT:
+                        ups.append("(" + ",".join([esc(row.get(c)) for c in cols]) + ")")
+                    else:
+                        d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
+                        d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
+                        dels.append(d)
+                    txid = "NULL" if ev.txid is None else int(ev.txid)
+                    states.append(
+                        f"({name},{esc(kt)},{int(ev.commit_lsn)},{int(ev.seq)},{int(ev.ts_ms)},{txid},'{p.op}',"
+                        "UTC_TIMESTAMP(6))"
+                    )
+                if ups:
+                    send(up_head + ",".join(ups) + up_tail)
+                send(st_head + ",".join(states) + st_tail)
         if dels:
             conn.execute(self._statements(tuple(cols))[1], dels)
 
@@ -273,6 +277,60 @@ class MySqlMerge(CoreMerge):
     def _table(self) -> str:
         t = self.sink.target
         return f"{self._quote(t.schema)}.{self._quote(t.name)}" if t.schema else self._quote(t.name)
+
+
+class _Pipelined:
+    """Runs statements, in order, on a worker thread, so building the next one (Python) overlaps the server
+    executing this one (the worker waits on the socket without the GIL). Leaving the block waits for all of
+    them and re-raises the first error; statements after a failed one are not run."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+        self.worker = threading.Thread(target=self._run, daemon=True, name="sink-writer")
+
+    def _run(self) -> None:
+        while (statement := self.queue.get()) is not None:
+            if not self.errors:
+                try:
+                    self.cursor.execute(statement)
+                except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+                    self.errors.append(e)
+
+    def __enter__(self):
+        self.worker.start()
+        return self.queue.put
+
+    def __exit__(self, *exc) -> None:
+        self.queue.put(None)
+        self.worker.join()
+        if self.errors and exc[0] is None:
+            raise self.errors[0]
+
+
+def _mysql_escaper(dbapi):
+    """pymysql's own escaping, with the common types (str, int, finite Decimal, None) dispatched directly."""
+    from pymysql.constants import SERVER_STATUS
+    from pymysql.converters import escape_string
+
+    escape = dbapi.literal
+    if dbapi.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+
+        def escape_string(s: str) -> str:
+            return s.replace("'", "''")
+
+    def esc(v: Any) -> str:
+        t = type(v)
+        if t is str:
+            return "'" + escape_string(v) + "'"
+        if t is int or (t is Decimal and v.is_finite()):
+            return str(v)
+        if v is None:
+            return "NULL"
+        return escape(v)
+
+    return esc
 
 
 def _ms_to_dt(ms: int):
