@@ -378,7 +378,11 @@ class PostgresSource:
         sock = conn.socket
         while True:
             n, data = conn.get_copy_data(1)
-            if n == 0:  # nothing buffered: tell the pipeline, send status if due, wait for the socket
+            if n == 0:  # nothing buffered
+                if select.select([sock], [], [], 0)[0]:  # more has arrived: read on, batches stay large
+                    conn.consume_input()
+                    continue
+                # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
                 yield Idle(self.wal_end)
                 self._maybe_status(conn, interval)
                 r, _, _ = select.select([sock], [], [], min(interval, 1.0))
