@@ -32,6 +32,17 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
     )
 
 
+def tune_gc() -> None:
+    """A batch keeps tens of thousands of small objects alive (events, rows); the default collector
+    thresholds rescan them over and over (~2 µs per change). Start-up objects are frozen out of the way and
+    the young generation is collected less often; reference counting still frees almost everything."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def fail(message: str, code: int = 1) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -76,6 +87,7 @@ def run(
     from cdc.pipeline import Pipeline
 
     cfgs = load_all(configs)
+    tune_gc()
     metrics = Metrics()
     port = metrics_port if metrics_port is not None else cfgs[0].metrics.port
     if port is not None:
