@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from cdc.errors import ConfigError
 from cdc.stages import StageConfig
@@ -55,6 +55,34 @@ class PostgresSource(Strict):
     )
 
 
+class HistoryConfig(Strict):
+    """Price history: every applied change's old and new values, its source transaction (txid, commit LSN),
+    commit time, who changed it and how it came (`stream`, `snapshot`, `schedule`, `approve:<who>`), in the
+    bookkeeping table cdc_price_history of the sink database, written in the same transaction as the change.
+    A change that leaves the recorded columns as they were is not recorded. `history: true` takes the
+    defaults."""
+
+    fields: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="storefront columns whose old and new values are recorded, e.g. [price]; "
+        "default: every column the change writes except the key",
+    )
+    changed_by: str | None = Field(
+        None,
+        description="the POS column naming who made the change, e.g. updated_by; read from the source row "
+        "before any transform, so a later drop does not hide it",
+    )
+
+
+def _history(v: Any) -> Any:
+    if v is True:
+        return {}
+    if v is False:
+        return None
+    return v
+
+
 class SqlSink(Strict):
     type: Literal["sql"]
     url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db")
@@ -66,6 +94,9 @@ class SqlSink(Strict):
     create_table: bool = Field(False, description="create a missing target table from the events (demos)")
     batch_size: int = Field(20000, ge=1, description="changes written per sink round trip")
     batch_max_ms: int = Field(200, ge=1, description="longest a change waits for its batch to fill")
+    history: Annotated[HistoryConfig | None, BeforeValidator(_history)] = Field(
+        None, description="record price history (see HistoryConfig); true for the defaults"
+    )
 
 
 SourceConfig = Annotated[PostgresSource, Field(discriminator="type")]

@@ -2,6 +2,10 @@
 
 Everything is made in a temp dir and removed on exit (Ctrl-C included). The connector is the example a DBA
 copies, connectors/pos-to-storefront.yaml (an embedded copy is used when the repo is not at hand).
+
+Besides cashier-style reprices, the demo plays two scenes a few seconds in: a promotion on PROMO_SKU that
+starts and ends on its own (the `schedule` stage), and a fat-fingered price on FAT_SKU (a 99 % drop) that the
+`guard` quarantines, so the storefront keeps its price.
 """
 
 from __future__ import annotations
@@ -27,13 +31,16 @@ from cdc.pipeline import Pipeline
 
 POS_SCHEMA = """
 CREATE TABLE item_price (
-    item_code  text        NOT NULL,
-    store_id   int         NOT NULL,
-    channel    text        NOT NULL,
-    price_fen  bigint      NOT NULL,
-    cost_fen   bigint,
-    updated_by text,
-    updated_at timestamptz NOT NULL DEFAULT now(),
+    item_code       text        NOT NULL,
+    store_id        int         NOT NULL,
+    channel         text        NOT NULL,
+    price_fen       bigint      NOT NULL,
+    promo_price_fen bigint,
+    promo_from      timestamptz,
+    promo_to        timestamptz,
+    cost_fen        bigint,
+    updated_by      text,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (item_code, store_id, channel)
 );
 """
@@ -47,6 +54,14 @@ CREATE TABLE product_price (
 """
 N_ITEMS = 200
 CASHIERS = ["alice", "bo", "chen", "dana"]
+PROMO_SKU, FAT_SKU = "SKU-00001", "SKU-00002"
+PROMO_AT, PROMO_FOR = 3.0, 3.0  # the promotion starts this many seconds into the demo, and lasts this long
+FAT_AT = 2.0  # when the fat-fingered price is typed
+# the effective online price, as the `schedule` stage computes it
+EFFECTIVE = (
+    "CASE WHEN promo_price_fen IS NOT NULL AND (promo_from IS NULL OR promo_from <= now())"
+    " AND (promo_to IS NULL OR now() < promo_to) THEN promo_price_fen ELSE price_fen END"
+)
 
 
 def example_config() -> Path:
@@ -74,39 +89,71 @@ def seed(pos_dsn: str, store_dsn: str) -> None:
         c.execute(STORE_SCHEMA)
 
 
-def simulate(pos_dsn: str, rate: float, stop: threading.Event, counter: list[int]) -> None:
-    """Cashier-style price changes: mostly single-row reprices, now and then a promotion touching many."""
+def simulate(pos_dsn: str, rate: float, stop: threading.Event, counter: list[int], events: list[str]) -> None:
+    """Cashier-style price changes (mostly single-row reprices of up to 15 %, now and then a category
+    repriced at once), and the two scenes: a promotion, and a fat-fingered price."""
+    began = time.monotonic()
+    scenes = [(0.5, _plan_promotion), (FAT_AT, _fat_finger)]
     with psycopg.connect(pos_dsn, autocommit=True) as c:
         while not stop.is_set():
+            while scenes and time.monotonic() - began >= scenes[0][0]:
+                events.append(scenes.pop(0)[1](c))
+            not_these = (PROMO_SKU, FAT_SKU)
             if random.random() < 0.02:
-                pct = random.choice([80, 90, 95])
                 n = c.execute(
-                    "UPDATE item_price SET price_fen = price_fen * %s / 100, updated_by = 'promo',"
-                    " updated_at = now() WHERE channel = 'ONLINE' AND item_code LIKE %s",
-                    (pct, f"SKU-000{random.randint(0, 9)}%"),
+                    "UPDATE item_price SET price_fen = greatest(cost_fen * 11 / 10, price_fen * %s / 100),"
+                    " updated_by = 'category-manager', updated_at = now()"
+                    " WHERE channel = 'ONLINE' AND item_code LIKE %s AND item_code <> ALL(%s)",
+                    (random.choice([90, 95, 105, 110]), f"SKU-000{random.randint(0, 9)}%", list(not_these)),
                 ).rowcount
             else:
-                n = c.execute(
-                    "UPDATE item_price SET price_fen = %s, updated_by = %s, updated_at = now()"
-                    " WHERE item_code = %s AND channel = %s",
-                    (
-                        random.randint(100, 99_900),
-                        random.choice(CASHIERS),
-                        f"SKU-{random.randrange(N_ITEMS):05d}",
-                        random.choice(["ONLINE", "STORE"]),
-                    ),
-                ).rowcount
+                sku = f"SKU-{random.randrange(N_ITEMS):05d}"
+                n = 0
+                if sku not in not_these:
+                    n = c.execute(
+                        "UPDATE item_price SET price_fen = greatest(cost_fen * 11 / 10, price_fen * %s / 100),"
+                        " updated_by = %s, updated_at = now() WHERE item_code = %s AND channel = %s",
+                        (
+                            random.randint(85, 115),
+                            random.choice(CASHIERS),
+                            sku,
+                            random.choice(["ONLINE", "STORE"]),
+                        ),
+                    ).rowcount
             counter[0] += n
             stop.wait(1 / rate)
 
 
+def _plan_promotion(c: psycopg.Connection) -> str:
+    row = c.execute(
+        "UPDATE item_price SET promo_price_fen = price_fen * 8 / 10, updated_by = 'marketing',"
+        " promo_from = now() + make_interval(secs => %s), promo_to = now() + make_interval(secs => %s)"
+        " WHERE item_code = %s AND channel = 'ONLINE' RETURNING price_fen, promo_price_fen",
+        (PROMO_AT - 0.5, PROMO_AT - 0.5 + PROMO_FOR, PROMO_SKU),
+    ).fetchone()
+    return (
+        f"marketing plans 20 % off {PROMO_SKU}: {row[0] / 100:.2f} -> {row[1] / 100:.2f} yuan, "
+        f"starting in {PROMO_AT - 0.5:.1f}s, for {PROMO_FOR:.0f}s"
+    )
+
+
+def _fat_finger(c: psycopg.Connection) -> str:
+    row = c.execute(
+        "UPDATE item_price SET price_fen = greatest(1, price_fen / 100), updated_by = 'bo', updated_at = now()"
+        " WHERE item_code = %s AND channel = 'ONLINE' RETURNING price_fen",
+        (FAT_SKU,),
+    ).fetchone()
+    return f"cashier bo fat-fingers {FAT_SKU}: {row[0] / 100:.2f} yuan (a 99 % drop)"
+
+
 def snapshot_view(pos_dsn: str, store_dsn: str, metrics: Metrics, name: str, made: int) -> Table:
     with psycopg.connect(pos_dsn) as c:
-        pos = dict(
-            c.execute("SELECT item_code, price_fen FROM item_price WHERE channel='ONLINE' AND store_id=0")
-        )
+        pos = dict(c.execute(f"SELECT item_code, {EFFECTIVE} FROM item_price WHERE channel = 'ONLINE'"))
     with psycopg.connect(store_dsn) as c:
         store = dict(c.execute("SELECT sku, price FROM product_price WHERE deleted_at IS NULL"))
+        held = c.execute(
+            "SELECT count(*) FROM cdc_held WHERE kind = 'quarantine' AND status = 'held'"
+        ).fetchone()[0]
     in_sync = sum(1 for k, v in pos.items() if k in store and store[k] * 100 == v)
     lag = metrics.end_to_end_lag.labels(name)._value.get()
     table = Table(title="pos-cdc demo: POS (fen) -> storefront (yuan)")
@@ -115,9 +162,30 @@ def snapshot_view(pos_dsn: str, store_dsn: str, metrics: Metrics, name: str, mad
     table.add_row("POS rows changed", str(made))
     table.add_row("online SKUs in sync", f"{in_sync}/{len(pos)}")
     table.add_row("end-to-end lag (s)", f"{lag:.3f}")
+    table.add_row("quarantined", str(held))
     for sku in sorted(pos)[:5]:
         table.add_row(f"  {sku}", f"POS {pos[sku]} fen -> shop {store.get(sku, '—')} yuan")
     return table
+
+
+def scene_lines(store_dsn: str, seen: dict) -> list[str]:
+    """What the storefront did about the scenes since last asked: the promotion's price, quarantined prices."""
+    out = []
+    with psycopg.connect(store_dsn) as c:
+        row = c.execute("SELECT price FROM product_price WHERE sku = %s", (PROMO_SKU,)).fetchone()
+        held = c.execute(
+            "SELECT id, row_key, reason FROM cdc_held WHERE kind = 'quarantine' AND status = 'held' ORDER BY id"
+        ).fetchall()
+    price = row[0] if row else None
+    if price is not None and seen.get("promo") is not None and price != seen["promo"]:
+        what = "starts" if price < seen["promo"] else "ends"
+        out.append(f"storefront: promotion on {PROMO_SKU} {what}: {seen['promo']} -> {price} yuan")
+    seen["promo"] = price
+    for entry_id, key, reason in held:
+        if entry_id not in seen.setdefault("held", set()):
+            seen["held"].add(entry_id)
+            out.append(f"storefront: quarantined {key} (entry {entry_id}), kept its price: {reason}")
+    return out
 
 
 def run_demo(seconds: float = 0, rate: float = 20) -> None:
@@ -141,25 +209,35 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
 
         runner = threading.Thread(target=guarded, name="pipeline")
         runner.start()
+        wait_for_snapshot(store_dsn, runner)
         stop = threading.Event()
-        made = [0]
-        sim = threading.Thread(target=simulate, args=(pos_dsn, rate, stop, made), daemon=True)
+        made, events, seen = [0], [], {}
+        sim = threading.Thread(target=simulate, args=(pos_dsn, rate, stop, made, events), daemon=True)
         sim.start()
         deadline = time.monotonic() + seconds if seconds else float("inf")
+
+        def news() -> list[str]:
+            out = [f"POS: {events.pop(0)}" for _ in range(len(events))]
+            return out + scene_lines(store_dsn, seen)
+
         try:
             if sys.stdout.isatty():
                 with Live(console=console, refresh_per_second=2) as live:
                     while time.monotonic() < deadline and runner.is_alive():
+                        for line in news():
+                            live.console.print(line)
                         live.update(snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0]))
                         time.sleep(0.5)
             else:
                 while time.monotonic() < deadline and runner.is_alive():
-                    time.sleep(1)
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    for line in news():
+                        print(line, flush=True)
                     t = snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0])
                     cells = [
                         f"{a}={b}" for a, b in zip(t.columns[0]._cells, t.columns[1]._cells, strict=True)
                     ]
-                    print("; ".join(cells[:3]), flush=True)
+                    print("; ".join(cells[:4]), flush=True)
         except KeyboardInterrupt:
             pass
         finally:
@@ -170,6 +248,25 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
             runner.join(30)
         if errors:
             raise errors[0]
+        for line in news():
+            console.print(line)
         final = snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0])
         console.print(final)
+        console.print(
+            "with a real connector: `cdc quarantine CONFIG list | approve ID | reject ID` decides on held "
+            "prices, and the storefront's cdc_price_history table says who changed what"
+        )
         console.print("demo finished; the local databases are removed.")
+
+
+def wait_for_snapshot(store_dsn: str, runner: threading.Thread, timeout: float = 60) -> None:
+    """Until the storefront has the online prices (so the scenes play against a synced storefront)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and runner.is_alive():
+        with psycopg.connect(store_dsn) as c:
+            if (
+                c.execute("SELECT to_regclass('cdc_offsets') IS NOT NULL").fetchone()[0]
+                and c.execute("SELECT count(*) FROM cdc_offsets").fetchone()[0]
+            ):
+                return
+        time.sleep(0.1)

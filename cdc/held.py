@@ -1,14 +1,19 @@
 """Held changes (cdc_held): list them, apply one (quarantine approve / dead-letter retry), or drop one.
 
-Applying goes through the sink with the change's ORIGINAL source position, so the never-backwards guard
-decides: if a newer change for the key has been applied since, nothing changes and the entry is marked
-superseded. Every resolution records who and when.
+Applying goes through the sink with the change's ORIGINAL source position: if a newer change for the key has
+been applied since (the key's row state, read under a lock, is past that position), nothing changes and the
+entry is marked superseded. A change held at the position the row state already has (a scheduled price the
+guard held, whose source change was applied with its base price) is applied over it. The change is rebuilt with
+its value types (`typed_event`, cdc/stored.py), so Decimals and times reach the later stages and the storefront
+exactly. Every resolution records who and when; an applied one also reaches price history as approve:<who> or
+retry:<who>.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -16,9 +21,11 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import ChangeEvent
+from cdc.schedule import apply_due
 from cdc.sinks.bookkeeping import held_table, row_state_table, utcnow
 from cdc.sinks.sql import SqlSink
 from cdc.stages import apply_stages, build_stages
+from cdc.stored import load_event
 
 
 def who() -> str:
@@ -52,7 +59,9 @@ class Outcome:
 
 
 def event_from_held(row) -> ChangeEvent:
-    env = json.loads(row.event)
+    if getattr(row, "typed_event", None):
+        return load_event(row.typed_event)
+    env = json.loads(row.event)  # held before value types were kept: Decimals come back as strings
     src = env["source"]
     return ChangeEvent(
         env["op"],
@@ -79,12 +88,18 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
     try:
         conn = sink._tx()
         row = conn.execute(
-            sa.select(held_table).where(
-                held_table.c.id == held_id, held_table.c.connector == cfg.name, held_table.c.kind == kind
-            )
+            sa.select(held_table)
+            .where(held_table.c.id == held_id, held_table.c.connector == cfg.name, held_table.c.kind == kind)
+            .with_for_update()  # two approvals of one entry: the second sees the first's resolution
         ).first()
         if row is None:
             raise CdcError(f"no {kind.replace('_', ' ')} entry {held_id} for connector {cfg.name}")
+        if row.status == "superseded" and apply:
+            return Outcome(
+                "superseded",
+                f"a newer change for {row.row_key} was applied ({row.resolved_by} at {row.resolved_at}); "
+                "nothing changed",
+            )
         if row.status != "held":
             raise CdcError(
                 f"entry {held_id} is already {row.status} (by {row.resolved_by} at {row.resolved_at})"
@@ -92,44 +107,64 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
         if not apply:
             outcome = Outcome("rejected" if kind == "quarantine" else "dropped", "nothing was applied")
         else:
-            outcome = _apply(cfg, sink, conn, row, kind)
+            outcome = _apply(cfg, sink, conn, row, kind, by)
         conn.execute(
             held_table.update()
             .where(held_table.c.id == held_id)
             .values(status=outcome.status, resolved_by=by, resolved_at=utcnow())
         )
         conn.commit()
+        if (
+            outcome.status == "applied"
+            and sink.next_due_ms is not None
+            and sink.next_due_ms <= time.time() * 1000
+        ):
+            # the change carried a promotion boundary that has passed since it was held: apply it now rather
+            # than leave the price until the connector's next look at its schedule
+            apply_due(sink, _wired(cfg, sink))
+            outcome.message += "; its promotion window has moved on since, so the price as of now was applied"
         return outcome
     finally:
         sink.rollback()
         sink.close()
 
 
-def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: str) -> Outcome:
+def _wired(cfg: ConnectorConfig, sink: SqlSink) -> list:
+    from cdc.pipeline import wire
+
+    stages = build_stages(cfg.transforms)
+    wire(stages, sink)
+    return stages
+
+
+def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: str, by: str) -> Outcome:
     ev = event_from_held(row)
+    ev.headers["via"] = f"{'approve' if kind == 'quarantine' else 'retry'}:{by}"
+    again = False  # held at the position the key already has: a scheduled price of an applied change
+    if row.row_key is not None:
+        state = conn.execute(
+            sa.select(row_state_table.c.commit_lsn, row_state_table.c.seq)
+            .where(row_state_table.c.connector == cfg.name, row_state_table.c.row_key == row.row_key)
+            .with_for_update()
+        ).first()
+        if state is not None and (state.commit_lsn, state.seq) > (row.commit_lsn, row.seq):
+            return Outcome(
+                "superseded",
+                f"a newer change for {row.row_key} has been applied since; nothing changed",
+            )
+        again = state is not None and (state.commit_lsn, state.seq) == (row.commit_lsn, row.seq)
     # a change held by a stage has been through the stages before it; run the ones after it (an approval
     # overrides the holding rule itself; a retry runs it again, after the DBA fixed what it complained of)
     stage_name = (row.rule or "").split(":")[0]
-    stages = build_stages(cfg.transforms)
+    stages = _wired(cfg, sink)
     names = [s.name for s in stages]
     if stage_name in names:
         at = names.index(stage_name)
         ev = apply_stages(stages[at + (1 if kind == "quarantine" else 0) :], ev)
         if ev is None:
             return Outcome("superseded", "the stages now filter this change out; nothing applied")
-    if row.row_key is not None:
-        state = conn.execute(
-            sa.select(row_state_table.c.commit_lsn, row_state_table.c.seq).where(
-                row_state_table.c.connector == cfg.name, row_state_table.c.row_key == row.row_key
-            )
-        ).first()
-        if state is not None and (state.commit_lsn, state.seq) >= (row.commit_lsn, row.seq):
-            return Outcome(
-                "superseded",
-                f"a newer change for {row.row_key} has been applied since; nothing changed",
-            )
     sink.add(ev)
-    sink.write()
+    sink.write(fresh=again)
     if sink.dead_lettered:  # refused again (the new dead letter is rolled back with the rest)
         raise CdcError(f"the storefront still refuses entry {row.id}; see `cdc deadletter {cfg.path} list`")
     return Outcome("applied", f"applied to {cfg.sink.table} at its original position")

@@ -5,6 +5,11 @@ This is the ONLY place positions are committed, always in this order:
   2. then the source is told to confirm that position to the server.
 A batch holds whole source transactions (a huge one is written in pieces but committed once). Everything the
 loop knows at start comes from the sink's stored position: a crash at any point replays from there.
+
+A change a stage holds (a guard's quarantine, or a dead letter) goes to the sink's held list with its kind and
+is committed with the batch; the position moves on past it. Between batches, with nothing buffered, the loop
+applies the scheduled prices that fell due (cdc/schedule.py), in a sink transaction of their own that moves
+no position.
 """
 
 from __future__ import annotations
@@ -15,16 +20,33 @@ import threading
 import time
 
 from cdc.config import ConnectorConfig
-from cdc.errors import CdcError, HoldError, TransientError
+from cdc.errors import CdcError, HoldError, TerminalError, TransientError
 from cdc.events import ChangeEvent
 from cdc.metrics import Metrics
+from cdc.schedule import apply_due
 from cdc.sinks.sql import SqlSink
 from cdc.sources.postgres import Idle, PostgresSource, TxnEnd
-from cdc.stages import apply_stages, build_stages
+from cdc.stages import GuardStage, Stage, apply_stages, build_stages
 
 log = logging.getLogger("cdc.pipeline")
 
 STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
+DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an approval elsewhere may add one)
+LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
+
+
+def wire(stages: list[Stage], sink: SqlSink) -> None:
+    """Gives the stages their lookups: a guard's max_change_pct compares with the storefront's current value
+    (the sink's open transaction, so changes of this batch count)."""
+    for st in stages:
+        if isinstance(st, GuardStage) and st.config.max_change_pct is not None:
+            if sink.target is not None and st.field not in sink.target.c:
+                raise TerminalError(
+                    f"transforms: {st.name}: max_change_pct compares {st.field} with the storefront's column "
+                    f"{st.field}, which {sink.scfg.table} does not have (place the guard where the field has "
+                    "the storefront's name and units)"
+                )
+            st.current = lambda row, f=st.field: sink.current_value(f, row)
 
 
 class Pipeline:
@@ -47,8 +69,21 @@ class Pipeline:
         self._m_latency = m.end_to_end_latency.labels(name)
         self._m_lag = m.end_to_end_lag.labels(name)
         self._m_last_commit = m.last_commit.labels(name)
-        self._m_held = m.held.labels(name, "dead_letter")
-        m.held.labels(name, "quarantine")  # both series exist from the start, so increase() sees the first
+        # both series exist from the start, so increase() sees the first
+        self._m_held = {kind: m.held.labels(name, kind) for kind in ("dead_letter", "quarantine")}
+        history = cfg.sink.history
+        self.changed_by = history.changed_by if history else None
+        self._due_checked = 0.0
+        # a guard that compares with the storefront: the stages before it run ahead on a run of changes, so
+        # the storefront values it asks for are read in one statement rather than one per change
+        self._ahead = next(
+            (
+                i
+                for i, s in enumerate(self.stages)
+                if isinstance(s, GuardStage) and s.config.max_change_pct is not None
+            ),
+            None,
+        )
         m.source_lag_bytes.labels(name), m.retained_wal_bytes.labels(name)
         self._event_counters: dict[tuple, object] = {}
 
@@ -121,6 +156,7 @@ class Pipeline:
         self._progressed = False
         self.sink = sink = SqlSink(self.cfg)
         sink.open()
+        wire(self.stages, sink)
         self.source = source = PostgresSource(self.cfg)
         source.prepare()
         self._m_up.set(1)
@@ -135,7 +171,8 @@ class Pipeline:
         self._consume(source.stream(start, skip_through=pos["commit_lsn"] if pos else 0))
 
     def _consume(self, items) -> None:
-        sink, stages = self.sink, self.stages
+        sink, stages, changed_by, ahead = self.sink, self.stages, self.changed_by, self._ahead is not None
+        run: list[ChangeEvent] = []  # changes waiting for _apply_run (with a looking-up guard)
         batch_size = self.cfg.sink.batch_size
         max_wait = self.cfg.sink.batch_max_ms / 1000
         last_end: TxnEnd | None = None  # newest transaction fully buffered, not yet committed
@@ -150,14 +187,16 @@ class Pipeline:
                     if self._caught_up:  # behind again, since this change's commit
                         self._caught_up, self._lag_base_ms = False, item.ts_ms
                 self._count(item)
-                try:
-                    ev = apply_stages(stages, item)
-                    if ev is not None:
-                        sink.add(ev)
-                except HoldError as e:
-                    sink.hold(item, e)
-                    self._m_held.inc()
+                if changed_by is not None:  # read before the transforms, which may drop the column
+                    item.headers["changed_by"] = item.after.get(changed_by) if item.after else None
                 n_buffered += 1
+                if ahead:
+                    run.append(item)
+                    if len(run) < LOOKAHEAD and n_buffered < batch_size and not self.stopping:
+                        continue
+                    self._apply_run(run)
+                else:
+                    self._apply(item, stages)
                 if n_buffered >= batch_size:  # bound memory: send rows now, commit at a transaction end
                     sink.write()
                     n_buffered = 0
@@ -167,12 +206,16 @@ class Pipeline:
                     )
                     sink.rollback()
                     return
-            elif type(item) is TxnEnd:
+                continue
+            if run:
+                self._apply_run(run)
+            if type(item) is TxnEnd:
                 in_txn = False
                 last_end = item
                 if item.snapshot or time.monotonic() - first_at >= max_wait or n_buffered >= batch_size:
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
+                    self._due()
             elif type(item) is Idle:
                 if last_end is not None and not in_txn:
                     self._checkpoint(last_end)
@@ -184,16 +227,67 @@ class Pipeline:
                     self._tick()
                 if self.stopping and not in_txn:
                     return
+        if run:
+            self._apply_run(run)
         if last_end is not None:
             self._checkpoint(last_end)
 
+    def _apply(self, ev: ChangeEvent, stages: list[Stage]) -> None:
+        """Runs `stages` on `ev` and buffers the result in the sink, or holds `ev` with its kind."""
+        try:
+            out = apply_stages(stages, ev)
+            if out is not None:
+                self.sink.add(out)
+        except HoldError as e:
+            self._hold(ev, e)
+
+    def _hold(self, ev: ChangeEvent, e: HoldError) -> None:
+        kind = getattr(e, "kind", "dead_letter")  # a guard's GuardViolation says which
+        self.sink.hold(ev, e, kind)
+        self._m_held[kind].inc()
+
+    def _apply_run(self, run: list[ChangeEvent]) -> None:
+        """A run of changes with a guard that compares with the storefront: the stages before the guard on all
+        of them, one read of the values it will compare with, then the rest of the stages, change by change
+        in order (a change still sees the ones before it, buffered in the sink)."""
+        pre, post = self.stages[: self._ahead], self.stages[self._ahead :]
+        staged = []
+        for item in run:
+            try:
+                ev = apply_stages(pre, item)
+            except HoldError as e:
+                self._hold(item, e)
+                continue
+            if ev is not None:
+                staged.append(ev)
+        run.clear()
+        self.sink.prefetch(post[0].field, [ev.after for ev in staged if ev.after is not None])
+        for ev in staged:
+            self._apply(ev, post)
+
     def _tick(self) -> None:
-        """While idle: heartbeat so the slot advances past WAL that other databases write."""
+        """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices."""
         now = time.monotonic()
         interval = self.cfg.source.heartbeat_interval_s
         if interval and now - self._last_heartbeat >= interval:
             self._last_heartbeat = now
             self.source.heartbeat()
+        self._due()
+
+    def _due(self) -> None:
+        """Applies the scheduled prices that are due (only called with nothing buffered in the sink)."""
+        sink = self.sink
+        now = time.monotonic()
+        if sink.scheduling and now - self._due_checked >= DUE_REFRESH_S:
+            self._due_checked = now
+            sink.refresh_next_due()
+        if sink.next_due_ms is None or time.time() * 1000 < sink.next_due_ms:
+            return
+        for kind in apply_due(sink, self.stages):
+            self._m_held[kind].inc()
+        if sink.dead_lettered:
+            self._m_held["dead_letter"].inc(sink.dead_lettered)
+            sink.dead_lettered = 0
 
     def _gauges_loop(self) -> None:
         """On a timer, whatever the stream is doing (busy, stalled, retrying): lag seconds, and the slot's
@@ -221,7 +315,8 @@ class Pipeline:
             )
 
     def _checkpoint(self, end: TxnEnd) -> None:
-        """Sink commit (rows + position, one transaction), then confirm to the source. Nothing else commits."""
+        """Sink commit (rows + position, one transaction), then confirm to the source. Nothing else commits a
+        position (scheduled prices commit their own sink transactions, without one)."""
         t0 = time.monotonic()
         position = {"commit_lsn": end.commit_lsn, "end_lsn": end.end_lsn}
         if end.snapshot:
@@ -230,7 +325,7 @@ class Pipeline:
         self.source.confirm(end.end_lsn)
         self._progressed = True
         if self.sink.dead_lettered:  # rows the storefront refused in this batch
-            self._m_held.inc(self.sink.dead_lettered)
+            self._m_held["dead_letter"].inc(self.sink.dead_lettered)
             self.sink.dead_lettered = 0
         now = time.time()
         self._m_batch.observe(time.monotonic() - t0)

@@ -5,9 +5,14 @@ value inherits the buffered value); `write()` sends the buffer inside the open t
 writes the rest, the held changes and the source position, and commits them together.
 
 Never backwards: every applied key has a row in `cdc_row_state` with the source position of the change that
-put it there; a change at or below that position is skipped (see dialects.py). A row the database refuses
-(too long, out of range, a constraint) is found by bisecting its group under savepoints and dead-lettered
-with the database's error; the rest of the batch is applied. The storefront table itself is never altered.
+put it there; a change at or below that position is skipped (see dialects.py). A "fresh" write
+(`write(fresh=True)`: a scheduled price, or an approval, whose caller checked the key's position under a lock)
+skips that check. A row the database refuses (too long, out of range, a constraint) is found by bisecting its
+group under savepoints and dead-lettered with the database's error; the rest of the batch is applied. The
+storefront table itself is never altered.
+
+In the same transaction as the changes it applies, the sink also marks older quarantined changes of the same
+keys superseded, keeps the keys' scheduled prices (cdc/schedule.py) and writes price history (cdc/history.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cdc import history, schedule
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, jsonable
@@ -29,10 +35,12 @@ from cdc.sinks.bookkeeping import (
     meta,
     offsets_table,
     row_state_table,
+    scheduled_table,
     upsert,
     utcnow,
 )
 from cdc.sinks.dialects import REMOVE, UPSERT, CoreMerge, MySqlMerge, PgMerge
+from cdc.stored import dump_event
 
 log = logging.getLogger("cdc.sink.sql")
 
@@ -44,6 +52,7 @@ class Pending:
     op: str  # UPSERT | REMOVE
     row: dict[str, Any]
     ev: ChangeEvent
+    earlier: list[Pending] | None = None  # with history: the key's changes this one replaced in the buffer
 
 
 class SqlSink:
@@ -67,6 +76,14 @@ class SqlSink:
         self.dead_lettered = 0  # rows the database refused, since start (for metrics)
         self.floor: int | None = None  # stored source position (commit LSN) once loaded; see _may_be_stale
         self._warned: set[str] = set()
+        self.history = cfg.sink.history
+        self.scheduling = any(getattr(t, "type", None) == "schedule" for t in cfg.transforms)
+        # loaded at open, kept up to date by this sink's own commits (reopen after a rollback):
+        self.held_keys: dict[str, tuple[int, int]] = {}  # key -> newest held quarantine position
+        self.scheduled_keys: set[str] = set()  # keys with a cdc_scheduled entry
+        self.next_due_ms: int | None = None  # earliest cdc_scheduled due time
+        self._fetched: dict[str, Any] = {}  # prefetch(): key text -> stored value of _fetched_field
+        self._fetched_field: str | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -85,6 +102,7 @@ class SqlSink:
         try:
             self.engine = _engine(url)
             meta.create_all(self.engine, checkfirst=True)
+            self._load_bookkeeping()
             self.target = self._reflect()
             self.conn = self.engine.connect()
             self._merger = self._make_merger()
@@ -93,6 +111,29 @@ class SqlSink:
         except Exception as e:
             self.close()
             raise _classify(e) from e
+
+    def _load_bookkeeping(self) -> None:
+        h = held_table
+        with self.engine.begin() as c:
+            if "typed_event" not in {col["name"] for col in sa.inspect(c).get_columns("cdc_held")}:
+                c.execute(sa.text("ALTER TABLE cdc_held ADD COLUMN typed_event TEXT"))  # an older cdc_held
+            for kt, lsn, seq in c.execute(
+                sa.select(h.c.row_key, h.c.commit_lsn, h.c.seq).where(
+                    h.c.connector == self.name,
+                    h.c.kind == "quarantine",
+                    h.c.status == "held",
+                    h.c.row_key.is_not(None),
+                )
+            ):
+                self.held_keys[kt] = max(self.held_keys.get(kt, (-1, -1)), (lsn, seq))
+            t = scheduled_table
+            self.scheduled_keys = set(c.scalars(sa.select(t.c.row_key).where(t.c.connector == self.name)))
+        self.refresh_next_due()
+
+    def refresh_next_due(self) -> None:
+        t = scheduled_table
+        with self.engine.connect() as c:
+            self.next_due_ms = c.scalar(sa.select(sa.func.min(t.c.due_ms)).where(t.c.connector == self.name))
 
     def _make_merger(self) -> PgMerge | CoreMerge:
         return {"postgresql": PgMerge, "mysql": MySqlMerge}.get(self.dialect, CoreMerge)(self)
@@ -239,17 +280,99 @@ class SqlSink:
         prev = self.pending.get(key)
         if prev is not None and op == UPSERT and prev.op == UPSERT and UNCHANGED_TOAST in row.values():
             row = {c: (prev.row.get(c, v) if v is UNCHANGED_TOAST else v) for c, v in row.items()}
-        self.pending[key] = Pending(op, row, ev)
+        earlier = None
+        if prev is not None and self.history:  # each change gets its own history entry
+            earlier, prev.earlier = prev.earlier or [], None
+            earlier.append(prev)
+        self.pending[key] = Pending(op, row, ev, earlier)
+
+    def current_value(self, field: str, row: dict[str, Any]) -> Any:
+        """The storefront's value of `field` for the key of `row` as this transaction sees it: the buffered
+        change for the key if there is one, else the stored row (None: no such row, or soft-deleted). For the
+        guard's max_change_pct."""
+        try:
+            key = self._keyget(row)
+        except (KeyError, TypeError):
+            raise HoldError(
+                f"the row has no value for key column(s) {', '.join(self.key_cols)}, so the storefront's "
+                f"{field} cannot be looked up (put the guard after the stages that name the key)",
+                details={"field": field},
+            ) from None
+        p = self.pending.get(key)
+        if p is not None:
+            if p.op == REMOVE:
+                return None
+            v = p.row.get(field, UNCHANGED_TOAST)
+            if v is not UNCHANGED_TOAST:
+                return v
+        if self.target is None or None in key:
+            return None
+        if field == self._fetched_field:
+            kt = key_text(key)
+            if kt in self._fetched:
+                return self._fetched[kt]
+        try:
+            return next(iter(self.stored_rows(self._tx(), [key], [field], visible=True)), {}).get(field)
+        except Exception as e:
+            raise _classify(e) from e
+
+    def prefetch(self, field: str, rows: list[dict[str, Any]]) -> None:
+        """Reads the stored `field` of the keys of `rows` in a few statements, for current_value (a run of
+        changes whose guard compares with the storefront); forgotten when the sink next writes."""
+        if self.target is None:
+            return
+        keys: dict[str, tuple] = {}
+        for row in rows:
+            try:
+                key = self._keyget(row)
+            except (KeyError, TypeError):
+                continue
+            if None not in key and UNCHANGED_TOAST not in key:
+                keys[key_text(key)] = key
+        if field != self._fetched_field:
+            self._fetched, self._fetched_field = {}, field
+        want = [k for kt, k in keys.items() if kt not in self._fetched]
+        try:
+            for r in self.stored_rows(self._tx(), want, [field], visible=True):
+                self._fetched[key_text(tuple(r[k] for k in self.key_cols))] = r[field]
+        except Exception as e:
+            raise _classify(e) from e
+        for kt in keys:
+            self._fetched.setdefault(kt, None)  # no such row
+
+    def stored_rows(self, conn: sa.Connection, keys: list[tuple], cols: list[str], visible: bool = False):
+        """The storefront's rows for `keys` (key columns and `cols`, as mappings), a few hundred keys a statement;
+        `visible`: not soft-deleted."""
+        t, kc = self.target, self.key_cols
+        columns = [t.c[c] for c in dict.fromkeys([*kc, *cols])]
+        strs = [isinstance(t.c[k].type, sa.String) for k in kc]
+        for i in range(0, len(keys), 500):
+            chunk = [
+                tuple(str(v) if s and not isinstance(v, str) else v for v, s in zip(k, strs, strict=True))
+                for k in keys[i : i + 500]
+            ]
+            if len(kc) == 1:
+                where = t.c[kc[0]].in_([k[0] for k in chunk])
+            else:
+                where = sa.tuple_(*(t.c[k] for k in kc)).in_(chunk)
+            q = sa.select(*columns).where(where)
+            if visible and self.soft_delete_column:
+                q = q.where(t.c[self.soft_delete_column].is_(None))
+            for r in conn.execute(q):
+                yield r._mapping
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
         row = ev.row or {}
         key = tuple(row.get(k) for k in self.key_cols)
+        row_key = key_text(key) if None not in key else None
+        if kind == "quarantine" and row_key is not None:
+            self.held_keys[row_key] = max(self.held_keys.get(row_key, (-1, -1)), (ev.commit_lsn, ev.seq))
         self.held.append(
             {
                 "connector": self.name,
                 "kind": kind,
                 "status": "held",
-                "row_key": key_text(key) if None not in key else None,
+                "row_key": row_key,
                 "source_table": f"{ev.schema}.{ev.table}",
                 "commit_lsn": ev.commit_lsn,
                 "seq": ev.seq,
@@ -257,6 +380,7 @@ class SqlSink:
                 "reason": err.reason,
                 "details": json.dumps(jsonable(err.details)),
                 "event": json.dumps(ev.to_envelope()),
+                "typed_event": _typed(ev),
                 "held_at": utcnow(),
             }
         )
@@ -272,18 +396,22 @@ class SqlSink:
             self.conn.begin()
         return self.conn
 
-    def write(self) -> None:
-        """Sends the buffered changes inside the open transaction (no commit)."""
+    def write(self, fresh: bool = False) -> None:
+        """Sends the buffered changes inside the open transaction (no commit). `fresh`: the caller made sure
+        no newer change has been applied for these keys (the never-backwards check is skipped)."""
         try:
-            self._write()
+            self._write(fresh)
         except Exception as e:
             raise _classify(e) from e
 
-    def _write(self) -> None:
+    def _write(self, fresh: bool = False) -> None:
         conn = self._tx()
+        self._fetched = {}  # what is written changes what was read
         if self.truncate_first:
             self._truncate(conn)
             self.truncate_first = False
+        applied: list[tuple[str, Pending]] = []
+        old_rows: dict[str, dict] = {}
         if self.pending:
             if self.target is None:
                 first = next((p.row for p in self.pending.values() if p.op == UPSERT), None)
@@ -292,8 +420,11 @@ class SqlSink:
                     return
                 self._create_target(first)
                 conn = self._tx()
+            items = list(self.pending.items())
+            if self.history:
+                old_rows = history.old_rows(self, conn, items)
             groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
-            for key, p in self.pending.items():
+            for key, p in items:
                 if p.op == UPSERT:
                     cols = tuple(p.row)
                     if UNCHANGED_TOAST in p.row.values():  # leave the sink's value as it is
@@ -302,27 +433,77 @@ class SqlSink:
                     cols = self.key_cols
                 groups.setdefault(cols, []).append((key, p))
             self.pending.clear()
-            for cols, items in groups.items():
-                self._apply(conn, items, self._columns(cols))
+            refused: set[tuple] = set()
+            for cols, group in groups.items():
+                self._apply(conn, group, self._columns(cols), fresh, refused)
+            if self.history or self.held_keys or self.scheduling or self.scheduled_keys:
+                applied = self._applied(conn, items, fresh, refused)
         if self.held:
             conn.execute(held_table.insert(), self.held)
             self.held.clear()
+        if applied:
+            now = utcnow()
+            if self.held_keys:
+                self._supersede(conn, applied, now)
+            if self.scheduling or self.scheduled_keys:
+                schedule.record(self, conn, applied, now)
+            if self.history:
+                history.record(self, conn, applied, old_rows, now)
 
-    def _apply(self, conn: sa.Connection, items: list, cols: list[str]) -> None:
+    def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: set) -> list:
+        """(key text, change) of the changes this write applied: all but the refused ones, unless some may
+        have been skipped as older than their row (a replay), which the rows' recorded positions tell."""
+        out = [(key_text(k), p) for k, p in items if k not in refused]
+        if fresh or not self._may_be_stale(items):
+            return out
+        rs, state = row_state_table, {}
+        for i in range(0, len(out), 500):
+            chunk = [kt for kt, _ in out[i : i + 500]]
+            q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq)
+            for kt, lsn, seq in conn.execute(q.where(rs.c.connector == self.name, rs.c.row_key.in_(chunk))):
+                state[kt] = (lsn, seq)
+        return [(kt, p) for kt, p in out if state.get(kt) == (p.ev.commit_lsn, p.ev.seq)]
+
+    def _supersede(self, conn: sa.Connection, applied: list, now) -> None:
+        """Quarantined changes of these keys older than the change just applied are superseded by it."""
+        h = held_table
+        for kt, p in applied:
+            newest = self.held_keys.get(kt)
+            if newest is None:
+                continue
+            lsn, seq = p.ev.commit_lsn, p.ev.seq
+            conn.execute(
+                h.update()
+                .where(
+                    h.c.connector == self.name,
+                    h.c.kind == "quarantine",
+                    h.c.status == "held",
+                    h.c.row_key == kt,
+                    sa.or_(h.c.commit_lsn < lsn, sa.and_(h.c.commit_lsn == lsn, h.c.seq < seq)),
+                )
+                .values(
+                    status="superseded", resolved_by=f"pos-cdc: newer change {p.ev.position}", resolved_at=now
+                )
+            )
+            if newest < (lsn, seq):
+                del self.held_keys[kt]
+
+    def _apply(self, conn: sa.Connection, items: list, cols: list[str], fresh: bool, refused: set) -> None:
         """Merges a group under a savepoint; a group the database refuses is bisected down to the rows that
         cause it, which are dead-lettered with the database's error."""
         try:
             with conn.begin_nested():
-                self._merger.merge(conn, items, cols, check_stale=self._may_be_stale(items))
+                self._merger.merge(conn, items, cols, check_stale=not fresh and self._may_be_stale(items))
         except Exception as e:
             if not _is_row_error(e):
                 raise
             if len(items) > 1:
                 mid = len(items) // 2
-                self._apply(conn, items[:mid], cols)
-                self._apply(conn, items[mid:], cols)
+                self._apply(conn, items[:mid], cols, fresh, refused)
+                self._apply(conn, items[mid:], cols, fresh, refused)
                 return
-            _, p = items[0]
+            key, p = items[0]
+            refused.add(key)
             message = _first_line(getattr(e, "orig", None) or e)
             log.warning("%s: storefront refused a row, dead-lettered: %s", self.name, message)
             self.dead_lettered += 1
@@ -361,30 +542,37 @@ class SqlSink:
         else:
             conn.execute(self.target.delete())
         conn.execute(row_state_table.delete().where(row_state_table.c.connector == self.name))
+        conn.execute(scheduled_table.delete().where(scheduled_table.c.connector == self.name))
+        self.scheduled_keys.clear()
 
-    def commit(self, position: dict, partition: str = "wal") -> None:
-        """Writes what is buffered, stores `position`, and commits it all in one transaction."""
+    def commit(self, position: dict | None, partition: str = "wal") -> None:
+        """Writes what is buffered, stores `position` (None: no new position), and commits it all in one
+        transaction."""
         try:
             self._write()
             conn = self._tx()
-            conn.execute(
-                upsert(self.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]),
-                [
-                    {
-                        "connector": self.name,
-                        "partition": partition,
-                        "position": json.dumps(position),
-                        "updated_at": utcnow(),
-                    }
-                ],
-            )
+            if position is not None:
+                conn.execute(
+                    upsert(
+                        self.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]
+                    ),
+                    [
+                        {
+                            "connector": self.name,
+                            "partition": partition,
+                            "position": json.dumps(position),
+                            "updated_at": utcnow(),
+                        }
+                    ],
+                )
             conn.commit()
         except Exception as e:
             raise _classify(e) from e
-        if partition == "wal" and self.floor is not None:
+        if position is not None and partition == "wal" and self.floor is not None:
             self.floor = max(self.floor, position["commit_lsn"])
 
     def rollback(self) -> None:
+        self._fetched = {}
         self.pending.clear()
         self.held.clear()
         self.truncate_first = False
@@ -394,6 +582,14 @@ class SqlSink:
                 self.conn.rollback()
             except Exception:  # noqa: BLE001 - the connection may be gone; reopening will tell
                 pass
+
+
+def _typed(ev: ChangeEvent) -> str | None:
+    try:
+        return dump_event(ev)
+    except TypeError as e:  # a value of a type the store does not know: keep the envelope only
+        log.warning("held change at %s kept without value types: %s", ev.position, e)
+        return None
 
 
 def _engine(url: sa.URL) -> sa.Engine:

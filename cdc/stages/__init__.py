@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
-from cdc.errors import HoldError
+from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import ChangeEvent, jsonable
 from cdc.stages.base import Stage, StageConfigBase
 from cdc.stages.drop import DropConfig, DropStage
@@ -23,6 +23,7 @@ from cdc.stages.money import MoneyConfig, MoneyStage
 from cdc.stages.pick import PickConfig, PickStage
 from cdc.stages.rename import RenameConfig, RenameStage
 from cdc.stages.route import RouteConfig, RouteRule, RouteStage
+from cdc.stages.schedule import ScheduleConfig, ScheduleStage
 from cdc.stages.set import SetConfig, SetStage
 from cdc.stages.tax import TaxConfig, TaxStage
 
@@ -43,6 +44,8 @@ __all__ = [
     "RouteConfig",
     "RouteRule",
     "RouteStage",
+    "ScheduleConfig",
+    "ScheduleStage",
     "SetConfig",
     "SetStage",
     "Stage",
@@ -65,7 +68,8 @@ StageConfig = Annotated[
     | TaxConfig
     | PickConfig
     | RouteConfig
-    | GuardConfig,
+    | GuardConfig
+    | ScheduleConfig,
     Field(discriminator="type"),
 ]
 
@@ -99,7 +103,8 @@ def apply_stages(
 ) -> ChangeEvent | None:
     """Run `ev` through `stages`; None when a stage drops it.
 
-    A HoldError from a stage propagates as it is; any other exception from a stage becomes a HoldError
+    A HoldError from a stage propagates as it is, and so do TransientError and TerminalError (from a lookup the
+    pipeline injected, e.g. the storefront being away); any other exception from a stage becomes a HoldError
     naming that stage (one bad row must not stop the connector). If `trace` is a list, `(stage.name,
     snapshot)` is appended after each stage that returns (snapshot None when the change was dropped).
     """
@@ -120,6 +125,8 @@ def apply_stages(
     except HoldError as exc:
         if not exc.rule and stage is not None:
             exc.rule = stage.name
+        raise
+    except (TransientError, TerminalError):
         raise
     except Exception as exc:
         name = stage.name if stage is not None else "?"
