@@ -47,6 +47,7 @@ def wire(stages: list[Stage], sink: SqlSink) -> None:
                     "the storefront's name and units)"
                 )
             st.current = lambda row, f=st.field: sink.current_value(f, row)
+            sink.lookups = True  # reads on the sink's connection between writes: keep writes synchronous
 
 
 class Pipeline:
@@ -198,7 +199,7 @@ class Pipeline:
                 else:
                     self._apply(item, stages)
                 if n_buffered >= batch_size:  # bound memory: send rows now, commit at a transaction end
-                    sink.write()
+                    sink.write_async()
                     n_buffered = 0
                 if self.stopping:
                     log.info(

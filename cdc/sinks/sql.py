@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import operator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,9 @@ class SqlSink:
         self.pending: dict[tuple, Pending] = {}
         self.held: list[dict] = []
         self.truncate_first = False
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{cfg.name}-sink")
+        self._inflight: Future | None = None
+        self.lookups = False  # set when stages read the storefront through this sink (guard)
         self.engine: sa.Engine | None = None
         self.conn: sa.Connection | None = None
         self.target: sa.Table | None = None
@@ -191,6 +195,11 @@ class SqlSink:
         log.info("%s: created target table %s", self.name, self.scfg.table)
 
     def close(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - closing; the error was or will be reported by the caller
+            pass
+        self._writer.shutdown(wait=True)
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -362,28 +371,31 @@ class SqlSink:
                 yield r._mapping
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
+        record = self._held_row(ev, err, kind)
+        if kind == "quarantine" and record["row_key"] is not None:
+            row_key = record["row_key"]
+            self.held_keys[row_key] = max(self.held_keys.get(row_key, (-1, -1)), (ev.commit_lsn, ev.seq))
+        self.held.append(record)
+
+    def _held_row(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> dict:
         row = ev.row or {}
         key = tuple(row.get(k) for k in self.key_cols)
         row_key = key_text(key) if None not in key else None
-        if kind == "quarantine" and row_key is not None:
-            self.held_keys[row_key] = max(self.held_keys.get(row_key, (-1, -1)), (ev.commit_lsn, ev.seq))
-        self.held.append(
-            {
-                "connector": self.name,
-                "kind": kind,
-                "status": "held",
-                "row_key": row_key,
-                "source_table": f"{ev.schema}.{ev.table}",
-                "commit_lsn": ev.commit_lsn,
-                "seq": ev.seq,
-                "rule": err.rule,
-                "reason": err.reason,
-                "details": json.dumps(jsonable(err.details)),
-                "event": json.dumps(ev.to_envelope()),
-                "typed_event": _typed(ev),
-                "held_at": utcnow(),
-            }
-        )
+        return {
+            "connector": self.name,
+            "kind": kind,
+            "status": "held",
+            "row_key": row_key,
+            "source_table": f"{ev.schema}.{ev.table}",
+            "commit_lsn": ev.commit_lsn,
+            "seq": ev.seq,
+            "rule": err.rule,
+            "reason": err.reason,
+            "details": json.dumps(jsonable(err.details)),
+            "event": json.dumps(ev.to_envelope()),
+            "typed_event": _typed(ev),
+            "held_at": utcnow(),
+        }
 
     @property
     def pending_count(self) -> int:
@@ -404,23 +416,59 @@ class SqlSink:
         except Exception as e:
             raise _classify(e) from e
 
+    def write_async(self) -> None:
+        """Like write(), but the database work runs on the writer thread while the caller goes on buffering
+        (the storefront merges one batch while the next is decoded). Used only when nothing else needs the
+        connection between writes (no guard lookups, history, schedules or held keys); the next write,
+        commit or rollback waits for it and re-raises its error."""
+        if (
+            self.lookups
+            or self.history
+            or self.held_keys
+            or self.scheduling
+            or self.scheduled_keys
+            or self.target is None
+        ):
+            self.write()
+            return
+        self._wait()
+        taken = self._take()
+        self._tx()  # begun on this thread; the writer only adds statements to it
+        self._inflight = self._writer.submit(self._write_taken, taken, False)
+
+    def _wait(self) -> None:
+        job, self._inflight = self._inflight, None
+        if job is not None:
+            try:
+                job.result()
+            except Exception as e:
+                raise _classify(e) from e
+
+    def _take(self) -> tuple:
+        taken = (self.pending, self.held, self.truncate_first)
+        self.pending, self.held, self.truncate_first = {}, [], False
+        return taken
+
     def _write(self, fresh: bool = False) -> None:
+        self._wait()
+        self._write_taken(self._take(), fresh)
+
+    def _write_taken(self, taken: tuple, fresh: bool) -> None:
+        pending, held, truncate_first = taken
         conn = self._tx()
         self._fetched = {}  # what is written changes what was read
-        if self.truncate_first:
+        if truncate_first:
             self._truncate(conn)
-            self.truncate_first = False
         applied: list[tuple[str, Pending]] = []
         old_rows: dict[str, dict] = {}
-        if self.pending:
+        if pending:
             if self.target is None:
-                first = next((p.row for p in self.pending.values() if p.op == UPSERT), None)
+                first = next((p.row for p in pending.values() if p.op == UPSERT), None)
                 if first is None:
-                    self.pending.clear()
                     return
                 self._create_target(first)
                 conn = self._tx()
-            items = list(self.pending.items())
+            items = list(pending.items())
             if self.history:
                 old_rows = history.old_rows(self, conn, items)
             groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
@@ -432,15 +480,14 @@ class SqlSink:
                 else:
                     cols = self.key_cols
                 groups.setdefault(cols, []).append((key, p))
-            self.pending.clear()
-            refused: set[tuple] = set()
+            refused: dict[tuple, dict] = {}  # key -> its dead-letter record
             for cols, group in groups.items():
                 self._apply(conn, group, self._columns(cols), fresh, refused)
             if self.history or self.held_keys or self.scheduling or self.scheduled_keys:
                 applied = self._applied(conn, items, fresh, refused)
-        if self.held:
-            conn.execute(held_table.insert(), self.held)
-            self.held.clear()
+            held = held + list(refused.values())
+        if held:
+            conn.execute(held_table.insert(), held)
         if applied:
             now = utcnow()
             if self.held_keys:
@@ -450,7 +497,7 @@ class SqlSink:
             if self.history:
                 history.record(self, conn, applied, old_rows, now)
 
-    def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: set) -> list:
+    def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: dict) -> list:
         """(key text, change) of the changes this write applied: all but the refused ones, unless some may
         have been skipped as older than their row (a replay), which the rows' recorded positions tell."""
         out = [(key_text(k), p) for k, p in items if k not in refused]
@@ -488,7 +535,7 @@ class SqlSink:
             if newest < (lsn, seq):
                 del self.held_keys[kt]
 
-    def _apply(self, conn: sa.Connection, items: list, cols: list[str], fresh: bool, refused: set) -> None:
+    def _apply(self, conn: sa.Connection, items: list, cols: list[str], fresh: bool, refused: dict) -> None:
         """Merges a group under a savepoint; a group the database refuses is bisected down to the rows that
         cause it, which are dead-lettered with the database's error."""
         try:
@@ -503,11 +550,10 @@ class SqlSink:
                 self._apply(conn, items[mid:], cols, fresh, refused)
                 return
             key, p = items[0]
-            refused.add(key)
             message = _first_line(getattr(e, "orig", None) or e)
             log.warning("%s: storefront refused a row, dead-lettered: %s", self.name, message)
             self.dead_lettered += 1
-            self.hold(
+            refused[key] = self._held_row(
                 p.ev, HoldError(f"the storefront database refused the row: {message}", rule="sink.write")
             )
 
@@ -572,6 +618,10 @@ class SqlSink:
             self.floor = max(self.floor, position["commit_lsn"])
 
     def rollback(self) -> None:
+        try:
+            self._wait()
+        except Exception:  # noqa: BLE001 - rolling back anyway
+            pass
         self._fetched = {}
         self.pending.clear()
         self.held.clear()
