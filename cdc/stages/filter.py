@@ -29,7 +29,7 @@ from pydantic import Field, field_validator
 
 from cdc.errors import HoldError
 from cdc.events import CREATE, DELETE, READ, TRUNCATE, UNCHANGED_TOAST, UPDATE, ChangeEvent
-from cdc.stages.base import StageConfigBase, short
+from cdc.stages.base import StageConfigBase, judgeable_after, short
 from cdc.stages.expr import EvalError, Expr, ExprError, MissingField, parse_expr
 
 _UNKNOWN = None  # _test_before result when before cannot be judged
@@ -81,22 +81,7 @@ class FilterStage:
     def _test_after(self, ev: ChangeEvent, after: dict | None) -> bool:
         if after is None:
             raise self._hold(ev, f"op {ev.op!r} change has no after image")
-        row = after
-        for f in self._fields:
-            if after.get(f) is UNCHANGED_TOAST:
-                # An unchanged TOASTed value was not sent; the old image may carry it (REPLICA IDENTITY FULL).
-                before = ev.before
-                old = before.get(f, UNCHANGED_TOAST) if before else UNCHANGED_TOAST
-                if old is UNCHANGED_TOAST:
-                    raise self._hold(
-                        ev,
-                        f"field {f!r} is an unchanged TOASTed value the source did not send, so the row "
-                        "cannot be judged",
-                        field=f,
-                    )
-                if row is after:
-                    row = dict(after)
-                row[f] = old
+        row = judgeable_after(ev, after, self._fields, self._hold)
         try:
             return self._result(self.expr(row))
         except MissingField as exc:

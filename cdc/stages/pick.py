@@ -56,7 +56,7 @@ from pydantic import Field, field_validator, model_validator
 
 from cdc.errors import HoldError
 from cdc.events import CREATE, DELETE, READ, TRUNCATE, UNCHANGED_TOAST, UPDATE, ChangeEvent
-from cdc.stages.base import StageConfigBase, short
+from cdc.stages.base import StageConfigBase, judgeable_after, short
 from cdc.stages.expr import EvalError, Expr, ExprError, MissingField, parse_expr
 
 StoreId = int | str
@@ -217,21 +217,7 @@ class PickStage:
     def _judge_after(self, ev: ChangeEvent, after: dict | None, memo: dict) -> tuple[bool, bool]:
         if after is None:
             raise self._hold(ev, f"op {ev.op!r} change has no after image")
-        row = after
-        for f in self._fields:
-            if after.get(f) is UNCHANGED_TOAST:
-                before = ev.before
-                old = before.get(f, UNCHANGED_TOAST) if before else UNCHANGED_TOAST
-                if old is UNCHANGED_TOAST:
-                    raise self._hold(
-                        ev,
-                        f"field {f!r} is an unchanged TOASTed value the source did not send, so the row "
-                        "cannot be judged",
-                        field=f,
-                    )
-                if row is after:
-                    row = dict(after)
-                row[f] = old
+        row = judgeable_after(ev, after, self._fields, self._hold)
         try:
             return self._judge(row, memo)
         except MissingField as exc:
