@@ -398,8 +398,9 @@ class SqlSink:
         }
 
     @property
-    def pending_count(self) -> int:
-        return len(self.pending) + len(self.held) + self.truncate_first
+    def _tracks_applied(self) -> bool:
+        """Whether a write must learn which changes it applied (history, superseding, schedules)."""
+        return bool(self.history or self.held_keys or self.scheduling or self.scheduled_keys)
 
     # --- writing --------------------------------------------------------------------------------------
 
@@ -421,14 +422,7 @@ class SqlSink:
         (the storefront merges one batch while the next is decoded). Used only when nothing else needs the
         connection between writes (no guard lookups, history, schedules or held keys); the next write,
         commit or rollback waits for it and re-raises its error."""
-        if (
-            self.lookups
-            or self.history
-            or self.held_keys
-            or self.scheduling
-            or self.scheduled_keys
-            or self.target is None
-        ):
+        if self.lookups or self._tracks_applied or self.target is None:
             self.write()
             return
         self._wait()
@@ -483,7 +477,7 @@ class SqlSink:
             refused: dict[tuple, dict] = {}  # key -> its dead-letter record
             for cols, group in groups.items():
                 self._apply(conn, group, self._columns(cols), fresh, refused)
-            if self.history or self.held_keys or self.scheduling or self.scheduled_keys:
+            if self._tracks_applied:
                 applied = self._applied(conn, items, fresh, refused)
             held = held + list(refused.values())
         if held:
