@@ -137,7 +137,8 @@ def status(
     config: Path = typer.Argument(..., help="connector YAML file"),
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
-    """Position, lag (bytes and seconds), retained WAL, last commit time, held changes, state."""
+    """Position, lag (bytes and seconds), retained WAL, last commit time, held changes, pending scheduled
+    prices and the next one's due time, state."""
     import json
 
     from rich.console import Console

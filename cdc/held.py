@@ -142,6 +142,7 @@ def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: 
     ev.headers["via"] = f"{'approve' if kind == 'quarantine' else 'retry'}:{by}"
     again = False  # held at the position the key already has: a scheduled price of an applied change
     if row.row_key is not None:
+        sink._fold(conn)  # the connector waits meanwhile (sink._tx holds its lock): positions are final
         state = conn.execute(
             sa.select(row_state_table.c.commit_lsn, row_state_table.c.seq)
             .where(row_state_table.c.connector == cfg.name, row_state_table.c.row_key == row.row_key)

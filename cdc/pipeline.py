@@ -33,6 +33,8 @@ log = logging.getLogger("cdc.pipeline")
 STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
 DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an approval elsewhere may add one)
 LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
+FOLD_IDLE_S = 1.0  # while idle, recorded key positions are folded into cdc_row_state at most this often,
+FOLD_MAX = 1_000_000  # and at a checkpoint whenever this many are waiting (bounds cdc_applied)
 
 
 def wire(stages: list[Stage], sink: SqlSink) -> None:
@@ -75,6 +77,7 @@ class Pipeline:
         history = cfg.sink.history
         self.changed_by = history.changed_by if history else None
         self._due_checked = 0.0
+        self._folded_at = 0.0
         # a guard that compares with the storefront: the stages before it run ahead on a run of changes, so
         # the storefront values it asks for are read in one statement rather than one per change
         self._ahead = next(
@@ -267,13 +270,17 @@ class Pipeline:
             self._apply(ev, post)
 
     def _tick(self) -> None:
-        """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices."""
+        """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices;
+        the sink's recorded key positions folded into cdc_row_state (off the path of a burst)."""
         now = time.monotonic()
         interval = self.cfg.source.heartbeat_interval_s
         if interval and now - self._last_heartbeat >= interval:
             self._last_heartbeat = now
             self.source.heartbeat()
         self._due()
+        if self.sink.unfolded and now - self._folded_at >= FOLD_IDLE_S:
+            self.sink.fold()
+            self._folded_at = time.monotonic()
 
     def _due(self) -> None:
         """Applies the scheduled prices that are due (only called with nothing buffered in the sink)."""
@@ -325,6 +332,8 @@ class Pipeline:
         self.sink.commit(position)
         self.source.confirm(end.end_lsn)
         self._progressed = True
+        if self.sink.unfolded >= FOLD_MAX:
+            self.sink.fold()
         if self.sink.dead_lettered:  # rows the storefront refused in this batch
             self._m_held["dead_letter"].inc(self.sink.dead_lettered)
             self.sink.dead_lettered = 0

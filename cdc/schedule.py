@@ -80,6 +80,7 @@ def apply_due(sink, stages: list, limit: int = 1000) -> list[str]:
     held: list[str] = []
     try:
         conn = sink._tx()
+        sink._fold(conn)  # the keys' positions below are read from cdc_row_state
         due = conn.execute(
             sa.select(t)
             .where(t.c.connector == sink.name, t.c.due_ms <= int(time.time() * 1000))

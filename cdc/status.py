@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
+from cdc.sinks.bookkeeping import applied_entries, scheduled_table
 from cdc.sinks.sql import held_table, offsets_table, row_state_table
 from cdc.sources.postgres import PostgresSource
 
@@ -42,22 +43,26 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
         with engine.connect() as c:
             insp = sa.inspect(c)
             if not insp.has_table("cdc_offsets"):
-                return {"position": None, "sink_error": None, "held": {}, "last_commit_time": None}
+                return {
+                    "position": None,
+                    "sink_error": None,
+                    "held": {},
+                    "last_commit_time": None,
+                    "scheduled_pending": 0,
+                    "next_scheduled_time": None,
+                }
             row = c.execute(
                 sa.select(offsets_table.c.position, offsets_table.c.updated_at).where(
                     offsets_table.c.connector == cfg.name, offsets_table.c.partition == "wal"
                 )
             ).first()
-            applied = c.execute(
-                sa.select(sa.func.max(row_state_table.c.ts_ms), sa.func.count()).where(
-                    row_state_table.c.connector == cfg.name
-                )
-            ).first()
+            applied = _applied(c, cfg.name)
             held = c.execute(
                 sa.select(held_table.c.kind, held_table.c.status, sa.func.count())
                 .where(held_table.c.connector == cfg.name)
                 .group_by(held_table.c.kind, held_table.c.status)
             ).all()
+            scheduled = _scheduled(c, cfg.name) if insp.has_table("cdc_scheduled") else (0, None)
         engine.dispose()
     except sa.exc.SQLAlchemyError as e:
         return {"sink_error": str(getattr(e, "orig", e)).strip().splitlines()[0]}
@@ -76,8 +81,35 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
         else None,
         "rows_tracked": applied[1] if applied else 0,
         "held": {f"{kind}:{status}": n for kind, status, n in held},
+        "scheduled_pending": scheduled[0],
+        "next_scheduled_time": dt.datetime.fromtimestamp(scheduled[1] / 1000, dt.UTC).isoformat()
+        if scheduled[1] is not None
+        else None,
         "sink_error": None,
     }
+
+
+def _scheduled(c: sa.Connection, connector: str) -> tuple:
+    """(scheduled prices pending in cdc_scheduled, the earliest one's due time in ms since the epoch); one
+    entry per key: its next promotion start or end (cdc/schedule.py)."""
+    t = scheduled_table
+    n, first = c.execute(
+        sa.select(sa.func.count(), sa.func.min(t.c.due_ms)).where(t.c.connector == connector)
+    ).first()
+    return n or 0, first
+
+
+def _applied(c: sa.Connection, connector: str) -> tuple:
+    """(newest applied change's source ts_ms, keys tracked), over cdc_row_state and the not yet folded
+    cdc_applied entries (status reads; it does not fold)."""
+    rs, log = row_state_table, applied_entries(c.dialect.name, connector)
+    keys = sa.union(sa.select(rs.c.row_key).where(rs.c.connector == connector), sa.select(log.c.row_key))
+    newest = (
+        c.scalar(sa.select(sa.func.max(rs.c.ts_ms)).where(rs.c.connector == connector)),
+        c.scalar(sa.select(sa.func.max(log.c.ts_ms))),
+    )
+    count = c.scalar(sa.select(sa.func.count()).select_from(keys.subquery()))
+    return max((n for n in newest if n is not None), default=None), count
 
 
 def _source_side(cfg: ConnectorConfig) -> dict:

@@ -3,6 +3,10 @@
 - cdc_offsets:   the source position per connector (and Kafka partition), written with the data it covers;
 - cdc_row_state: per storefront key, the source position of the change that put the row there
                  (never backwards; `cdc explain`);
+- cdc_applied:   the same facts, appended by each write as one JSON row per chunk of keys, without any
+                 index (a fraction of a per-key upsert's cost on the hot path), and folded into
+                 cdc_row_state by `fold()` before anything reads cdc_row_state, when the connector is
+                 idle, and whenever the log grows large;
 - cdc_held:      changes held back, quarantine or dead letter, with the event, the reason and the resolution;
 - cdc_scheduled: per storefront key, the next time its scheduled price starts or ends (`schedule` stage),
                  with the source change it comes from (cdc/schedule.py);
@@ -13,8 +17,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.mysql
 
 KEY_SEP = "\x1f"
 
@@ -38,6 +44,13 @@ row_state_table = sa.Table(
     sa.Column("txid", sa.BigInteger),
     sa.Column("op", sa.String(1), nullable=False),
     sa.Column("applied_at", sa.DateTime(timezone=True)),
+)
+applied_table = sa.Table(  # append-only, unindexed: see fold()
+    "cdc_applied",
+    meta,
+    sa.Column("connector", sa.String(200), nullable=False),
+    # JSON [[row_key, commit_lsn, seq, ts_ms, txid, op], ...]: one row per written chunk, not per key
+    sa.Column("entries", sa.Text().with_variant(sa.dialects.mysql.LONGTEXT(), "mysql"), nullable=False),
 )
 held_table = sa.Table(
     "cdc_held",
@@ -99,6 +112,8 @@ def utcnow() -> dt.datetime:
 
 def key_text(key: tuple) -> str:
     """A storefront key as one string (the bookkeeping tables' key column)."""
+    if len(key) == 1 and type(key[0]) is str:  # the common case, and the same text
+        return key[0]
     return KEY_SEP.join(map(str, key))
 
 
@@ -127,10 +142,91 @@ def upsert(
     return stmt.on_conflict_do_update(index_elements=list(keys), set_={**sets, **constants})
 
 
-def row_state_upsert(dialect: str) -> sa.Insert:
-    return upsert(
-        dialect,
-        row_state_table,
-        ("connector", "row_key"),
-        ["commit_lsn", "seq", "ts_ms", "txid", "op", "applied_at"],
+def lock_connector(conn: sa.Connection, connector: str) -> None:
+    """Takes the connector's row lock (its stored position) for the rest of the transaction. The connector
+    takes it at the start of every sink transaction, and `cdc quarantine approve` / `cdc deadletter retry`
+    before they read a key's position, so the two never interleave (SQLite locks the whole file anyway)."""
+    t = offsets_table
+    conn.execute(
+        sa.select(t.c.connector).where(t.c.connector == connector, t.c.partition == "wal").with_for_update()
+    ).all()
+
+
+def pack_entries(entries: list) -> str:
+    """One cdc_applied row's entries: [(row_key, commit_lsn, seq, ts_ms, txid, op), ...] as JSON."""
+    return json.dumps(entries, separators=(",", ":"))
+
+
+APPLIED_COLUMNS = ("row_key", "commit_lsn", "seq", "ts_ms", "txid", "op")
+
+# cdc_applied's entries as rows (row_key, commit_lsn, seq, ts_ms, txid, op), per dialect's JSON functions
+_ENTRIES_SQL = {
+    "postgresql": "SELECT e->>0 AS row_key, (e->>1)::bigint AS commit_lsn, (e->>2)::bigint AS seq,"
+    " (e->>3)::bigint AS ts_ms, (e->>4)::bigint AS txid, e->>5 AS op"
+    " FROM cdc_applied a CROSS JOIN LATERAL json_array_elements(a.entries::json) e WHERE a.connector = :c",
+    "mysql": "SELECT j.row_key, j.commit_lsn, j.seq, j.ts_ms, j.txid, j.op FROM cdc_applied a,"
+    " JSON_TABLE(a.entries, '$[*]' COLUMNS (row_key VARCHAR(500) PATH '$[0]', commit_lsn BIGINT PATH '$[1]',"
+    " seq BIGINT PATH '$[2]', ts_ms BIGINT PATH '$[3]', txid BIGINT PATH '$[4]', op VARCHAR(1) PATH '$[5]')) j"
+    " WHERE a.connector = :c",
+    "sqlite": "SELECT json_extract(e.value, '$[0]') AS row_key, json_extract(e.value, '$[1]') AS commit_lsn,"
+    " json_extract(e.value, '$[2]') AS seq, json_extract(e.value, '$[3]') AS ts_ms,"
+    " json_extract(e.value, '$[4]') AS txid, json_extract(e.value, '$[5]') AS op"
+    " FROM cdc_applied a, json_each(a.entries) e WHERE a.connector = :c",
+}
+
+
+def applied_entries(dialect: str, connector: str) -> sa.Subquery:
+    """The connector's not yet folded entries as a subquery with APPLIED_COLUMNS."""
+    s, big = sa.String(500), sa.BigInteger
+    return (
+        sa.text(_ENTRIES_SQL[dialect])
+        .bindparams(c=connector)
+        .columns(row_key=s, commit_lsn=big, seq=big, ts_ms=big, txid=big, op=sa.String(1))
+        .subquery("applied")
     )
+
+
+def fold(conn: sa.Connection, connector: str) -> int:
+    """Moves the connector's cdc_applied entries into cdc_row_state (the newest per key wins, and never an
+    older one over a newer) inside the caller's transaction, which must hold `lock_connector`; returns how
+    many cdc_applied rows it folded."""
+    a, rs = applied_table, row_state_table
+    n = conn.scalar(sa.select(sa.func.count()).select_from(a).where(a.c.connector == connector))
+    if not n:
+        return 0
+    dialect = conn.dialect.name
+    e, cols = applied_entries(dialect, connector), list(APPLIED_COLUMNS)
+    rank = sa.func.row_number().over(
+        partition_by=e.c.row_key, order_by=(e.c.commit_lsn.desc(), e.c.seq.desc())
+    )
+    ranked = sa.select(*(e.c[c] for c in cols), rank.label("rn")).subquery()
+    latest = sa.select(
+        sa.literal(connector, sa.String(200)), *(ranked.c[c] for c in cols), sa.func.current_timestamp()
+    ).where(ranked.c.rn == 1)
+    into = ["connector", *cols, "applied_at"]
+    if dialect == "mysql":
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        stmt = mysql_insert(rs).from_select(into, latest)
+        new = stmt.inserted
+        newer = sa.tuple_(new.commit_lsn, new.seq) > sa.tuple_(rs.c.commit_lsn, rs.c.seq)
+        # MySQL applies the assignments left to right, each seeing the ones before: positions go last,
+        # commit_lsn after seq, so `newer` holds for every column it decides
+        order = ("ts_ms", "txid", "op", "applied_at", "seq", "commit_lsn")
+        sets = [(c, sa.func.IF(newer, new[c], rs.c[c])) for c in order]
+        stmt = stmt.on_duplicate_key_update(sets)
+    else:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = insert(rs).from_select(into, latest)
+        new = stmt.excluded
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["connector", "row_key"],
+            set_={c: new[c] for c in into[2:]},
+            where=sa.tuple_(rs.c.commit_lsn, rs.c.seq) < sa.tuple_(new.commit_lsn, new.seq),
+        )
+    conn.execute(stmt)
+    conn.execute(a.delete().where(a.c.connector == connector))
+    return n

@@ -1,12 +1,14 @@
 """How one group of buffered changes (same columns) is merged into the storefront table, per dialect.
 
-Both strategies skip changes at or below the key's recorded source position (never backwards), apply upserts
-and deletes, and record the new positions in cdc_row_state, all inside the caller's open transaction.
+Both strategies skip changes at or below the key's recorded source position (never backwards; the caller has
+folded cdc_applied into cdc_row_state first), apply upserts and deletes, and append the new positions to
+cdc_applied (one JSON row per chunk, unindexed, so recording costs a fraction of a per-key upsert), all
+inside the caller's open transaction.
 
 - PostgreSQL: COPY into a temp staging table, then ONE statement (data-modifying CTEs) does the rest on the
   server; per-row Python work is a tuple build and a COPY row.
 - MariaDB/MySQL and SQLite: read the recorded positions for the group's keys, drop stale changes in Python,
-  then executemany the dialect's upsert, the deletes and the row-state upsert.
+  then executemany the dialect's upsert, the deletes and the cdc_applied insert.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sqlalchemy as sa
 from psycopg import sql
 
 from cdc.errors import HoldError, TerminalError
-from cdc.sinks.bookkeeping import key_text, row_state_table, row_state_upsert, upsert, utcnow
+from cdc.sinks.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert
 
 UPSERT, REMOVE = "u", "d"
 
@@ -96,10 +98,9 @@ class PgMerge:
             " up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM s WHERE s.__op = 'u'"
             " ON CONFLICT ({keys}) {conflict}),"
             " rm AS ({remove})"
-            " INSERT INTO cdc_row_state (connector, row_key, commit_lsn, seq, ts_ms, txid, op, applied_at)"
-            " SELECT %(c)s, __k, __lsn, __seq, __ts, __tx, __op, now() FROM s"
-            " ON CONFLICT (connector, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq,"
-            " ts_ms = EXCLUDED.ts_ms, txid = EXCLUDED.txid, op = EXCLUDED.op, applied_at = EXCLUDED.applied_at"
+            " INSERT INTO cdc_applied (connector, entries)"
+            " SELECT %(c)s, json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op))::text FROM s"
+            " HAVING count(*) > 0"
         ).format(
             fresh=fresh,
             tid=tid,
@@ -192,7 +193,7 @@ class CoreMerge:
         self._execute(conn, cols, fresh)
 
     def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
-        sink, adapt, now = self.sink, self._adapt, utcnow()
+        sink, adapt = self.sink, self._adapt
         ups, dels, states = [], [], []
         for key, p, kt in fresh:
             ev = p.ev
@@ -202,25 +203,14 @@ class CoreMerge:
                 d = {f"k_{k}": adapt(k, v) for k, v in zip(sink.key_cols, key, strict=True)}
                 d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
                 dels.append(d)
-            states.append(
-                {
-                    "connector": sink.name,
-                    "row_key": kt,
-                    "commit_lsn": ev.commit_lsn,
-                    "seq": ev.seq,
-                    "ts_ms": ev.ts_ms,
-                    "txid": ev.txid,
-                    "op": p.op,
-                    "applied_at": now,
-                }
-            )
+            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
         ups_stmt, remove_stmt = self._statements(tuple(cols))
         if ups:
             conn.execute(ups_stmt, ups)
         if dels:
             conn.execute(remove_stmt, dels)
         if states:
-            conn.execute(row_state_upsert(self.dialect), states)
+            conn.execute(applied_table.insert(), {"connector": sink.name, "entries": pack_entries(states)})
 
 
 class MySqlMerge(CoreMerge):
@@ -241,12 +231,7 @@ class MySqlMerge(CoreMerge):
             update.append(f"{q(soft)} = NULL")
         up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
         up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
-        st_head = "INSERT INTO cdc_row_state (connector, row_key, commit_lsn, seq, ts_ms, txid, op, applied_at) VALUES "
-        st_tail = (
-            " ON DUPLICATE KEY UPDATE commit_lsn = VALUES(commit_lsn), seq = VALUES(seq), ts_ms = VALUES(ts_ms),"
-            " txid = VALUES(txid), op = VALUES(op), applied_at = VALUES(applied_at)"
-        )
-        name = esc(self.sink.name)
+        st_head = f"INSERT INTO cdc_applied (connector, entries) VALUES ({esc(self.sink.name)}, "
         dels = []
         with _Pipelined(cur) as send:  # the server works on one statement while the next is built
             for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
@@ -254,19 +239,15 @@ class MySqlMerge(CoreMerge):
                 for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
                     ev, row = p.ev, p.row
                     if p.op == UPSERT:
-                        ups.append("(" + ",".join([esc(row.get(c)) for c in cols]) + ")")
+                        ups.append("(" + ",".join(map(esc, map(row.get, cols))) + ")")
                     else:
                         d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
                         d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
                         dels.append(d)
-                    txid = "NULL" if ev.txid is None else int(ev.txid)
-                    states.append(
-                        f"({name},{esc(kt)},{int(ev.commit_lsn)},{int(ev.seq)},{int(ev.ts_ms)},{txid},'{p.op}',"
-                        "UTC_TIMESTAMP(6))"
-                    )
+                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
                 if ups:
                     send(up_head + ",".join(ups) + up_tail)
-                send(st_head + ",".join(states) + st_tail)
+                send(st_head + esc(pack_entries(states)) + ")")
         if dels:
             conn.execute(self._statements(tuple(cols))[1], dels)
 

@@ -4,8 +4,10 @@ One open sink transaction at a time. `add()` buffers changes (the last change pe
 value inherits the buffered value); `write()` sends the buffer inside the open transaction; `commit(position)`
 writes the rest, the held changes and the source position, and commits them together.
 
-Never backwards: every applied key has a row in `cdc_row_state` with the source position of the change that
-put it there; a change at or below that position is skipped (see dialects.py). A "fresh" write
+Never backwards: every applied key has the source position of the change that put it there, appended to
+`cdc_applied` by the write and folded into `cdc_row_state` (bookkeeping.fold) before any check reads it, when
+idle, and when the log grows; a change at or below the key's position is skipped (see dialects.py). Changes
+above the stored source position need no check at all (`_may_be_stale`), which is the streaming case. A "fresh" write
 (`write(fresh=True)`: a scheduled price, or an approval, whose caller checked the key's position under a lock)
 skips that check. A row the database refuses (too long, out of range, a constraint) is found by bisecting its
 group under savepoints and dead-lettered with the database's error; the rest of the batch is applied. The
@@ -31,8 +33,11 @@ from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, jsonable
 from cdc.sinks.bookkeeping import (
+    applied_table,
+    fold,
     held_table,
     key_text,
+    lock_connector,
     meta,
     offsets_table,
     row_state_table,
@@ -45,7 +50,7 @@ from cdc.stored import dump_event
 
 log = logging.getLogger("cdc.sink.sql")
 
-__all__ = ["SqlSink", "held_table", "offsets_table", "row_state_table", "key_text"]
+__all__ = ["SqlSink", "applied_table", "held_table", "offsets_table", "row_state_table", "key_text"]
 
 
 @dataclass(slots=True)
@@ -79,6 +84,7 @@ class SqlSink:
         self.dialect = ""
         self.dead_lettered = 0  # rows the database refused, since start (for metrics)
         self.floor: int | None = None  # stored source position (commit LSN) once loaded; see _may_be_stale
+        self.unfolded = 0  # cdc_applied entries this sink appended (or found) since the last fold
         self._warned: set[str] = set()
         self.history = cfg.sink.history
         self.scheduling = any(getattr(t, "type", None) == "schedule" for t in cfg.transforms)
@@ -132,6 +138,10 @@ class SqlSink:
                 self.held_keys[kt] = max(self.held_keys.get(kt, (-1, -1)), (lsn, seq))
             t = scheduled_table
             self.scheduled_keys = set(c.scalars(sa.select(t.c.row_key).where(t.c.connector == self.name)))
+            a = applied_table
+            self.unfolded = c.scalar(
+                sa.select(sa.func.count()).select_from(a).where(a.c.connector == self.name)
+            )
         self.refresh_next_due()
 
     def refresh_next_due(self) -> None:
@@ -407,7 +417,23 @@ class SqlSink:
     def _tx(self) -> sa.Connection:
         if not self.conn.in_transaction():
             self.conn.begin()
+            lock_connector(self.conn, self.name)  # approvals and retries wait for this transaction
         return self.conn
+
+    def _fold(self, conn: sa.Connection) -> None:
+        if self.unfolded:
+            fold(conn, self.name)
+            self.unfolded = 0
+
+    def fold(self) -> None:
+        """Folds the recorded positions into cdc_row_state in a transaction of its own (nothing buffered)."""
+        try:
+            self._wait()
+            conn = self._tx()
+            self._fold(conn)
+            conn.commit()
+        except Exception as e:
+            raise _classify(e) from e
 
     def write(self, fresh: bool = False) -> None:
         """Sends the buffered changes inside the open transaction (no commit). `fresh`: the caller made sure
@@ -497,6 +523,7 @@ class SqlSink:
         out = [(key_text(k), p) for k, p in items if k not in refused]
         if fresh or not self._may_be_stale(items):
             return out
+        self._fold(conn)
         rs, state = row_state_table, {}
         for i in range(0, len(out), 500):
             chunk = [kt for kt, _ in out[i : i + 500]]
@@ -532,9 +559,13 @@ class SqlSink:
     def _apply(self, conn: sa.Connection, items: list, cols: list[str], fresh: bool, refused: dict) -> None:
         """Merges a group under a savepoint; a group the database refuses is bisected down to the rows that
         cause it, which are dead-lettered with the database's error."""
+        check_stale = not fresh and self._may_be_stale(items)
+        if check_stale:
+            self._fold(conn)
         try:
             with conn.begin_nested():
-                self._merger.merge(conn, items, cols, check_stale=not fresh and self._may_be_stale(items))
+                self._merger.merge(conn, items, cols, check_stale=check_stale)
+            self.unfolded += len(items)
         except Exception as e:
             if not _is_row_error(e):
                 raise
@@ -582,6 +613,8 @@ class SqlSink:
         else:
             conn.execute(self.target.delete())
         conn.execute(row_state_table.delete().where(row_state_table.c.connector == self.name))
+        conn.execute(applied_table.delete().where(applied_table.c.connector == self.name))
+        self.unfolded = 0
         conn.execute(scheduled_table.delete().where(scheduled_table.c.connector == self.name))
         self.scheduled_keys.clear()
 

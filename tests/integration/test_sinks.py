@@ -178,6 +178,55 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
     assert set(got.values()) == {Decimal("5.00")}
 
 
+def test_recorded_positions_fold_newest_per_key(env, store):
+    """Writes append each key's position to cdc_applied; fold() keeps the newest per key in cdc_row_state and
+    never lets an older entry (out of order) overwrite a newer recorded position."""
+    from cdc.config import load_config
+    from cdc.events import ChangeEvent
+    from cdc.sinks.sql import SqlSink
+
+    path = make(env, store, batch=500)
+
+    def change(key, price, lsn, seq=1):
+        after = {"sku": key, "price": Decimal(price), "name": "n"}
+        return ChangeEvent("u", "public", "item_price", None, after, lsn, lsn, seq, lsn * 10, 7)
+
+    sink = SqlSink(load_config(path))
+    sink.open()
+    assert sink.load_offset() is None  # the stored position: changes above it need no check
+    try:
+        for lsn in (100, 200, 300):  # three transactions; K0..K9 change in each, K10.. only in the first
+            for k in range(10 if lsn > 100 else 50):
+                sink.add(change(f"K{k}", f"{lsn}.00", lsn, seq=k + 1))
+            sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
+        assert store("SELECT count(*) FROM cdc_applied")[0][0] == 3  # one JSON row per written chunk
+        assert sink.unfolded == 70
+        sink.fold()
+        assert sink.unfolded == 0
+        assert store("SELECT count(*) FROM cdc_applied")[0][0] == 0
+        state = dict(
+            (k, (lsn, seq, ts))
+            for k, lsn, seq, ts in store("SELECT row_key, commit_lsn, seq, ts_ms FROM cdc_row_state")
+        )
+        assert len(state) == 50
+        assert state["K3"] == (300, 4, 3000)
+        assert state["K42"] == (100, 43, 1000)
+        # an older entry (as a replay would have recorded without the check) does not win over the newer one
+        store(
+            "INSERT INTO cdc_applied (connector, entries) VALUES (%s, %s)",
+            env.name,
+            '[["K3", 200, 9, 2000, 7, "u"], ["K42", 150, 1, 1500, null, "d"]]',
+        )
+        sink.unfolded = 1
+        sink.fold()
+        got = store("SELECT row_key, commit_lsn, seq, ts_ms, txid, op FROM cdc_row_state ORDER BY row_key")
+        got = {r[0]: tuple(r[1:]) for r in got}
+        assert got["K3"] == (300, 4, 3000, 7, "u")  # older: kept the newer one
+        assert got["K42"] == (150, 1, 1500, None, "d")  # newer: replaced, every column
+    finally:
+        sink.close()
+
+
 def cdc_cli(*args):
     import subprocess
     import sys
