@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from cdc.errors import ConfigError
 from cdc.stages import StageConfig
+from cdc.stages.lineage import pick_fallback_problems
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -57,7 +58,8 @@ class PostgresSource(Strict):
 
 class HistoryConfig(Strict):
     """Price history: every applied change's old and new values, its source transaction (txid, commit LSN),
-    commit time, who changed it and how it came (`stream`, `snapshot`, `schedule`, `approve:<who>`), in the
+    commit time, who changed it and how it came (`stream`, `snapshot`, `schedule`, `approve:<who>`,
+    `pick_fallback`: a pick's fallback row taking over from the designated store's deleted one), in the
     bookkeeping table cdc_price_history of the sink database, written in the same transaction as the change.
     A change that leaves the recorded columns as they were is not recorded. `history: true` takes the
     defaults."""
@@ -211,6 +213,10 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
                 msg = f"unknown type {err['input'].get('type')!r}; expected one of {err['ctx']['expected_tags']}"
             elif err["type"] == "union_tag_not_found":
                 msg = "missing `type`"
+            problems.append(f"{fname}:{line}: {field}: {msg}")
+    else:  # checks across stages (each stage's own config is valid)
+        for i, key, msg in pick_fallback_problems(cfg.transforms):
+            field, line = _locate(data, ("transforms", i, key), lines)
             problems.append(f"{fname}:{line}: {field}: {msg}")
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: int(p[len(fname) + 1 :].split(":", 1)[0])))

@@ -10,6 +10,10 @@ A change a stage holds (a guard's quarantine, or a dead letter) goes to the sink
 is committed with the batch; the position moves on past it. Between batches, with nothing buffered, the loop
 applies the scheduled prices that fell due (cdc/schedule.py), in a sink transaction of their own that moves
 no position.
+
+A `pick` with a fallback store asks the POS about other rows (cdc/fallback.py): when the pick marks a delete of
+the designated store's row, the fallback store's row for the key is read from the source right after the
+delete is buffered and buffered as an upsert with the delete's position, in the same sink transaction.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import time
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, HoldError, TerminalError, TransientError
 from cdc.events import ChangeEvent
+from cdc.fallback import PickFallback, wire_fallback
 from cdc.metrics import Metrics
 from cdc.schedule import apply_due
 from cdc.sinks.sql import SqlSink
@@ -66,6 +71,7 @@ class Pipeline:
         self._last_heartbeat = 0.0
         self.source: PostgresSource | None = None
         self.sink: SqlSink | None = None
+        self.fallback: PickFallback | None = None  # a pick's fallback store: its lookups of the source
         m, name = self.metrics, cfg.name
         self._m_up = m.up.labels(name)
         self._m_batch = m.sink_batch.labels(name)
@@ -146,6 +152,9 @@ class Pipeline:
             time.sleep(min(0.1, end - time.monotonic()))
 
     def _teardown(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()
+            self.fallback = None
         if self.sink is not None:
             self.sink.rollback()
             self.sink.close()
@@ -163,6 +172,9 @@ class Pipeline:
         wire(self.stages, sink)
         self.source = source = PostgresSource(self.cfg)
         source.prepare()
+        self.fallback = wire_fallback(self.stages, self.cfg)
+        if self.fallback is not None:
+            self.fallback.check()
         self._m_up.set(1)
         self.metrics.healthy.set()
         pos = sink.load_offset()
@@ -244,6 +256,17 @@ class Pipeline:
                 self.sink.add(out)
         except HoldError as e:
             self._hold(ev, e)
+            return
+        if self.fallback is not None and (out or ev).headers.get("pick_fallback_needed"):
+            self._refill(out or ev)
+
+    def _refill(self, ev: ChangeEvent) -> None:
+        """After the delete of the designated store's row (`ev`, just buffered, or dropped by a stage after the
+        pick): the fallback store's row for the key, read from the source now, through the stages (the pick
+        only re-keys it), buffered with the delete's position so it lands in the same sink transaction."""
+        fallback = self.fallback
+        for row in fallback.changes(ev):
+            self._apply(row, fallback.stages)
 
     def _hold(self, ev: ChangeEvent, e: HoldError) -> None:
         kind = getattr(e, "kind", "dead_letter")  # a guard's GuardViolation says which
@@ -255,19 +278,24 @@ class Pipeline:
         of them, one read of the values it will compare with, then the rest of the stages, change by change
         in order (a change still sees the ones before it, buffered in the sink)."""
         pre, post = self.stages[: self._ahead], self.stages[self._ahead :]
-        staged = []
+        staged: list[tuple[ChangeEvent, ChangeEvent | None]] = []
         for item in run:
             try:
                 ev = apply_stages(pre, item)
             except HoldError as e:
                 self._hold(item, e)
                 continue
-            if ev is not None:
-                staged.append(ev)
+            if ev is not None or (self.fallback is not None and item.headers.get("pick_fallback_needed")):
+                staged.append((item, ev))  # None: a delete dropped after the pick that asks for the fallback
         run.clear()
-        self.sink.prefetch(post[0].field, [ev.after for ev in staged if ev.after is not None])
-        for ev in staged:
-            self._apply(ev, post)
+        self.sink.prefetch(
+            post[0].field, [ev.after for _, ev in staged if ev is not None and ev.after is not None]
+        )
+        for item, ev in staged:
+            if ev is None:
+                self._refill(item)
+            else:
+                self._apply(ev, post)
 
     def _tick(self) -> None:
         """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices;

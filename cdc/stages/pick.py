@@ -26,25 +26,38 @@ Stream semantics (the same transitions as `filter`, judged by "chosen"):
 An `after` image that lacks a column needed to judge it, or the `key` columns, is held.
 
 **Fallback and the `exists` lookup.** A pure stage cannot query the source, so the pipeline injects
+(cdc/fallback.py)
 
-    PickStage.exists: Callable[[dict, Any], bool] | None
+    PickStage.exists: Callable[[dict, Any, str], bool] | None
 
-called as `exists(key_values, store)`, where `key_values` maps each `key` column to its value in the row
-(named as the row is at this stage, i.e. after earlier renames) and `store` is the configured designated
-store; it answers whether the source has a row of that store for that key *now*. The stage calls it only for
-rows of the fallback store. When `exists` is None the designated store is treated as present, so fallback
-rows are dropped. An exception from `exists` propagates (apply_stages turns it into a hold of that change).
+called as `exists(key_values, store, table)`, where `key_values` maps each `key` column to its value in the
+row (named as the row is at this stage, i.e. after earlier renames), `store` is the configured designated
+store and `table` the change's source table ("schema.table"); it answers whether that source table has, now,
+a row of that store for that key which the stages before the pick let through. The stage calls it only for
+rows of the fallback store, once per change and key. When `exists` is None the designated store is treated as
+present, so fallback rows are dropped. An exception from `exists` propagates (apply_stages turns it into a
+hold of that change, except TransientError / TerminalError: a source that is away is retried).
 
 **A designated row that goes away.** The delete of the designated store's row (or an update that moves it out
 of the designated store) passes through as a delete keyed by SKU, and when a fallback store is configured
-it is marked `ev.headers["pick_fallback_needed"] = True` and `ev.headers["pick_fallback_store"] =
-fallback_store`. The stage cannot produce the fallback row itself; the pipeline should re-read the fallback
-store's row for that SKU (as of after this change) and apply it, or the SKU stays absent until the fallback
-row next changes (`cdc reconcile` finds it).
+it is marked `ev.headers["pick_fallback_needed"] = True`, `ev.headers["pick_fallback_store"] =
+fallback_store` and `ev.headers["pick_fallback_key"] = key_values` (as for `exists`). The stage cannot produce
+the fallback row itself; the pipeline, after buffering the delete, re-reads the fallback store's rows for that
+key from the source table (as they are now), runs them through the stages before the pick, keys them as the
+pick does and runs the stages after it, and buffers the result as an upsert with the delete's position, in
+the same sink transaction: the storefront goes from the designated price straight to the fallback price, or,
+when the fallback store has no row (or the stages drop it), the delete stands. A delete that a later stage
+drops still gets the fallback row; one that a later stage holds applies nothing, so nothing is re-read for it.
 
-Because `exists` answers about the source as it is now rather than as of the change, a fallback row may be
-judged against a designated row that appears or disappears later in the stream; the later change of the
-designated row then settles the SKU (its insert overwrites, its delete is marked as above).
+The source column names the lookups use are the `key` and `store_field` columns traced back through the
+stages before the pick (renames undone). A stage before the pick that computes or changes one of them (`set`,
+`money`, `tax`, `schedule`, `drop`) makes that impossible: `cdc validate` reports it, and `cdc run` refuses
+to start (cdc/stages/lineage.py). Only one pick per connector may have a fallback_store.
+
+Because `exists` and the re-read answer about the source as it is now rather than as of the change, a
+fallback row may be judged against a designated row that appears or disappears later in the stream; the
+later change of the designated row then settles the SKU (its insert overwrites, its delete is marked as
+above).
 """
 
 from __future__ import annotations
@@ -66,7 +79,13 @@ _UNKNOWN = None
 
 class PickConfig(StageConfigBase):
     """Keep the row that speaks for the online store and key it by SKU (`where`, or `store_field` + `store`
-    with an optional `fallback_store`)."""
+    with an optional `fallback_store`).
+
+    With `fallback_store`, `cdc run` asks the POS (on a connection of its own; the role needs SELECT on the
+    source tables) whether the designated store has a row for the SKU, and when the designated row is deleted
+    or moves to another store, it reads the fallback store's row and applies it in the same storefront
+    transaction as the delete. The lookups find the rows by the source columns of `key` and `store_field`, so
+    only `rename` may change those columns before the pick."""
 
     type: Literal["pick"]
     key: list[str] = Field(description="the key columns of the result, e.g. [sku]")
@@ -77,8 +96,8 @@ class PickConfig(StageConfigBase):
     store: StoreId | None = Field(None, description="the designated store whose row is chosen")
     fallback_store: StoreId | None = Field(
         None,
-        description="store whose row is chosen while the designated store has no row for the key "
-        "(needs the pipeline's exists lookup; see the stage's documentation)",
+        description="store whose row is chosen while the designated store has no row for the key; it takes "
+        "over when the designated row goes away (read from the POS)",
     )
 
     @field_validator("key")
@@ -147,9 +166,10 @@ class PickConfig(StageConfigBase):
 
 
 class PickStage:
-    exists: Callable[[dict[str, Any], Any], bool] | None
-    """Injected by the pipeline: exists(key_values, store) -> does the source have a row of `store` for this
-    key now? None: the designated store is treated as present (fallback rows are dropped)."""
+    exists: Callable[[dict[str, Any], Any, str], bool] | None
+    """Injected by the pipeline: exists(key_values, store, table) -> does source table `table` ("schema.table")
+    have a row of `store` for this key now? None: the designated store is treated as present (fallback rows
+    are dropped)."""
 
     def __init__(self, config: PickConfig, name: str):
         self.config = config
@@ -184,7 +204,7 @@ class PickStage:
             return False
         return v == store or str(v) == text
 
-    def _judge(self, row: dict, memo: dict) -> tuple[bool, bool]:
+    def _judge(self, row: dict, memo: dict, ev: ChangeEvent) -> tuple[bool, bool]:
         """(chosen, designated) for a complete row; MissingField / EvalError when it cannot be judged."""
         if self._expr is not None:
             v = self._expr(row)
@@ -210,7 +230,7 @@ class PickStage:
             ck = tuple(map(repr, kv.values()))
             present = memo.get(ck)
             if present is None:
-                present = memo[ck] = bool(exists(kv, self._store))
+                present = memo[ck] = bool(exists(kv, self._store, f"{ev.schema}.{ev.table}"))
             return (not present), False
         return False, False
 
@@ -219,17 +239,17 @@ class PickStage:
             raise self._hold(ev, f"op {ev.op!r} change has no after image")
         row = judgeable_after(ev, after, self._fields, self._hold)
         try:
-            return self._judge(row, memo)
+            return self._judge(row, memo, ev)
         except MissingField as exc:
             raise self._hold(ev, f"the row has no field {exc.field!r}", field=exc.field) from None
         except (TypeError, ArithmeticError, ValueError) as exc:
             raise self._hold(ev, str(exc), error=type(exc).__name__) from None
 
-    def _judge_before(self, before: dict | None, memo: dict) -> tuple[bool | None, bool]:
+    def _judge_before(self, ev: ChangeEvent, before: dict | None, memo: dict) -> tuple[bool | None, bool]:
         if before is None:
             return _UNKNOWN, False
         try:
-            return self._judge(before, memo)
+            return self._judge(before, memo, ev)
         except (MissingField, TypeError, ArithmeticError, ValueError):
             return _UNKNOWN, False
 
@@ -243,10 +263,11 @@ class PickStage:
         ev.key_columns = self.key
         return ev
 
-    def _gone(self, ev: ChangeEvent, designated: bool) -> None:
+    def _gone(self, ev: ChangeEvent, designated: bool, row: dict) -> None:
         if designated and self._fallback is not None:
             ev.headers["pick_fallback_needed"] = True
             ev.headers["pick_fallback_store"] = self._fallback
+            ev.headers["pick_fallback_key"] = {k: row[k] for k in self.key}
 
     def __call__(self, ev: ChangeEvent) -> ChangeEvent | None:
         op = ev.op
@@ -258,7 +279,7 @@ class PickStage:
             if before is None and after is not None:
                 # no old image: the key did not change, so after's key columns are the old row's
                 before = {k: after[k] for k in ev.key_columns if k in after}
-            was, was_designated = self._judge_before(before, memo)
+            was, was_designated = self._judge_before(ev, before, memo)
             if chosen:
                 if was is False:  # starts being chosen: insert it
                     self._rekey(ev, after)
@@ -279,13 +300,13 @@ class PickStage:
             ev.op = DELETE
             ev.before = gone
             ev.after = None
-            self._gone(ev, was_designated)
+            self._gone(ev, was_designated, gone)
             return ev
         if op == CREATE or op == READ:
             chosen, _ = self._judge_after(ev, ev.after, memo)
             return self._rekey(ev, ev.after) if chosen else None
         if op == DELETE:
-            was, was_designated = self._judge_before(ev.before, memo)
+            was, was_designated = self._judge_before(ev, ev.before, memo)
             if was is None:
                 missing = [f for f in self._fields if not ev.before or f not in ev.before]
                 raise self._hold(
@@ -298,7 +319,7 @@ class PickStage:
             if not was:
                 return None
             self._rekey(ev, ev.before)
-            self._gone(ev, was_designated)
+            self._gone(ev, was_designated, ev.before)
             return ev
         if op == TRUNCATE:
             return self._rekey(ev, None)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cdc.errors import HoldError
+from cdc.errors import HoldError, TransientError
 from cdc.events import UNCHANGED_TOAST, ChangeEvent
 from cdc.stages import (
     GuardConfig,
@@ -678,14 +678,16 @@ def srow(store, sku="A", price=Decimal("9.99")):
 
 
 class Lookup:
-    """A stub of the pipeline's exists(key_values, store) lookup."""
+    """A stub of the pipeline's exists(key_values, store, table) lookup."""
 
     def __init__(self, present: bool):
         self.present = present
         self.calls: list = []
+        self.tables: list = []
 
-    def __call__(self, key_values, store):
+    def __call__(self, key_values, store, table):
         self.calls.append((key_values, store))
+        self.tables.append(table)
         return self.present
 
 
@@ -725,6 +727,15 @@ class TestPickStore:
         out = stage(event("u", before=srow(1), after=srow(1, price=Decimal(5)), key=STORE_KEY))
         assert out.op == "u" and out.key_columns == ("sku",)
         assert stage.exists.calls == [({"sku": "A"}, 900)]  # once per change, with the key and the store
+        assert stage.exists.tables == ["public.item_price"]  # and the change's source table
+
+    def test_exists_is_asked_about_the_change_s_own_table(self):
+        stage = one(STORES)
+        stage.exists = Lookup(False)
+        ev = event("c", after=srow(1), key=STORE_KEY)
+        ev.schema, ev.table = "shop2", "item_price"
+        assert stage(ev) is not None
+        assert stage.exists.tables == ["shop2.item_price"]
 
     def test_fallback_dropped_when_designated_present(self):
         stage = one(STORES)
@@ -744,13 +755,18 @@ class TestPickStore:
         stage = one(STORES)
         out = stage(event("d", before={"sku": "A", "store": 900}, key=STORE_KEY))
         assert out.op == "d" and out.key_columns == ("sku",)
-        assert out.headers == {"pick_fallback_needed": True, "pick_fallback_store": 1}
+        assert out.headers == {
+            "pick_fallback_needed": True,
+            "pick_fallback_store": 1,
+            "pick_fallback_key": {"sku": "A"},
+        }
 
     def test_designated_row_moving_away_is_a_delete_asking_for_fallback(self):
         stage = one(STORES)
         out = stage(event("u", before=srow(900), after=srow(5), key=STORE_KEY))
         assert out.op == "d" and out.before["store"] == 900
         assert out.headers["pick_fallback_needed"] is True
+        assert out.headers["pick_fallback_key"] == {"sku": "A"}
 
     def test_designated_insert_after_fallback(self):
         stage = one(STORES)
@@ -765,11 +781,21 @@ class TestPickStore:
     def test_exists_errors_propagate(self):
         stage = one(STORES)
 
-        def boom(kv, store):
+        def boom(kv, store, table):
             raise ConnectionError("down")
 
         stage.exists = boom
         with pytest.raises(HoldError, match="stage pick#1 failed: ConnectionError"):
+            apply_stages([stage], event("c", after=srow(1), key=STORE_KEY))
+
+    def test_a_source_that_is_away_is_retried_not_held(self):
+        stage = one(STORES)
+
+        def away(kv, store, table):
+            raise TransientError("POS database unavailable")
+
+        stage.exists = away
+        with pytest.raises(TransientError):
             apply_stages([stage], event("c", after=srow(1), key=STORE_KEY))
 
 
