@@ -80,6 +80,9 @@ class ChangeEvent:
     key_columns: tuple[str, ...] = ()  # primary key (replica identity) columns of the source table
     lane: str | None = None  # set by a `route` stage
     headers: dict[str, Any] = field(default_factory=dict)  # free-form, for stages that need to leave a mark
+    # whether before/after may hold UNCHANGED_TOAST values; False (the source knows) spares the sink a
+    # search of every value (comparing a Decimal with the marker is slow)
+    toast: bool = True
 
     @property
     def position(self) -> Position:

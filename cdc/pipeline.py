@@ -38,8 +38,12 @@ log = logging.getLogger("cdc.pipeline")
 STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
 DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an approval elsewhere may add one)
 LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
-FOLD_IDLE_S = 1.0  # while idle, recorded key positions are folded into cdc_row_state at most this often,
-FOLD_MAX = 1_000_000  # and at a checkpoint whenever this many are waiting (bounds cdc_applied)
+# recorded key positions (cdc_applied) are folded into cdc_row_state in steps of FOLD_STEP (a fraction of a
+# second of storefront work, so a change arriving meanwhile waits little): while idle, at most every
+# FOLD_EVERY_S unless a whole step is waiting; and after every checkpoint while more than FOLD_BACKLOG wait
+FOLD_STEP = 10_000
+FOLD_EVERY_S = 0.5
+FOLD_BACKLOG = 500_000
 
 
 def wire(stages: list[Stage], sink: SqlSink) -> None:
@@ -95,7 +99,7 @@ class Pipeline:
             None,
         )
         m.source_lag_bytes.labels(name), m.retained_wal_bytes.labels(name)
-        self._event_counters: dict[tuple, object] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}  # changes read, not yet in cdc_events_total
 
     def stop(self) -> None:
         self.stopping = True
@@ -152,6 +156,7 @@ class Pipeline:
             time.sleep(min(0.1, end - time.monotonic()))
 
     def _teardown(self) -> None:
+        self._flush_counts()
         if self.fallback is not None:
             self.fallback.close()
             self.fallback = None
@@ -216,6 +221,7 @@ class Pipeline:
                 if n_buffered >= batch_size:  # bound memory: send rows now, commit at a transaction end
                     sink.write_async()
                     n_buffered = 0
+                    self._flush_counts()
                 if self.stopping:
                     log.info(
                         "%s: stop requested inside a transaction; abandoning the open batch", self.cfg.name
@@ -306,8 +312,9 @@ class Pipeline:
             self._last_heartbeat = now
             self.source.heartbeat()
         self._due()
-        if self.sink.unfolded and now - self._folded_at >= FOLD_IDLE_S:
-            self.sink.fold()
+        waiting = self.sink.unfolded
+        if waiting >= FOLD_STEP or (waiting and now - self._folded_at >= FOLD_EVERY_S):
+            self.sink.fold(FOLD_STEP)
             self._folded_at = time.monotonic()
 
     def _due(self) -> None:
@@ -360,8 +367,9 @@ class Pipeline:
         self.sink.commit(position)
         self.source.confirm(end.end_lsn)
         self._progressed = True
-        if self.sink.unfolded >= FOLD_MAX:
-            self.sink.fold()
+        self._flush_counts()
+        if self.sink.unfolded > FOLD_BACKLOG:
+            self.sink.fold(FOLD_STEP)
         if self.sink.dead_lettered:  # rows the storefront refused in this batch
             self._m_held["dead_letter"].inc(self.sink.dead_lettered)
             self.sink.dead_lettered = 0
@@ -375,10 +383,13 @@ class Pipeline:
             self._lag_base_ms = end.ts_ms
 
     def _count(self, ev: ChangeEvent) -> None:
-        key = (ev.table, ev.op)
-        c = self._event_counters.get(key)
-        if c is None:
-            c = self._event_counters[key] = self.metrics.events.labels(
-                self.cfg.name, f"{ev.schema}.{ev.table}", ev.op
-            )
-        c.inc()
+        """Counts a change read from the source; the metric is updated by _flush_counts (per batch: a
+        prometheus counter per change costs more than the rest of the bookkeeping)."""
+        key = (ev.schema, ev.table, ev.op)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+
+    def _flush_counts(self) -> None:
+        for (schema, table, op), n in self._counts.items():
+            self.metrics.events.labels(self.cfg.name, f"{schema}.{table}", op).inc(n)
+        self._counts.clear()

@@ -3,10 +3,10 @@
 - cdc_offsets:   the source position per connector (and Kafka partition), written with the data it covers;
 - cdc_row_state: per storefront key, the source position of the change that put the row there
                  (never backwards; `cdc explain`);
-- cdc_applied:   the same facts, appended by each write as one JSON row per chunk of keys, without any
-                 index (a fraction of a per-key upsert's cost on the hot path), and folded into
-                 cdc_row_state by `fold()` before anything reads cdc_row_state, when the connector is
-                 idle, and whenever the log grows large;
+- cdc_applied:   the same facts, appended by each write as one JSON row per chunk of keys, with no index but
+                 the row id (a fraction of a per-key upsert's cost on the hot path), and folded into
+                 cdc_row_state by `fold()` before anything reads cdc_row_state, and in steps of the oldest
+                 rows while the connector is idle;
 - cdc_held:      changes held back, quarantine or dead letter, with the event, the reason and the resolution;
 - cdc_scheduled: per storefront key, the next time its scheduled price starts or ends (`schedule` stage),
                  with the source change it comes from (cdc/schedule.py);
@@ -45,10 +45,14 @@ row_state_table = sa.Table(
     sa.Column("op", sa.String(1), nullable=False),
     sa.Column("applied_at", sa.DateTime(timezone=True)),
 )
-applied_table = sa.Table(  # append-only, unindexed: see fold()
+applied_table = sa.Table(  # append-only, no index but the id (insertion order): see fold()
     "cdc_applied",
     meta,
+    sa.Column(
+        "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    ),
     sa.Column("connector", sa.String(200), nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # how many entries
     # JSON [[row_key, commit_lsn, seq, ts_ms, txid, op], ...]: one row per written chunk, not per key
     sa.Column("entries", sa.Text().with_variant(sa.dialects.mysql.LONGTEXT(), "mysql"), nullable=False),
 )
@@ -163,39 +167,48 @@ APPLIED_COLUMNS = ("row_key", "commit_lsn", "seq", "ts_ms", "txid", "op")
 _ENTRIES_SQL = {
     "postgresql": "SELECT e->>0 AS row_key, (e->>1)::bigint AS commit_lsn, (e->>2)::bigint AS seq,"
     " (e->>3)::bigint AS ts_ms, (e->>4)::bigint AS txid, e->>5 AS op"
-    " FROM cdc_applied a CROSS JOIN LATERAL json_array_elements(a.entries::json) e WHERE a.connector = :c",
+    " FROM cdc_applied a CROSS JOIN LATERAL json_array_elements(a.entries::json) e"
+    " WHERE a.connector = :c AND a.id <= :upto",
     "mysql": "SELECT j.row_key, j.commit_lsn, j.seq, j.ts_ms, j.txid, j.op FROM cdc_applied a,"
     " JSON_TABLE(a.entries, '$[*]' COLUMNS (row_key VARCHAR(500) PATH '$[0]', commit_lsn BIGINT PATH '$[1]',"
     " seq BIGINT PATH '$[2]', ts_ms BIGINT PATH '$[3]', txid BIGINT PATH '$[4]', op VARCHAR(1) PATH '$[5]')) j"
-    " WHERE a.connector = :c",
+    " WHERE a.connector = :c AND a.id <= :upto",
     "sqlite": "SELECT json_extract(e.value, '$[0]') AS row_key, json_extract(e.value, '$[1]') AS commit_lsn,"
     " json_extract(e.value, '$[2]') AS seq, json_extract(e.value, '$[3]') AS ts_ms,"
     " json_extract(e.value, '$[4]') AS txid, json_extract(e.value, '$[5]') AS op"
-    " FROM cdc_applied a, json_each(a.entries) e WHERE a.connector = :c",
+    " FROM cdc_applied a, json_each(a.entries) e WHERE a.connector = :c AND a.id <= :upto",
 }
 
 
-def applied_entries(dialect: str, connector: str) -> sa.Subquery:
-    """The connector's not yet folded entries as a subquery with APPLIED_COLUMNS."""
+def applied_entries(dialect: str, connector: str, upto: int = 2**63 - 1) -> sa.Subquery:
+    """The connector's not yet folded entries (of the cdc_applied rows up to id `upto`) as a subquery with
+    APPLIED_COLUMNS."""
     s, big = sa.String(500), sa.BigInteger
     return (
         sa.text(_ENTRIES_SQL[dialect])
-        .bindparams(c=connector)
+        .bindparams(c=connector, upto=upto)
         .columns(row_key=s, commit_lsn=big, seq=big, ts_ms=big, txid=big, op=sa.String(1))
         .subquery("applied")
     )
 
 
-def fold(conn: sa.Connection, connector: str) -> int:
-    """Moves the connector's cdc_applied entries into cdc_row_state (the newest per key wins, and never an
-    older one over a newer) inside the caller's transaction, which must hold `lock_connector`; returns how
-    many cdc_applied rows it folded."""
+def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
+    """Moves the connector's recorded entries into cdc_row_state, all of them or (`limit`) those of its oldest
+    cdc_applied rows up to about `limit` entries (at least one row) — the newest per key wins, never an older
+    over a newer, so any slice can be folded on its own — inside the caller's transaction, which must hold
+    `lock_connector` (so no write of the connector is in flight and every id up to the slice's end is
+    committed). Returns how many entries it folded."""
     a, rs = applied_table, row_state_table
-    n = conn.scalar(sa.select(sa.func.count()).select_from(a).where(a.c.connector == connector))
-    if not n:
+    mine = a.c.connector == connector
+    n, upto = 0, None
+    for row_id, size in conn.execute(sa.select(a.c.id, a.c.size).where(mine).order_by(a.c.id)):
+        n, upto = n + size, row_id
+        if limit is not None and n >= limit:
+            break
+    if upto is None:
         return 0
     dialect = conn.dialect.name
-    e, cols = applied_entries(dialect, connector), list(APPLIED_COLUMNS)
+    e, cols = applied_entries(dialect, connector, upto), list(APPLIED_COLUMNS)
     rank = sa.func.row_number().over(
         partition_by=e.c.row_key, order_by=(e.c.commit_lsn.desc(), e.c.seq.desc())
     )
@@ -228,5 +241,5 @@ def fold(conn: sa.Connection, connector: str) -> int:
             where=sa.tuple_(rs.c.commit_lsn, rs.c.seq) < sa.tuple_(new.commit_lsn, new.seq),
         )
     conn.execute(stmt)
-    conn.execute(a.delete().where(a.c.connector == connector))
+    conn.execute(a.delete().where(mine, a.c.id <= upto))
     return n

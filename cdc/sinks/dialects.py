@@ -13,6 +13,8 @@ inside the caller's open transaction.
 
 from __future__ import annotations
 
+import datetime as dt
+import operator
 import queue
 import threading
 from decimal import Decimal
@@ -20,11 +22,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from psycopg import sql
+from psycopg.adapt import Dumper
 
 from cdc.errors import HoldError, TerminalError
 from cdc.sinks.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert
 
 UPSERT, REMOVE = "u", "d"
+TIMESTAMPTZ_OID = 1184
 
 
 class PgMerge:
@@ -53,21 +57,22 @@ class PgMerge:
 
     def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
         cur = conn.connection.driver_connection.cursor()
+        cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
         cur.execute("TRUNCATE cdc_stage")
         key_cols = self.sink.key_cols
         stage_cols = sql.SQL(", ").join(
             map(sql.Identifier, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"])
         )
+        get = _getter(cols)
         with cur.copy(sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)) as cp:
             write_row = cp.write_row
             for key, p in items:
                 row, ev = p.row, p.ev
                 if p.op == UPSERT:
-                    vals = [row.get(c) for c in cols]
+                    vals = get(row)
                 else:
-                    vals = [row.get(c) if c in key_cols else None for c in cols]
-                vals += (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
-                write_row(vals)
+                    vals = tuple([row.get(c) if c in key_cols else None for c in cols])
+                write_row(vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid))
         cur.execute(self._statement(tuple(cols), check_stale), {"c": self.sink.name})
 
     def _statement(self, cols: tuple[str, ...], check_stale: bool) -> sql.Composed:
@@ -81,28 +86,35 @@ class PgMerge:
             sets.append(S("{} = NULL").format(ident(soft)))
         conflict = S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
         match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
+        # the rows to apply: all that were staged, or (checking) those above their key's recorded position;
+        # a CTE is materialized for its readers, so there is one only when there is something to filter
+        if check_stale:
+            fresh, src = (
+                S(
+                    "WITH fresh AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
+                    " ON rs.connector = %(c)s AND rs.row_key = st.__k"
+                    " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)),"
+                ),
+                S("fresh"),
+            )
+        else:
+            fresh, src = S("WITH"), S("cdc_stage")
         if soft:
             remove = S(
-                "UPDATE {} AS t SET {} = to_timestamp(s.__ts / 1000.0) FROM s WHERE s.__op = 'd' AND {}"
-            ).format(tid, ident(soft), match)
+                "UPDATE {} AS t SET {} = to_timestamp(s.__ts / 1000.0) FROM {} s WHERE s.__op = 'd' AND {}"
+            ).format(tid, ident(soft), src, match)
         else:
-            remove = S("DELETE FROM {} AS t USING s WHERE s.__op = 'd' AND {}").format(tid, match)
-        fresh = S(
-            "SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs ON rs.connector = %(c)s AND rs.row_key = st.__k"
-            " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)"
-            if check_stale
-            else "SELECT * FROM cdc_stage"
-        )
+            remove = S("DELETE FROM {} AS t USING {} s WHERE s.__op = 'd' AND {}").format(tid, src, match)
         stmt = S(
-            "WITH s AS ({fresh}),"
-            " up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM s WHERE s.__op = 'u'"
+            "{fresh} up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM {src} s WHERE s.__op = 'u'"
             " ON CONFLICT ({keys}) {conflict}),"
             " rm AS ({remove})"
-            " INSERT INTO cdc_applied (connector, entries)"
-            " SELECT %(c)s, json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op))::text FROM s"
+            " INSERT INTO cdc_applied (connector, size, entries)"
+            " SELECT %(c)s, count(*), json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op))::text FROM {src} s"
             " HAVING count(*) > 0"
         ).format(
             fresh=fresh,
+            src=src,
             tid=tid,
             cols=S(", ").join(map(ident, cols)),
             keys=S(", ").join(map(ident, keys)),
@@ -111,6 +123,27 @@ class PgMerge:
         )
         self._cache[cols, check_stale] = stmt
         return stmt
+
+
+class _CopyDatetimeDumper(Dumper):
+    """A datetime as COPY text (str(), as psycopg's own), remembering the last one: psycopg's dumper decides
+    per value between timestamp and timestamptz, which costs more than the rest of the row, and a bulk
+    change gives thousands of rows the same timestamp. (COPY text carries no types: the column's type
+    parses the text, with or without an offset, as it would psycopg's.)"""
+
+    oid = TIMESTAMPTZ_OID
+
+    def __init__(self, cls: type, context: Any = None):
+        super().__init__(cls, context)
+        self._last: dt.datetime | None = None
+        self._text = b""
+
+    def dump(self, obj: dt.datetime) -> bytes:
+        last = self._last
+        if obj is last or (last is not None and obj == last and obj.tzinfo is last.tzinfo):
+            return self._text
+        self._last, self._text = obj, str(obj).encode()
+        return self._text
 
 
 class CoreMerge:
@@ -210,7 +243,10 @@ class CoreMerge:
         if dels:
             conn.execute(remove_stmt, dels)
         if states:
-            conn.execute(applied_table.insert(), {"connector": sink.name, "entries": pack_entries(states)})
+            conn.execute(
+                applied_table.insert(),
+                {"connector": sink.name, "size": len(states), "entries": pack_entries(states)},
+            )
 
 
 class MySqlMerge(CoreMerge):
@@ -231,7 +267,7 @@ class MySqlMerge(CoreMerge):
             update.append(f"{q(soft)} = NULL")
         up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
         up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
-        st_head = f"INSERT INTO cdc_applied (connector, entries) VALUES ({esc(self.sink.name)}, "
+        st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.sink.name)}, "
         dels = []
         with _Pipelined(cur) as send:  # the server works on one statement while the next is built
             for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
@@ -247,7 +283,7 @@ class MySqlMerge(CoreMerge):
                     states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
                 if ups:
                     send(up_head + ",".join(ups) + up_tail)
-                send(st_head + esc(pack_entries(states)) + ")")
+                send(f"{st_head}{len(states)}, {esc(pack_entries(states))})")
         if dels:
             conn.execute(self._statements(tuple(cols))[1], dels)
 
@@ -290,6 +326,22 @@ class _Pipelined:
             raise self.errors[0]
 
 
+def _getter(cols: list[str]):
+    """row -> tuple of the values of `cols` (None for a missing one), in one C call for the common case."""
+    if len(cols) == 1:
+        c = cols[0]
+        return lambda row: (row.get(c),)
+    pick = operator.itemgetter(*cols)
+
+    def get(row: dict) -> tuple:
+        try:
+            return pick(row)
+        except KeyError:
+            return tuple([row.get(c) for c in cols])
+
+    return get
+
+
 def _mysql_escaper(dbapi):
     """pymysql's own escaping, with the common types (str, int, finite Decimal, None) dispatched directly."""
     from pymysql.constants import SERVER_STATUS
@@ -315,8 +367,6 @@ def _mysql_escaper(dbapi):
 
 
 def _ms_to_dt(ms: int):
-    import datetime as dt
-
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
 
 

@@ -5,8 +5,8 @@ value inherits the buffered value); `write()` sends the buffer inside the open t
 writes the rest, the held changes and the source position, and commits them together.
 
 Never backwards: every applied key has the source position of the change that put it there, appended to
-`cdc_applied` by the write and folded into `cdc_row_state` (bookkeeping.fold) before any check reads it, when
-idle, and when the log grows; a change at or below the key's position is skipped (see dialects.py). Changes
+`cdc_applied` by the write and folded into `cdc_row_state` (bookkeeping.fold) before any check reads it, and
+in small steps while idle; a change at or below the key's position is skipped (see dialects.py). Changes
 above the stored source position need no check at all (`_may_be_stale`), which is the streaming case. A "fresh" write
 (`write(fresh=True)`: a scheduled price, or an approval, whose caller checked the key's position under a lock)
 skips that check. A row the database refuses (too long, out of range, a constraint) is found by bisecting its
@@ -139,9 +139,7 @@ class SqlSink:
             t = scheduled_table
             self.scheduled_keys = set(c.scalars(sa.select(t.c.row_key).where(t.c.connector == self.name)))
             a = applied_table
-            self.unfolded = c.scalar(
-                sa.select(sa.func.count()).select_from(a).where(a.c.connector == self.name)
-            )
+            self.unfolded = c.scalar(sa.select(sa.func.sum(a.c.size)).where(a.c.connector == self.name)) or 0
         self.refresh_next_due()
 
     def refresh_next_due(self) -> None:
@@ -274,7 +272,7 @@ class SqlSink:
             except KeyError:
                 old = key
             if old != key and None not in old:  # the key changed: the row moves
-                if UNCHANGED_TOAST in after.values():
+                if ev.toast and UNCHANGED_TOAST in after.values():
                     self._rename_row(old, key)  # the source did not resend some values: keep them
                 self._put(old, REMOVE, before, ev)
         self._put(key, UPSERT, after, ev)
@@ -297,7 +295,13 @@ class SqlSink:
 
     def _put(self, key: tuple, op: str, row: dict, ev: ChangeEvent) -> None:
         prev = self.pending.get(key)
-        if prev is not None and op == UPSERT and prev.op == UPSERT and UNCHANGED_TOAST in row.values():
+        if (
+            prev is not None
+            and op == UPSERT
+            and prev.op == UPSERT
+            and ev.toast
+            and UNCHANGED_TOAST in row.values()
+        ):
             row = {c: (prev.row.get(c, v) if v is UNCHANGED_TOAST else v) for c, v in row.items()}
         earlier = None
         if prev is not None and self.history:  # each change gets its own history entry
@@ -421,19 +425,22 @@ class SqlSink:
         return self.conn
 
     def _fold(self, conn: sa.Connection) -> None:
+        """All recorded positions into cdc_row_state, inside the open transaction (before reading it)."""
         if self.unfolded:
             fold(conn, self.name)
             self.unfolded = 0
 
-    def fold(self) -> None:
-        """Folds the recorded positions into cdc_row_state in a transaction of its own (nothing buffered)."""
+    def fold(self, limit: int) -> None:
+        """Folds the oldest `limit` recorded positions into cdc_row_state in a transaction of its own (called
+        with nothing buffered, e.g. while idle: a small step keeps the next change from waiting long)."""
         try:
             self._wait()
             conn = self._tx()
-            self._fold(conn)
+            done = fold(conn, self.name, limit)
             conn.commit()
         except Exception as e:
             raise _classify(e) from e
+        self.unfolded = max(0, self.unfolded - done) if done >= limit else 0  # else: all folded
 
     def write(self, fresh: bool = False) -> None:
         """Sends the buffered changes inside the open transaction (no commit). `fresh`: the caller made sure
@@ -492,14 +499,24 @@ class SqlSink:
             if self.history:
                 old_rows = history.old_rows(self, conn, items)
             groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
-            for key, p in items:
+            last_keys, last_group = None, None  # most rows have the columns of the row before
+            for item in items:
+                p = item[1]
                 if p.op == UPSERT:
-                    cols = tuple(p.row)
-                    if UNCHANGED_TOAST in p.row.values():  # leave the sink's value as it is
-                        cols = tuple(c for c in cols if p.row[c] is not UNCHANGED_TOAST)
+                    row = p.row
+                    if p.ev.toast and UNCHANGED_TOAST in row.values():  # leave the sink's value as it is
+                        cols = tuple(c for c in row if row[c] is not UNCHANGED_TOAST)
+                    elif row.keys() == last_keys:
+                        last_group.append(item)
+                        continue
+                    else:
+                        cols = tuple(row)
+                        last_keys, last_group = row.keys(), groups.setdefault(cols, [])
+                        last_group.append(item)
+                        continue
                 else:
                     cols = self.key_cols
-                groups.setdefault(cols, []).append((key, p))
+                groups.setdefault(cols, []).append(item)
             refused: dict[tuple, dict] = {}  # key -> its dead-letter record
             for cols, group in groups.items():
                 self._apply(conn, group, self._columns(cols), fresh, refused)

@@ -296,6 +296,7 @@ class Update:
     old: dict | None
     old_kind: str | None  # 'K' key columns only, 'O' the full old row, None: no old row sent
     new: dict
+    toasted: bool = False  # `new` holds UNCHANGED_TOAST values
 
 
 @dataclass(slots=True)
@@ -381,10 +382,12 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode(), end + 1
 
 
-def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, int]:
-    """TupleData at `pos` -> ({column name: value}, position after it). This is the hot path."""
+def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, int, bool]:
+    """TupleData at `pos` -> ({column name: value}, position after it, whether a value is an unchanged
+    TOASTed one). This is the hot path."""
     start = pos
     name = None
+    toasted = False
     try:
         ncols = _u16(buf, pos)[0]
         cols = rel.cols
@@ -399,12 +402,13 @@ def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, i
         pos += 2
         size = len(buf)
         row = {}
+        length = int.from_bytes  # of a 4-byte slice: cheaper than struct's unpack_from and a tuple
         for name, conv in cols:
             start = pos
             kind = buf[pos]
             if kind == 116:  # 't': text value
                 pos += 5
-                end = pos + _u32(buf, pos - 4)[0]
+                end = pos + length(buf[pos - 4 : pos])
                 if end > size:
                     raise IndexError
                 row[name] = conv(buf[pos:end].decode())
@@ -414,6 +418,7 @@ def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, i
                 pos += 1
             elif kind == 117:  # 'u': unchanged TOASTed value, not sent
                 row[name] = UNCHANGED_TOAST
+                toasted = True
                 pos += 1
             elif kind == 98:  # 'b': binary value
                 pos += 5
@@ -424,7 +429,7 @@ def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, i
                 pos = end
             else:
                 raise _malformed(what, start, buf, f"column {name!r}: unknown tuple data kind {kind!r}")
-        return row, pos
+        return row, pos, toasted
     except MalformedMessage:
         raise
     except _BAD_BYTES as exc:
@@ -499,7 +504,7 @@ class Decoder:
             pos = 5
             if buf[5] != _TAG_N:
                 raise _malformed("Insert", 5, buf, f"expected 'N' before the new tuple, got {buf[5]!r}")
-            new, pos = _read_tuple(buf, 6, rel, "Insert")
+            new, pos, _ = _read_tuple(buf, 6, rel, "Insert")
         except (struct.error, IndexError) as exc:
             raise _malformed("Insert", pos, buf, _describe(exc, pos, buf)) from exc
         if pos != len(buf):
@@ -517,22 +522,22 @@ class Decoder:
             tag = buf[5]
             old = old_kind = None
             if tag == _TAG_K:
-                full, pos = _read_tuple(buf, 6, rel, "Update")
+                full, pos, _ = _read_tuple(buf, 6, rel, "Update")
                 old = {k: full[k] for k in rel.key_columns}
                 old_kind = "K"
                 tag = buf[pos]
             elif tag == _TAG_O:
-                old, pos = _read_tuple(buf, 6, rel, "Update")
+                old, pos, _ = _read_tuple(buf, 6, rel, "Update")
                 old_kind = "O"
                 tag = buf[pos]
             if tag != _TAG_N:
                 raise _malformed("Update", pos, buf, f"expected 'K', 'O' or 'N', got {tag!r}")
-            new, pos = _read_tuple(buf, pos + 1, rel, "Update")
+            new, pos, toasted = _read_tuple(buf, pos + 1, rel, "Update")
         except (struct.error, IndexError) as exc:
             raise _malformed("Update", pos, buf, _describe(exc, pos, buf)) from exc
         if pos != len(buf):
             raise _malformed("Update", pos, buf, f"{len(buf) - pos} trailing bytes")
-        return Update(rel, old, old_kind, new)
+        return Update(rel, old, old_kind, new, toasted)
 
     def _delete(self, buf: bytes) -> Delete:
         pos = 1
@@ -545,7 +550,7 @@ class Decoder:
             tag = buf[5]
             if tag != _TAG_K and tag != _TAG_O:
                 raise _malformed("Delete", 5, buf, f"expected 'K' or 'O' before the old tuple, got {tag!r}")
-            old, pos = _read_tuple(buf, 6, rel, "Delete")
+            old, pos, _ = _read_tuple(buf, 6, rel, "Delete")
         except (struct.error, IndexError) as exc:
             raise _malformed("Delete", pos, buf, _describe(exc, pos, buf)) from exc
         if pos != len(buf):

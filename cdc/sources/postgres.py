@@ -337,6 +337,7 @@ class PostgresSource:
                     self.db,
                     self.cfg.name,
                     keys,
+                    toast=False,
                 )
         progress.close()
 
@@ -378,10 +379,10 @@ class PostgresSource:
         sock = conn.socket
         while True:
             n, data = conn.get_copy_data(1)
-            if n == 0:  # nothing buffered
-                if select.select([sock], [], [], 0)[0]:  # more has arrived: read on, batches stay large
-                    conn.consume_input()
-                    continue
+            if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
+                conn.consume_input()
+                n, data = conn.get_copy_data(1)
+            if n == 0:
                 # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
                 yield Idle(self.wal_end)
                 self._maybe_status(conn, interval)
@@ -433,6 +434,7 @@ class PostgresSource:
                     db,
                     name,
                     rel.key_columns,
+                    toast=False,
                 )
             elif t is po.Update:
                 if skipping:
@@ -454,6 +456,7 @@ class PostgresSource:
                     db,
                     name,
                     rel.key_columns,
+                    toast=msg.toasted,
                 )
             elif t is po.Delete:
                 if skipping:

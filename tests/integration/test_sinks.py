@@ -179,8 +179,9 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
 
 
 def test_recorded_positions_fold_newest_per_key(env, store):
-    """Writes append each key's position to cdc_applied; fold() keeps the newest per key in cdc_row_state and
-    never lets an older entry (out of order) overwrite a newer recorded position."""
+    """Writes append each key's position to cdc_applied; fold() keeps the newest per key in cdc_row_state, in
+    steps of the oldest rows, and never lets an older entry (out of order) overwrite a newer recorded
+    position."""
     from cdc.config import load_config
     from cdc.events import ChangeEvent
     from cdc.sinks.sql import SqlSink
@@ -191,6 +192,10 @@ def test_recorded_positions_fold_newest_per_key(env, store):
         after = {"sku": key, "price": Decimal(price), "name": "n"}
         return ChangeEvent("u", "public", "item_price", None, after, lsn, lsn, seq, lsn * 10, 7)
 
+    def state():
+        got = store("SELECT row_key, commit_lsn, seq, ts_ms, txid, op FROM cdc_row_state")
+        return {r[0]: tuple(r[1:]) for r in got}
+
     sink = SqlSink(load_config(path))
     sink.open()
     assert sink.load_offset() is None  # the stored position: changes above it need no check
@@ -199,30 +204,30 @@ def test_recorded_positions_fold_newest_per_key(env, store):
             for k in range(10 if lsn > 100 else 50):
                 sink.add(change(f"K{k}", f"{lsn}.00", lsn, seq=k + 1))
             sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
-        assert store("SELECT count(*) FROM cdc_applied")[0][0] == 3  # one JSON row per written chunk
+        # one JSON row per written chunk: here one per transaction
+        assert store("SELECT size FROM cdc_applied ORDER BY id") == [(50,), (10,), (10,)]
         assert sink.unfolded == 70
-        sink.fold()
-        assert sink.unfolded == 0
-        assert store("SELECT count(*) FROM cdc_applied")[0][0] == 0
-        state = dict(
-            (k, (lsn, seq, ts))
-            for k, lsn, seq, ts in store("SELECT row_key, commit_lsn, seq, ts_ms FROM cdc_row_state")
-        )
-        assert len(state) == 50
-        assert state["K3"] == (300, 4, 3000)
-        assert state["K42"] == (100, 43, 1000)
+        sink.fold(40)  # the oldest rows up to 40 entries, at least one row: the first transaction
+        assert sink.unfolded == 20 and store("SELECT size FROM cdc_applied") == [(10,), (10,)]
+        assert state()["K3"] == (100, 4, 1000, 7, "u")
+        sink.fold(50)
+        assert sink.unfolded == 0 and store("SELECT count(*) FROM cdc_applied")[0][0] == 0
+        got = state()
+        assert len(got) == 50
+        assert got["K3"] == (300, 4, 3000, 7, "u")
+        assert got["K42"] == (100, 43, 1000, 7, "u")
         # an older entry (as a replay would have recorded without the check) does not win over the newer one
         store(
-            "INSERT INTO cdc_applied (connector, entries) VALUES (%s, %s)",
+            "INSERT INTO cdc_applied (connector, size, entries) VALUES (%s, 2, %s)",
             env.name,
             '[["K3", 200, 9, 2000, 7, "u"], ["K42", 150, 1, 1500, null, "d"]]',
         )
-        sink.unfolded = 1
-        sink.fold()
-        got = store("SELECT row_key, commit_lsn, seq, ts_ms, txid, op FROM cdc_row_state ORDER BY row_key")
-        got = {r[0]: tuple(r[1:]) for r in got}
+        sink.unfolded = 2
+        sink.fold(10)
+        got = state()
         assert got["K3"] == (300, 4, 3000, 7, "u")  # older: kept the newer one
         assert got["K42"] == (150, 1, 1500, None, "d")  # newer: replaced, every column
+        assert sink.unfolded == 0
     finally:
         sink.close()
 

@@ -365,6 +365,14 @@ def test_update_with_full_old_tuple_and_unchanged_toast():
     assert msg.old_kind == "O"
     assert msg.old == {"id": 1, "doc": UNCHANGED_TOAST, "price": Decimal("1.00")}
     assert msg.new == {"id": 1, "doc": UNCHANGED_TOAST, "price": Decimal("2.00")}
+    assert msg.toasted  # the source tells the sink, which then keeps the stored doc
+    # the new tuple decides: an unchanged value only in the old image is not one the sink must keep
+    msg = d.decode(update_msg(77, ["1", "{}", "3.00"], old=["1", UNCHANGED_TOAST, "2.00"], old_kind=b"O"))
+    assert not msg.toasted
+
+
+def test_update_without_unchanged_toast_says_so(dec):
+    assert dec.decode(update_msg(PRODUCTS, ROW)).toasted is False
 
 
 def test_delete_key_only(dec):
