@@ -1,7 +1,8 @@
 """MariaDB sink benchmark: pos-cdc's `sql` sink vs MariaDB's own multi-row INSERT … ON DUPLICATE KEY UPDATE.
 
 Same server, same table shape, same 200k-row bulk reprice, in one run:
-  native:  pymysql, multi-row INSERT … ON DUPLICATE KEY UPDATE in chunks, one transaction
+  native:  pymysql, multi-row INSERT … ON DUPLICATE KEY UPDATE in chunks of 1000 rows, one transaction
+           (statements built before the clock: the server's rate)
   pos-cdc: 200k update ChangeEvents (built beforehand, as the source delivers them) through SqlSink.add(),
            write_async() every batch_size changes (as the pipeline does) and one commit, recording each
            key's position (cdc_applied) as always
@@ -30,18 +31,25 @@ DDL = "CREATE TABLE {t} (sku varchar(64) PRIMARY KEY, price decimal(12,2) NOT NU
 
 
 def native(server: LocalMariaDB, rows: list[tuple], chunk: int = 1000) -> float:
+    """MariaDB's own rate: the statements are built before the clock starts (as the pos-cdc side gets its
+    events built), so only sending them and the server's work are timed."""
     conn = server.connect("bench")
     conn.autocommit(False)
     cur = conn.cursor()
-    t0 = time.perf_counter()
+    statements = []
     for i in range(0, len(rows), chunk):
         part = rows[i : i + chunk]
-        cur.execute(
-            "INSERT INTO native_price (sku, price, name) VALUES "
-            + ", ".join(["(%s, %s, %s)"] * len(part))
-            + " ON DUPLICATE KEY UPDATE price = VALUES(price), name = VALUES(name)",
-            [v for r in part for v in r],
+        statements.append(
+            cur.mogrify(
+                "INSERT INTO native_price (sku, price, name) VALUES "
+                + ", ".join(["(%s, %s, %s)"] * len(part))
+                + " ON DUPLICATE KEY UPDATE price = VALUES(price), name = VALUES(name)",
+                [v for r in part for v in r],
+            )
         )
+    t0 = time.perf_counter()
+    for stmt in statements:
+        cur.execute(stmt)
     conn.commit()
     elapsed = time.perf_counter() - t0
     conn.close()
