@@ -10,6 +10,8 @@ no-hashjoin  The merge's never-backwards check (stage LEFT JOIN cdc_row_state) i
              seq-scans ALL of cdc_row_state for every batch: O(rows ever applied) per batch (EXPLAIN: 289 ms
              per 20k-row batch at 1M recorded keys, 27 ms with index probes). Patched: the sink session runs
              SET enable_hashjoin = off, enable_mergejoin = off (index nested loop).
+no-fold      Recorded key positions are never folded into cdc_row_state while the connector runs: what the
+             idle folding costs the latency.
 gc-off       No cyclic garbage collection at all: how much the collector still costs with `cdc run`'s tuning.
 """
 
@@ -56,7 +58,15 @@ def gc_off() -> None:
     gc.disable()
 
 
+def no_fold() -> None:
+    from cdc import pipeline
+
+    pipeline.FOLD_STEP = pipeline.FOLD_BACKLOG = 10**12
+    pipeline.FOLD_EVERY_S = 10**9
+
+
 PATCHES = {
+    "no-fold": no_fold,
     "gc-off": gc_off,
     "rename-fast": rename_fast,
     "no-hashjoin": no_hashjoin,

@@ -930,7 +930,7 @@ def main() -> int:
     ap.add_argument(
         "--patch",
         action="append",
-        choices=["rename-fast", "no-hashjoin", "gc-off"],
+        choices=["rename-fast", "no-hashjoin", "gc-off", "no-fold"],
         help="experiment: run pos-cdc with a monkeypatch from bench/patches.py (repeatable)",
     )
     ap.add_argument("--rate", type=int, help="cashier: pgbench -R (TPS limit); default: full rate")

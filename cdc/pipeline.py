@@ -38,9 +38,9 @@ log = logging.getLogger("cdc.pipeline")
 STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
 DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an approval elsewhere may add one)
 LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
-# recorded key positions (cdc_applied) are folded into cdc_row_state in steps of FOLD_STEP (a fraction of a
-# second of storefront work, so a change arriving meanwhile waits little): while idle, at most every
-# FOLD_EVERY_S unless a whole step is waiting; and after every checkpoint while more than FOLD_BACKLOG wait
+# recorded key positions (cdc_applied) are folded into cdc_row_state on a thread of their own, in steps of
+# FOLD_STEP, looked at every FOLD_EVERY_S: while the connector is caught up, or while more than FOLD_BACKLOG
+# wait (a bulk load is not slowed by folding, nor the stream made to wait for it)
 FOLD_STEP = 10_000
 FOLD_EVERY_S = 0.5
 FOLD_BACKLOG = 500_000
@@ -87,7 +87,8 @@ class Pipeline:
         history = cfg.sink.history
         self.changed_by = history.changed_by if history else None
         self._due_checked = 0.0
-        self._folded_at = 0.0
+        self._folder: threading.Thread | None = None
+        self._fold_stop = threading.Event()
         # a guard that compares with the storefront: the stages before it run ahead on a run of changes, so
         # the storefront values it asks for are read in one statement rather than one per change
         self._ahead = next(
@@ -157,6 +158,10 @@ class Pipeline:
 
     def _teardown(self) -> None:
         self._flush_counts()
+        self._fold_stop.set()
+        if self._folder is not None:
+            self._folder.join()
+            self._folder = None
         if self.fallback is not None:
             self.fallback.close()
             self.fallback = None
@@ -182,6 +187,9 @@ class Pipeline:
             self.fallback.check()
         self._m_up.set(1)
         self.metrics.healthy.set()
+        self._fold_stop.clear()
+        self._folder = threading.Thread(target=self._fold_loop, daemon=True, name=f"{self.cfg.name}-fold")
+        self._folder.start()
         pos = sink.load_offset()
         if pos is None and self.cfg.source.snapshot == "initial":
             self._consume(source.snapshot())
@@ -304,18 +312,29 @@ class Pipeline:
                 self._apply(ev, post)
 
     def _tick(self) -> None:
-        """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices;
-        the sink's recorded key positions folded into cdc_row_state (off the path of a burst)."""
+        """While idle: heartbeat so the slot advances past WAL that other databases write; scheduled prices."""
         now = time.monotonic()
         interval = self.cfg.source.heartbeat_interval_s
         if interval and now - self._last_heartbeat >= interval:
             self._last_heartbeat = now
             self.source.heartbeat()
         self._due()
-        waiting = self.sink.unfolded
-        if waiting >= FOLD_STEP or (waiting and now - self._folded_at >= FOLD_EVERY_S):
-            self.sink.fold(FOLD_STEP)
-            self._folded_at = time.monotonic()
+
+    def _fold_loop(self) -> None:
+        """The sink's recorded key positions folded into cdc_row_state, a step at a time (SqlSink.fold_step),
+        beside the stream. A failed step is tried again at the next look; the stream reports real outages."""
+        sink, failures = self.sink, 0
+        while not self._fold_stop.wait(FOLD_EVERY_S):
+            try:
+                while sink.backlog and (self._caught_up or sink.backlog > FOLD_BACKLOG):
+                    if sink.fold_step(FOLD_STEP) < FOLD_STEP or self._fold_stop.is_set():
+                        break
+                failures = 0
+            except CdcError as e:
+                failures += 1
+                (log.warning if failures % 20 == 1 else log.debug)(
+                    "%s: folding recorded key positions: %s (will try again)", self.cfg.name, e
+                )
 
     def _due(self) -> None:
         """Applies the scheduled prices that are due (only called with nothing buffered in the sink)."""
@@ -368,8 +387,6 @@ class Pipeline:
         self.source.confirm(end.end_lsn)
         self._progressed = True
         self._flush_counts()
-        if self.sink.unfolded > FOLD_BACKLOG:
-            self.sink.fold(FOLD_STEP)
         if self.sink.dead_lettered:  # rows the storefront refused in this batch
             self._m_held["dead_letter"].inc(self.sink.dead_lettered)
             self.sink.dead_lettered = 0

@@ -213,9 +213,13 @@ def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
         partition_by=e.c.row_key, order_by=(e.c.commit_lsn.desc(), e.c.seq.desc())
     )
     ranked = sa.select(*(e.c[c] for c in cols), rank.label("rn")).subquery()
-    latest = sa.select(
-        sa.literal(connector, sa.String(200)), *(ranked.c[c] for c in cols), sa.func.current_timestamp()
-    ).where(ranked.c.rn == 1)
+    latest = (  # in key order: two folds at once lock the keys in the same order (no deadlock)
+        sa.select(
+            sa.literal(connector, sa.String(200)), *(ranked.c[c] for c in cols), sa.func.current_timestamp()
+        )
+        .where(ranked.c.rn == 1)
+        .order_by(ranked.c.row_key)
+    )
     into = ["connector", *cols, "applied_at"]
     if dialect == "mysql":
         from sqlalchemy.dialects.mysql import insert as mysql_insert

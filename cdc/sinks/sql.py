@@ -6,7 +6,8 @@ writes the rest, the held changes and the source position, and commits them toge
 
 Never backwards: every applied key has the source position of the change that put it there, appended to
 `cdc_applied` by the write and folded into `cdc_row_state` (bookkeeping.fold) before any check reads it, and
-in small steps while idle; a change at or below the key's position is skipped (see dialects.py). Changes
+in small steps meanwhile (fold_step, on a thread of the pipeline); a change at or below the key's position is
+skipped (see dialects.py). Changes
 above the stored source position need no check at all (`_may_be_stale`), which is the streaming case. A "fresh" write
 (`write(fresh=True)`: a scheduled price, or an approval, whose caller checked the key's position under a lock)
 skips that check. A row the database refuses (too long, out of range, a constraint) is found by bisecting its
@@ -84,7 +85,11 @@ class SqlSink:
         self.dialect = ""
         self.dead_lettered = 0  # rows the database refused, since start (for metrics)
         self.floor: int | None = None  # stored source position (commit LSN) once loaded; see _may_be_stale
-        self.unfolded = 0  # cdc_applied entries this sink appended (or found) since the last fold
+        # cdc_applied entries this sink appended (with those found at open), and how many of them fold_step
+        # folded: written by the writing thread and the folding thread respectively
+        self.appended = 0
+        self.folded = 0
+        self._fold_conn: sa.Connection | None = None
         self._warned: set[str] = set()
         self.history = cfg.sink.history
         self.scheduling = any(getattr(t, "type", None) == "schedule" for t in cfg.transforms)
@@ -139,7 +144,7 @@ class SqlSink:
             t = scheduled_table
             self.scheduled_keys = set(c.scalars(sa.select(t.c.row_key).where(t.c.connector == self.name)))
             a = applied_table
-            self.unfolded = c.scalar(sa.select(sa.func.sum(a.c.size)).where(a.c.connector == self.name)) or 0
+            self.appended = c.scalar(sa.select(sa.func.sum(a.c.size)).where(a.c.connector == self.name)) or 0
         self.refresh_next_due()
 
     def refresh_next_due(self) -> None:
@@ -207,6 +212,7 @@ class SqlSink:
             self._wait()
         except Exception:  # noqa: BLE001 - closing; the error was or will be reported by the caller
             pass
+        self.close_folding()
         self._writer.shutdown(wait=True)
         if self.conn is not None:
             try:
@@ -426,21 +432,47 @@ class SqlSink:
 
     def _fold(self, conn: sa.Connection) -> None:
         """All recorded positions into cdc_row_state, inside the open transaction (before reading it)."""
-        if self.unfolded:
-            fold(conn, self.name)
-            self.unfolded = 0
+        fold(conn, self.name)
 
-    def fold(self, limit: int) -> None:
-        """Folds the oldest `limit` recorded positions into cdc_row_state in a transaction of its own (called
-        with nothing buffered, e.g. while idle: a small step keeps the next change from waiting long)."""
+    @property
+    def backlog(self) -> int:
+        """About how many recorded positions wait to be folded (fold_step's trigger; _fold needs none)."""
+        return max(0, self.appended - self.folded)
+
+    def fold_step(self, limit: int) -> int:
+        """Folds the oldest ~`limit` recorded positions into cdc_row_state, on a connection and in a
+        transaction of its own, so it may run on another thread while this sink writes: ids only grow with
+        the connector's commits, so what it sees is a committed prefix, and folds commute (the newest
+        position per key wins, keys locked in order). It gives up at once on a row lock the writer holds
+        (lock timeout) and is tried again later. Returns how many it folded."""
+        start = self.appended
         try:
-            self._wait()
-            conn = self._tx()
-            done = fold(conn, self.name, limit)
-            conn.commit()
+            if self._fold_conn is None:
+                self._fold_conn = self.engine.connect()
+                if self.dialect == "mysql":  # no gap locks in the writer's way
+                    self._fold_conn = self._fold_conn.execution_options(isolation_level="READ COMMITTED")
+                elif self.dialect == "sqlite":  # one writer at a time: wait briefly, then try later
+                    self._fold_conn.connection.driver_connection.execute("PRAGMA busy_timeout = 200")
+            conn = self._fold_conn
+            with conn.begin():
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SET LOCAL lock_timeout = '200ms'")
+                elif self.dialect == "mysql":
+                    conn.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+                done = fold(conn, self.name, limit)
         except Exception as e:
+            self.close_folding()
             raise _classify(e) from e
-        self.unfolded = max(0, self.unfolded - done) if done >= limit else 0  # else: all folded
+        self.folded = start if done < limit else self.folded + done  # less than asked: all folded
+        return done
+
+    def close_folding(self) -> None:
+        conn, self._fold_conn = self._fold_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection; the next step opens another
+                pass
 
     def write(self, fresh: bool = False) -> None:
         """Sends the buffered changes inside the open transaction (no commit). `fresh`: the caller made sure
@@ -582,7 +614,7 @@ class SqlSink:
         try:
             with conn.begin_nested():
                 self._merger.merge(conn, items, cols, check_stale=check_stale)
-            self.unfolded += len(items)
+            self.appended += len(items)
         except Exception as e:
             if not _is_row_error(e):
                 raise
@@ -631,7 +663,6 @@ class SqlSink:
             conn.execute(self.target.delete())
         conn.execute(row_state_table.delete().where(row_state_table.c.connector == self.name))
         conn.execute(applied_table.delete().where(applied_table.c.connector == self.name))
-        self.unfolded = 0
         conn.execute(scheduled_table.delete().where(scheduled_table.c.connector == self.name))
         self.scheduled_keys.clear()
 

@@ -87,6 +87,11 @@ def test_a_newer_change_replaces_the_schedule_and_is_never_overridden(env):
         wait_until(lambda: "B" not in scheduled(env.store), running=r)
         # a newer change that reached the storefront some other way (the row state moved on) while R's entry
         # stayed: the due start sees it and leaves R alone
+        wait_until(  # R's position is in cdc_row_state (folded beside the stream) before it is moved on
+            lambda: env.store("SELECT count(*) FROM cdc_row_state WHERE row_key = 'R'")[0][0] == 1,
+            running=r,
+            what="R's position folded",
+        )
         env.store("UPDATE cdc_row_state SET seq = seq + 1 WHERE row_key = 'R'")
         wait_price(env.store, "A", "8.00", r, not_before=t0 + 4)
         put(

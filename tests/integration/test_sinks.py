@@ -179,8 +179,8 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
 
 
 def test_recorded_positions_fold_newest_per_key(env, store):
-    """Writes append each key's position to cdc_applied; fold() keeps the newest per key in cdc_row_state, in
-    steps of the oldest rows, and never lets an older entry (out of order) overwrite a newer recorded
+    """Writes append each key's position to cdc_applied; fold_step() keeps the newest per key in cdc_row_state,
+    in steps of the oldest rows, and never lets an older entry (out of order) overwrite a newer recorded
     position."""
     from cdc.config import load_config
     from cdc.events import ChangeEvent
@@ -206,12 +206,14 @@ def test_recorded_positions_fold_newest_per_key(env, store):
             sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
         # one JSON row per written chunk: here one per transaction
         assert store("SELECT size FROM cdc_applied ORDER BY id") == [(50,), (10,), (10,)]
-        assert sink.unfolded == 70
-        sink.fold(40)  # the oldest rows up to 40 entries, at least one row: the first transaction
-        assert sink.unfolded == 20 and store("SELECT size FROM cdc_applied") == [(10,), (10,)]
+        assert sink.backlog == 70
+        assert (
+            sink.fold_step(40) == 50
+        )  # the oldest rows up to 40 entries, at least one: the first transaction
+        assert sink.backlog == 20 and store("SELECT size FROM cdc_applied") == [(10,), (10,)]
         assert state()["K3"] == (100, 4, 1000, 7, "u")
-        sink.fold(50)
-        assert sink.unfolded == 0 and store("SELECT count(*) FROM cdc_applied")[0][0] == 0
+        assert sink.fold_step(50) == 20
+        assert sink.backlog == 0 and store("SELECT count(*) FROM cdc_applied")[0][0] == 0
         got = state()
         assert len(got) == 50
         assert got["K3"] == (300, 4, 3000, 7, "u")
@@ -222,14 +224,39 @@ def test_recorded_positions_fold_newest_per_key(env, store):
             env.name,
             '[["K3", 200, 9, 2000, 7, "u"], ["K42", 150, 1, 1500, null, "d"]]',
         )
-        sink.unfolded = 2
-        sink.fold(10)
+        sink.appended += 2
+        assert sink.fold_step(10) == 2
         got = state()
         assert got["K3"] == (300, 4, 3000, 7, "u")  # older: kept the newer one
         assert got["K42"] == (150, 1, 1500, None, "d")  # newer: replaced, every column
-        assert sink.unfolded == 0
+        assert sink.backlog == 0
     finally:
         sink.close()
+
+
+def test_positions_are_folded_beside_the_stream(env, store):
+    """While the connector runs and is caught up, its thread of folding moves the recorded positions into
+    cdc_row_state (cdc_applied empties), the stream still flowing meanwhile; a restart finds nothing lost."""
+    path = make(env, store, batch=200)
+    env.pos("INSERT INTO item_price SELECT 'S' || i, i, 'n' FROM generate_series(1, 1000) i")
+    with Running(path) as r:
+        wait_until(lambda: len(rows(store)) == 1000, running=r, what="snapshot")
+        for k in range(20):  # small transactions while folding goes on
+            env.pos(
+                f"UPDATE item_price SET price_fen = price_fen + 1 WHERE item_code IN ('S{k}', 'S{k + 500}')"
+            )
+        wait_until(lambda: rows(store) == expected(env), running=r, what="stream applied")
+        wait_until(
+            lambda: store("SELECT count(*) FROM cdc_applied")[0][0] == 0, running=r, what="positions folded"
+        )
+        state = dict(store("SELECT row_key, seq FROM cdc_row_state WHERE commit_lsn > 0"))
+        assert len(state) == 1000
+        assert r.pipeline.sink.backlog == 0
+    lsns = dict(store("SELECT row_key, commit_lsn FROM cdc_row_state"))
+    assert lsns["S3"] > lsns["S30"]  # S3 changed in the stream, S30 only in the snapshot
+    env.pos("UPDATE item_price SET price_fen = 7 WHERE item_code = 'S30'")
+    with Running(path) as r:
+        wait_until(lambda: rows(store) == expected(env), running=r, what="resume")
 
 
 def cdc_cli(*args):
