@@ -147,9 +147,16 @@ def upsert(
 
 
 def lock_connector(conn: sa.Connection, connector: str) -> None:
-    """Takes the connector's row lock (its stored position) for the rest of the transaction. The connector
-    takes it at the start of every sink transaction, and `cdc quarantine approve` / `cdc deadletter retry`
-    before they read a key's position, so the two never interleave (SQLite locks the whole file anyway)."""
+    """Takes the connector's lock for the rest of the transaction. The connector takes it at the start of
+    every sink transaction, and `cdc quarantine approve` / `cdc deadletter retry` before they read a key's
+    position, so the two never interleave. PostgreSQL: a transaction-level advisory lock (no row to write,
+    and it holds before the connector's first position is stored); MariaDB: its cdc_offsets row; SQLite
+    locks the whole file anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtext('pos-cdc'), hashtext(:c))"), {"c": connector}
+        ).all()
+        return
     t = offsets_table
     conn.execute(
         sa.select(t.c.connector).where(t.c.connector == connector, t.c.partition == "wal").with_for_update()
@@ -195,9 +202,9 @@ def applied_entries(dialect: str, connector: str, upto: int = 2**63 - 1) -> sa.S
 def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
     """Moves the connector's recorded entries into cdc_row_state, all of them or (`limit`) those of its oldest
     cdc_applied rows up to about `limit` entries (at least one row) — the newest per key wins, never an older
-    over a newer, so any slice can be folded on its own — inside the caller's transaction, which must hold
-    `lock_connector` (so no write of the connector is in flight and every id up to the slice's end is
-    committed). Returns how many entries it folded."""
+    over a newer, so any slice can be folded on its own — inside the caller's transaction. The connector
+    writes one transaction at a time and ids grow with its commits, so what a fold sees of another
+    transaction is a committed prefix (and of its own, its own rows too). Returns how many it folded."""
     a, rs = applied_table, row_state_table
     mine = a.c.connector == connector
     n, upto = 0, None

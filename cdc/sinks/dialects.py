@@ -35,15 +35,17 @@ TIMESTAMPTZ_OID = 1184
 class PgMerge:
     def __init__(self, sink):
         self.sink = sink
-        self._cache: dict[tuple, sql.Composed] = {}
+        self._cache: dict[tuple, bytes] = {}
+        self.staged = 0  # rows that may be left in the staging table in this transaction
 
     def prepare(self, conn: sa.Connection) -> None:
-        """The session's staging table (temp, so it lives and dies with this connection)."""
+        """The session's staging table (temp, so it lives and dies with this connection; emptied by every
+        commit, so the first merge of a transaction finds it empty)."""
         pg = conn.connection.driver_connection
         pg.execute(
-            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS cdc_stage AS SELECT * FROM {} WITH NO DATA").format(
-                self._tid()
-            )
+            sql.SQL(
+                "CREATE TEMP TABLE IF NOT EXISTS cdc_stage ON COMMIT DELETE ROWS AS SELECT * FROM {} WITH NO DATA"
+            ).format(self._tid())
         )
         pg.execute(
             "ALTER TABLE cdc_stage ADD COLUMN IF NOT EXISTS __k text, ADD COLUMN IF NOT EXISTS __op char(1),"
@@ -52,20 +54,25 @@ class PgMerge:
         )
         pg.commit()
 
+    def forget_stage(self) -> None:
+        """The transaction ended (commit or rollback): the staging table is empty."""
+        self.staged = 0
+
     def _tid(self) -> sql.Identifier:
         t = self.sink.target
         return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
 
     def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
-        cur = conn.connection.driver_connection.cursor()
+        pg = conn.connection.driver_connection
+        cur = pg.cursor()
         cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
-        cur.execute("TRUNCATE cdc_stage")
+        if self.staged:  # an earlier merge of this transaction: TRUNCATE costs more than DELETE of a few
+            cur.execute(b"TRUNCATE cdc_stage" if self.staged > 1000 else b"DELETE FROM cdc_stage")
+        copy, statement = self._statements(pg, tuple(cols), check_stale)
         key_cols = self.sink.key_cols
-        stage_cols = sql.SQL(", ").join(
-            map(sql.Identifier, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"])
-        )
         get = _getter(cols)
-        with cur.copy(sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)) as cp:
+        self.staged += len(items)
+        with cur.copy(copy) as cp:
             write_row = cp.write_row
             for key, p in items:
                 row, ev = p.row, p.ev
@@ -74,11 +81,20 @@ class PgMerge:
                 else:
                     vals = tuple([row.get(c) if c in key_cols else None for c in cols])
                 write_row(vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid))
-        cur.execute(self._statement(tuple(cols), check_stale), {"c": self.sink.name})
+        cur.execute(statement, {"c": self.sink.name})
+
+    def _statements(self, pg, cols: tuple[str, ...], check_stale: bool) -> tuple[bytes, bytes]:
+        """The COPY into the staging table and the merge statement for these columns, as the bytes sent."""
+        key = (cols, check_stale)
+        if key not in self._cache:
+            stage_cols = sql.SQL(", ").join(
+                map(sql.Identifier, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"])
+            )
+            copy = sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)
+            self._cache[key] = (copy.as_bytes(pg), self._statement(cols, check_stale).as_bytes(pg))
+        return self._cache[key]
 
     def _statement(self, cols: tuple[str, ...], check_stale: bool) -> sql.Composed:
-        if (cols, check_stale) in self._cache:
-            return self._cache[cols, check_stale]
         ident, S = sql.Identifier, sql.SQL
         tid, keys = self._tid(), self.sink.key_cols
         soft = self.sink.soft_delete_column
@@ -122,7 +138,6 @@ class PgMerge:
             conflict=conflict,
             remove=remove,
         )
-        self._cache[cols, check_stale] = stmt
         return stmt
 
 
@@ -159,6 +174,9 @@ class CoreMerge:
         self._cache: dict[tuple, tuple] = {}
 
     def prepare(self, conn: sa.Connection) -> None:
+        pass
+
+    def forget_stage(self) -> None:
         pass
 
     def _column_adapters(self) -> dict[str, Any]:

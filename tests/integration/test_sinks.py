@@ -106,14 +106,43 @@ def test_refused_row_is_dead_lettered_while_the_rest_flows(env, store):
         env.pos("INSERT INTO item_price VALUES ('D', 400, 'date')")
         wait_until(lambda: len(rows(store)) == 3, running=r, what="good rows applied")
         assert [k for k, _, _ in rows(store)] == ["A", "C", "D"]
-        held = store("SELECT kind, status, row_key, reason, event FROM cdc_held")
-        assert len(held) == 1
+        # a refused row alone in its transaction (merged without a savepoint, then found again with one)
+        env.pos("INSERT INTO item_price VALUES ('LONG2', 500, repeat('y', 60))")
+        env.pos("INSERT INTO item_price VALUES ('E', 600, 'egg')")
+        wait_until(lambda: len(rows(store)) == 4, running=r, what="row after the lone refused one")
+        assert [k for k, _, _ in rows(store)] == ["A", "C", "D", "E"]
+        held = store("SELECT kind, status, row_key, reason, event FROM cdc_held ORDER BY id")
+        assert [h[2] for h in held] == ["LONG", "LONG2"]
         kind, status, key, reason, event = held[0]
         assert (kind, status, key) == ("dead_letter", "held", "LONG")
         assert "refused" in reason and any(w in reason.lower() for w in ("long", "too", "check"))
         assert json.loads(event)["after"]["name"] == "x" * 50
         counter = r.pipeline.metrics.held.labels(r.cfg.name, "dead_letter")._value.get()
-        assert counter == 1
+        assert counter == 2
+
+
+def test_a_required_column_the_changes_do_not_carry_stops_the_connector(env, store):
+    """A storefront column that is NOT NULL without a default, which no transform fills: every insert would
+    fail, so the connector stops with one line naming the column (not a dead letter per row)."""
+    import pytest
+
+    from cdc.errors import TerminalError
+
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, price_fen bigint, name text)")
+    extra = {"postgresql": "text", "mariadb": "varchar(20)", "sqlite": "text"}[store.kind]
+    store(DDL[store.kind].replace("name varchar(20)", f"category {extra} NOT NULL, name varchar(20)"))
+    path = env.write_config(
+        CONFIG.replace("@DELETE@", "hard").replace("@BATCH@", "100").replace("@STORE@", store.url)
+    )
+    env.pos("INSERT INTO item_price VALUES ('A', 100, 'apple')")
+    r = Running(path).__enter__()
+    try:
+        with pytest.raises(TerminalError, match="requires category \\(NOT NULL without a default\\)"):
+            wait_until(lambda: False, timeout=30, running=r, what="the connector to stop")
+    finally:
+        r.pipeline.stop()
+        r.thread.join(30)
+    assert store("SELECT count(*) FROM cdc_held")[0][0] == 0
 
 
 def test_column_added_mid_stream(env, store, caplog):
