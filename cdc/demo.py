@@ -1,4 +1,4 @@
-"""`cdc demo`: a local POS PostgreSQL and storefront, simulated price changes, and live sync and lag.
+"""`cdc demo`: a local POS PostgreSQL, a SQLite storefront, simulated price changes, and live sync and lag.
 
 Everything is made in a temp dir and removed on exit (Ctrl-C included). The connector is the example a DBA
 copies, connectors/pos-to-storefront.yaml (an embedded copy is used when the repo is not at hand).
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import sys
 import tempfile
 import threading
 import time
+from contextlib import closing
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
 
@@ -44,12 +47,13 @@ CREATE TABLE item_price (
     PRIMARY KEY (item_code, store_id, channel)
 );
 """
+# SQLite has no exact decimal type: prices are TEXT, which the sink fills with exact decimal strings
 STORE_SCHEMA = """
 CREATE TABLE product_price (
     sku        text PRIMARY KEY,
-    price      numeric(12,2) NOT NULL,
-    updated_at timestamptz,
-    deleted_at timestamptz
+    price      text NOT NULL,
+    updated_at timestamp,
+    deleted_at timestamp
 );
 """
 N_ITEMS = 200
@@ -71,7 +75,12 @@ def example_config() -> Path:
     return Path(str(resources.files("cdc") / "pos-to-storefront.yaml"))
 
 
-def seed(pos_dsn: str, store_dsn: str) -> None:
+def store_db(path: str) -> sqlite3.Connection:
+    """The storefront (a SQLite file, WAL mode: the demo reads while the connector writes)."""
+    return sqlite3.connect(path, timeout=10, isolation_level=None)
+
+
+def seed(pos_dsn: str, store_path: str) -> None:
     with psycopg.connect(pos_dsn, autocommit=True) as c:
         c.execute(POS_SCHEMA)
         rows = []
@@ -85,7 +94,7 @@ def seed(pos_dsn: str, store_dsn: str) -> None:
                 " VALUES (%s, %s, %s, %s, %s, %s)",
                 rows,
             )
-    with psycopg.connect(store_dsn, autocommit=True) as c:
+    with closing(store_db(store_path)) as c:
         c.execute(STORE_SCHEMA)
 
 
@@ -146,11 +155,14 @@ def _fat_finger(c: psycopg.Connection) -> str:
     return f"cashier bo fat-fingers {FAT_SKU}: {row[0] / 100:.2f} yuan (a 99 % drop)"
 
 
-def snapshot_view(pos_dsn: str, store_dsn: str, metrics: Metrics, name: str, made: int) -> Table:
+def snapshot_view(pos_dsn: str, store_path: str, metrics: Metrics, name: str, made: int) -> Table:
     with psycopg.connect(pos_dsn) as c:
         pos = dict(c.execute(f"SELECT item_code, {EFFECTIVE} FROM item_price WHERE channel = 'ONLINE'"))
-    with psycopg.connect(store_dsn) as c:
-        store = dict(c.execute("SELECT sku, price FROM product_price WHERE deleted_at IS NULL"))
+    with closing(store_db(store_path)) as c:
+        store = {
+            sku: Decimal(price)
+            for sku, price in c.execute("SELECT sku, price FROM product_price WHERE deleted_at IS NULL")
+        }
         held = c.execute(
             "SELECT count(*) FROM cdc_held WHERE kind = 'quarantine' AND status = 'held'"
         ).fetchone()[0]
@@ -168,15 +180,15 @@ def snapshot_view(pos_dsn: str, store_dsn: str, metrics: Metrics, name: str, mad
     return table
 
 
-def scene_lines(store_dsn: str, seen: dict) -> list[str]:
+def scene_lines(store_path: str, seen: dict) -> list[str]:
     """What the storefront did about the scenes since last asked: the promotion's price, quarantined prices."""
     out = []
-    with psycopg.connect(store_dsn) as c:
-        row = c.execute("SELECT price FROM product_price WHERE sku = %s", (PROMO_SKU,)).fetchone()
+    with closing(store_db(store_path)) as c:
+        row = c.execute("SELECT price FROM product_price WHERE sku = ?", (PROMO_SKU,)).fetchone()
         held = c.execute(
             "SELECT id, row_key, reason FROM cdc_held WHERE kind = 'quarantine' AND status = 'held' ORDER BY id"
         ).fetchall()
-    price = row[0] if row else None
+    price = Decimal(row[0]) if row else None
     if price is not None and seen.get("promo") is not None and price != seen["promo"]:
         what = "starts" if price < seen["promo"] else "ends"
         out.append(f"storefront: promotion on {PROMO_SKU} {what}: {seen['promo']} -> {price} yuan")
@@ -190,12 +202,12 @@ def scene_lines(store_dsn: str, seen: dict) -> list[str]:
 
 def run_demo(seconds: float = 0, rate: float = 20) -> None:
     console = Console(stderr=False)
-    console.print("[bold]pos-cdc demo[/]: starting a local PostgreSQL (POS and storefront)…")
-    with LocalPostgres(tempfile.mkdtemp(prefix="pos-cdc-demo-")) as pg:
-        pos_dsn, store_dsn = pg.create_database("pos"), pg.create_database("storefront")
-        seed(pos_dsn, store_dsn)
+    console.print("[bold]pos-cdc demo[/]: starting a local POS PostgreSQL and a SQLite storefront…")
+    with LocalPostgres(tempfile.mkdtemp(prefix="pos-cdc-demo-")) as pg, tempfile.TemporaryDirectory() as tmp:
+        pos_dsn, store_path = pg.create_database("pos"), os.path.join(tmp, "storefront.db")
+        seed(pos_dsn, store_path)
         os.environ["POS_DSN"] = pos_dsn
-        os.environ["STORE_URL"] = pg.url("storefront")
+        os.environ["STORE_URL"] = f"sqlite:///{store_path}"
         cfg = load_config(example_config())
         metrics = Metrics()
         pipeline = Pipeline(cfg, metrics)
@@ -209,7 +221,7 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
 
         runner = threading.Thread(target=guarded, name="pipeline")
         runner.start()
-        wait_for_snapshot(store_dsn, runner)
+        wait_for_snapshot(store_path, runner)
         stop = threading.Event()
         made, events, seen = [0], [], {}
         sim = threading.Thread(target=simulate, args=(pos_dsn, rate, stop, made, events), daemon=True)
@@ -218,7 +230,7 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
 
         def news() -> list[str]:
             out = [f"POS: {events.pop(0)}" for _ in range(len(events))]
-            return out + scene_lines(store_dsn, seen)
+            return out + scene_lines(store_path, seen)
 
         try:
             if sys.stdout.isatty():
@@ -226,14 +238,14 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
                     while time.monotonic() < deadline and runner.is_alive():
                         for line in news():
                             live.console.print(line)
-                        live.update(snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0]))
+                        live.update(snapshot_view(pos_dsn, store_path, metrics, cfg.name, made[0]))
                         time.sleep(0.5)
             else:
                 while time.monotonic() < deadline and runner.is_alive():
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
                     for line in news():
                         print(line, flush=True)
-                    t = snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0])
+                    t = snapshot_view(pos_dsn, store_path, metrics, cfg.name, made[0])
                     cells = [
                         f"{a}={b}" for a, b in zip(t.columns[0]._cells, t.columns[1]._cells, strict=True)
                     ]
@@ -250,7 +262,7 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
             raise errors[0]
         for line in news():
             console.print(line)
-        final = snapshot_view(pos_dsn, store_dsn, metrics, cfg.name, made[0])
+        final = snapshot_view(pos_dsn, store_path, metrics, cfg.name, made[0])
         console.print(final)
         console.print(
             "with a real connector: `cdc quarantine CONFIG list | approve ID | reject ID` decides on held "
@@ -259,13 +271,13 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
         console.print("demo finished; the local databases are removed.")
 
 
-def wait_for_snapshot(store_dsn: str, runner: threading.Thread, timeout: float = 60) -> None:
+def wait_for_snapshot(store_path: str, runner: threading.Thread, timeout: float = 60) -> None:
     """Until the storefront has the online prices (so the scenes play against a synced storefront)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and runner.is_alive():
-        with psycopg.connect(store_dsn) as c:
+        with closing(store_db(store_path)) as c:
             if (
-                c.execute("SELECT to_regclass('cdc_offsets') IS NOT NULL").fetchone()[0]
+                c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'cdc_offsets'").fetchone()[0]
                 and c.execute("SELECT count(*) FROM cdc_offsets").fetchone()[0]
             ):
                 return
