@@ -44,6 +44,7 @@ LOOKAHEAD = 500  # changes staged together when a guard compares with the storef
 FOLD_STEP = 10_000
 FOLD_EVERY_S = 0.5
 FOLD_BACKLOG = 500_000
+FOLD_JOIN_S = 10.0  # how long a stop waits for a fold step to finish
 
 
 def wire(stages: list[Stage], sink: SqlSink) -> None:
@@ -160,7 +161,9 @@ class Pipeline:
         self._flush_counts()
         self._fold_stop.set()
         if self._folder is not None:
-            self._folder.join()
+            self._folder.join(FOLD_JOIN_S)  # a step stuck on an unreachable storefront is left behind
+            if self._folder.is_alive():
+                log.warning("%s: the folding thread did not stop; leaving it behind", self.cfg.name)
             self._folder = None
         if self.fallback is not None:
             self.fallback.close()
@@ -187,8 +190,10 @@ class Pipeline:
             self.fallback.check()
         self._m_up.set(1)
         self.metrics.healthy.set()
-        self._fold_stop.clear()
-        self._folder = threading.Thread(target=self._fold_loop, daemon=True, name=f"{self.cfg.name}-fold")
+        self._fold_stop = threading.Event()  # its own for each session's thread
+        self._folder = threading.Thread(
+            target=self._fold_loop, args=(sink, self._fold_stop), daemon=True, name=f"{self.cfg.name}-fold"
+        )
         self._folder.start()
         pos = sink.load_offset()
         if pos is None and self.cfg.source.snapshot == "initial":
@@ -320,14 +325,14 @@ class Pipeline:
             self.source.heartbeat()
         self._due()
 
-    def _fold_loop(self) -> None:
+    def _fold_loop(self, sink: SqlSink, stop: threading.Event) -> None:
         """The sink's recorded key positions folded into cdc_row_state, a step at a time (SqlSink.fold_step),
         beside the stream. A failed step is tried again at the next look; the stream reports real outages."""
-        sink, failures = self.sink, 0
-        while not self._fold_stop.wait(FOLD_EVERY_S):
+        failures = 0
+        while not stop.wait(FOLD_EVERY_S):
             try:
                 while sink.backlog and (self._caught_up or sink.backlog > FOLD_BACKLOG):
-                    if sink.fold_step(FOLD_STEP) < FOLD_STEP or self._fold_stop.is_set():
+                    if sink.fold_step(FOLD_STEP) < FOLD_STEP or stop.is_set():
                         break
                 failures = 0
             except CdcError as e:

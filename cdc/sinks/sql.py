@@ -780,7 +780,8 @@ def _typed(ev: ChangeEvent) -> str | None:
 
 def _engine(url: sa.URL) -> sa.Engine:
     if url.get_backend_name() != "sqlite":
-        return sa.create_engine(url, poolclass=sa.pool.NullPool)
+        # an unreachable storefront fails a connect in seconds (then retried), never hangs it
+        return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
 
     # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself
