@@ -645,6 +645,7 @@ class SqlSink:
                 conn.rollback()
                 self._merger.forget_stage()
                 conn = self._tx()
+                self._untouched = False  # this group is written below: the next ones need savepoints
         try:
             with conn.begin_nested():
                 self._merger.merge(conn, items, cols, check_stale=check_stale)

@@ -121,6 +121,38 @@ def test_refused_row_is_dead_lettered_while_the_rest_flows(env, store):
         assert counter == 2
 
 
+def test_refused_rows_in_two_groups_of_one_write_lose_no_good_row(env, store):
+    """One write, two column sets (two merges), a refused row in each: the first merge goes without a
+    savepoint, is refused, starts the transaction again and is bisected; the second must then use a savepoint
+    too, or its refusal would roll the first group's good rows back."""
+    from cdc.config import load_config
+    from cdc.events import ChangeEvent
+    from cdc.sinks.sql import SqlSink
+
+    path = make(env, store)
+    long = "x" * 50
+
+    def change(seq, **after):
+        return ChangeEvent("c", "public", "item_price", None, after, 100, 100, seq, 1000, 7, toast=False)
+
+    sink = SqlSink(load_config(path))
+    sink.open()
+    sink.load_offset()
+    try:
+        sink.add(change(1, sku="K1", price=Decimal("1.00"), name="ok"))
+        sink.add(change(2, sku="K2", price=Decimal("2.00"), name=long))
+        sink.add(change(3, sku="K3", name="ok"))  # no price: another group
+        sink.add(change(4, sku="K4", name=long))
+        sink.commit({"commit_lsn": 100, "end_lsn": 101})
+    finally:
+        sink.close()
+    assert store("SELECT sku FROM product_price ORDER BY sku") == [("K1",), ("K3",)]
+    assert sorted(r[0] for r in store("SELECT row_key FROM cdc_held WHERE kind = 'dead_letter'")) == [
+        "K2",
+        "K4",
+    ]
+
+
 def test_a_required_column_the_changes_do_not_carry_stops_the_connector(env, store):
     """A storefront column that is NOT NULL without a default, which no transform fills: every insert would
     fail, so the connector stops with one line naming the column (not a dead letter per row)."""
