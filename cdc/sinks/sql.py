@@ -7,12 +7,11 @@ writes the rest, the held changes and the source position, and commits them toge
 Never backwards: every applied key has the source position of the change that put it there, appended to
 `cdc_applied` by the write and folded into `cdc_row_state` (bookkeeping.fold) before any check reads it, and
 in small steps meanwhile (fold_step, on a thread of the pipeline); a change at or below the key's position is
-skipped (see dialects.py). Changes
-above the stored source position need no check at all (`_may_be_stale`), which is the streaming case. A "fresh" write
-(`write(fresh=True)`: a scheduled price, or an approval, whose caller checked the key's position under a lock)
-skips that check. A row the database refuses (too long, out of range, a constraint) is found by bisecting its
-group under savepoints and dead-lettered with the database's error; the rest of the batch is applied. The
-storefront table itself is never altered.
+skipped (see dialects.py). Changes above the stored source position need no check at all (`_may_be_stale`),
+which is the streaming case. A "fresh" write (`write(fresh=True)`: a scheduled price, or an approval, whose
+caller checked the key's position under a lock) skips that check. A row the database refuses (too long, out
+of range, a constraint) is found by bisecting its group under savepoints and dead-lettered with the
+database's error; the rest of the batch is applied. The storefront table itself is never altered.
 
 In the same transaction as the changes it applies, the sink also marks older quarantined changes of the same
 keys superseded, keeps the keys' scheduled prices (cdc/schedule.py) and writes price history (cdc/history.py).

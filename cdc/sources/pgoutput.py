@@ -422,7 +422,7 @@ def _read_tuple(buf: bytes, pos: int, rel: Relation, what: str) -> tuple[dict, i
                 pos += 1
             elif kind == 98:  # 'b': binary value
                 pos += 5
-                end = pos + _u32(buf, pos - 4)[0]
+                end = pos + length(buf[pos - 4 : pos])
                 if end > size:
                     raise IndexError
                 row[name] = buf[pos:end]
