@@ -33,8 +33,15 @@ from psycopg import sql
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import CREATE, UNCHANGED_TOAST, ChangeEvent
-from cdc.sources import pgoutput as po
-from cdc.sources.postgres import PostgresSource, classify, quote_ident
+from cdc.sources.postgres import (
+    COLUMNS_QUERY,
+    PostgresSource,
+    as_text,
+    classify,
+    table_columns,
+    table_regclass,
+    typed_row,
+)
 from cdc.stages import PickStage, Stage, apply_stages
 from cdc.stages.lineage import Untraceable, pick_fallback_problems, source_column
 
@@ -149,19 +156,7 @@ class PickFallback:
         if t is not None:
             return t
         schema, name = table.split(".", 1)
-        cols = self._fetch(
-            "SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)"
-            " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
-            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (f"{quote_ident(schema)}.{quote_ident(name)}",),
-        )
-        t = _Table(
-            schema,
-            name,
-            [c[0] for c in cols],
-            [po.converter_for(c[1]) for c in cols],
-            tuple(c[0] for c in cols if c[2]),
-        )
+        t = _Table(schema, name, *table_columns(self._fetch(COLUMNS_QUERY, (table_regclass(schema, name),))))
         self._tables[table] = t
         return t
 
@@ -196,7 +191,7 @@ class PickFallback:
             t.query = sql.SQL(
                 "SELECT {cols} FROM {table} WHERE {match} AND {store}::text = %s{order}"
             ).format(
-                cols=sql.SQL(", ").join(sql.SQL("{}::text").format(ident(c)) for c in t.columns),
+                cols=as_text(t.columns),
                 table=ident(t.schema, t.name),
                 match=sql.SQL(" AND ").join(
                     sql.SQL("{} = %s").format(ident(self.key_src[k])) for k in self.pick.key
@@ -206,15 +201,9 @@ class PickFallback:
                 if t.keys
                 else sql.SQL(""),
             )
-        out = []
-        for rec in self._fetch(t.query, [*values, str(store)]):
-            out.append(
-                {
-                    n: (None if v is None else f(v))
-                    for n, f, v in zip(t.columns, t.converters, rec, strict=True)
-                }
-            )
-        return out
+        return [
+            typed_row(t.columns, t.converters, rec) for rec in self._fetch(t.query, [*values, str(store)])
+        ]
 
     def _event(self, table: str, row: dict[str, Any], at: ChangeEvent | None) -> ChangeEvent:
         t = self._table(table)

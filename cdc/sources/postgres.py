@@ -16,6 +16,7 @@ import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import pq, sql
@@ -298,19 +299,10 @@ class PostgresSource:
 
     def _copy_table(self, conn: psycopg.Connection, table: str, point: int, ts_ms: int, seq: int):
         schema, name = table.split(".", 1)
-        cols = conn.execute(
-            "SELECT a.attname, a.atttypid, a.atttypmod, coalesce(a.attnum = ANY(i.indkey), false)"
-            " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
-            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-            (sql.Identifier(schema, name).as_string(conn),),
-        ).fetchall()
-        names = [c[0] for c in cols]
-        convs = [po.converter_for(c[1]) for c in cols]
-        keys = tuple(c[0] for c in cols if c[3])
-        query = sql.SQL("SELECT {} FROM {}").format(
-            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names),
-            sql.Identifier(schema, name),
+        names, convs, keys = table_columns(
+            conn.execute(COLUMNS_QUERY, (table_regclass(schema, name),)).fetchall()
         )
+        query = sql.SQL("SELECT {} FROM {}").format(as_text(names), sql.Identifier(schema, name))
         estimate = conn.execute(
             "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)
         ).fetchone()
@@ -321,7 +313,7 @@ class PostgresSource:
             for rec in cur:
                 seq += 1
                 progress.advance()
-                after = {n: (None if v is None else f(v)) for n, f, v in zip(names, convs, rec, strict=True)}
+                after = typed_row(names, convs, rec)
                 yield ChangeEvent(
                     READ,
                     schema,
@@ -541,6 +533,34 @@ class PostgresSource:
         if self._repl is not None:
             self._repl.finish()
             self._repl = None
+
+
+# A source table's columns in order: name, type OID, whether it is part of the primary key (table_columns).
+COLUMNS_QUERY = (
+    "SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)"
+    " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
+    " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+)
+
+
+def table_regclass(schema: str, name: str) -> str:
+    """COLUMNS_QUERY's parameter for a table."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def table_columns(rows: list[tuple]) -> tuple[list[str], list[po.Converter], tuple[str, ...]]:
+    """COLUMNS_QUERY's rows -> (column names, their text converters, the primary key columns)."""
+    return [r[0] for r in rows], [po.converter_for(r[1]) for r in rows], tuple(r[0] for r in rows if r[2])
+
+
+def as_text(names: list[str]) -> sql.Composed:
+    """The select list that reads the columns as text, as the stream sends them (see typed_row)."""
+    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names)
+
+
+def typed_row(names: list[str], converters: list, record: tuple) -> dict[str, Any]:
+    """A row read with as_text() -> {column: value} with the same Python types as the stream's."""
+    return {n: (None if v is None else f(v)) for n, f, v in zip(names, converters, record, strict=True)}
 
 
 def quote_ident(name: str) -> str:
