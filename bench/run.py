@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
+from patches import PATCHES  # noqa: E402  (bench/ is the script's directory, first on sys.path)
 
 from cdc.localpg import LocalPostgres, find_bin_dir  # noqa: E402
 
@@ -930,7 +931,7 @@ def main() -> int:
     ap.add_argument(
         "--patch",
         action="append",
-        choices=["rename-fast", "no-hashjoin", "gc-off", "no-fold"],
+        choices=sorted(PATCHES),
         help="experiment: run pos-cdc with a monkeypatch from bench/patches.py (repeatable)",
     )
     ap.add_argument("--rate", type=int, help="cashier: pgbench -R (TPS limit); default: full rate")
