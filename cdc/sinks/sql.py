@@ -536,6 +536,7 @@ class SqlSink:
                 self._create_target(first)
                 conn = self._tx()
             items = list(pending.items())
+            self._fill_unsent(conn, items)
             if self.history:
                 old_rows = history.old_rows(self, conn, items)
             groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
@@ -673,19 +674,22 @@ class SqlSink:
         floor = self.floor
         return any(p.ev.commit_lsn <= floor for _, p in items)
 
-    def _check_complete(self, present: tuple[str, ...]) -> None:
-        """A storefront column that must have a value (NOT NULL, no default) and that the changes do not carry
-        makes every insert fail: a terminal error naming it, rather than a dead letter for every row."""
-        missing = [
+    def _required(self) -> list[str]:
+        """The storefront columns that must have a value: NOT NULL, no default, not generated."""
+        return [
             c.name
             for c in self.target.c
-            if c.name not in present
-            and not c.nullable
+            if not c.nullable
             and c.server_default is None
             and not (c.primary_key and c.autoincrement is True)
             and c.computed is None
             and c.identity is None
         ]
+
+    def _check_complete(self, present: tuple[str, ...]) -> None:
+        """A storefront column that must have a value (NOT NULL, no default) and that the changes do not carry
+        makes every insert fail: a terminal error naming it, rather than a dead letter for every row."""
+        missing = [c for c in self._required() if c not in present]
         if missing:
             raise TerminalError(
                 f"sink.table: {self.scfg.table} requires {', '.join(missing)} (NOT NULL without a default), "
@@ -693,6 +697,37 @@ class SqlSink:
                 "or set them with a transform (rename or set)"
             )
         self._complete.add(present)
+
+    def _fill_unsent(self, conn: sa.Connection, items: list) -> None:
+        """Updates that did not resend a TOASTed value of a required column: PostgreSQL, MariaDB and SQLite
+        check NOT NULL on the row an upsert proposes even when it ends in an update, so such a row takes the
+        stored value (read in this transaction). A row the storefront does not have keeps the gap, and the
+        database's refusal dead-letters it: it cannot be inserted without the value."""
+        required = self._required()
+        todo = [
+            (key, p)
+            for key, p in items
+            if p.op == UPSERT and p.ev.toast and any(p.row.get(c) is UNCHANGED_TOAST for c in required)
+        ]
+        if not todo:
+            return
+        t = self.target
+        cols = [c for c in required if any(p.row.get(c) is UNCHANGED_TOAST for _, p in todo)]
+        keys = [t.c[k] for k in self.key_cols]
+        n = len(keys)
+        for i in range(0, len(todo), 500):
+            chunk = todo[i : i + 500]
+            q = sa.select(*keys, *(t.c[c] for c in cols)).where(sa.tuple_(*keys).in_([k for k, _ in chunk]))
+            stored = {tuple(r[:n]): r[n:] for r in conn.execute(q)}
+            for key, p in chunk:
+                values = stored.get(key)
+                if values is not None:
+                    p.row = {
+                        **p.row,
+                        **{
+                            c: v for c, v in zip(cols, values, strict=True) if p.row.get(c) is UNCHANGED_TOAST
+                        },
+                    }
 
     def _columns(self, present: tuple[str, ...]) -> list[str]:
         """The target's columns among those a change carries (schema drift: extra ones are ignored)."""
@@ -824,7 +859,7 @@ def _first_line(err: BaseException) -> str:
 
 
 # MySQL/MariaDB error codes: a row the table refuses (the rest of the batch can go on) ...
-MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1292, 1366, 1406, 1451, 1452, 1690, 3819, 4025}
+MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1292, 1364, 1366, 1406, 1451, 1452, 1690, 3819, 4025}
 # ... and a server that is away or busy (retry)
 MYSQL_TRANSIENT = {1040, 1053, 1205, 1213, 2002, 2003, 2006, 2013, 2055}
 

@@ -153,6 +153,43 @@ def test_refused_rows_in_two_groups_of_one_write_lose_no_good_row(env, store):
     ]
 
 
+def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
+    """An Update that did not resend a TOASTed value of a NOT NULL storefront column: every dialect checks NOT
+    NULL on the row an upsert proposes, even when it ends in an update, so the stored value goes with it and
+    the row is updated, not refused. A row the storefront does not have cannot be inserted without the value:
+    a dead letter saying so, while the rest lands."""
+    from cdc.config import load_config
+    from cdc.events import UNCHANGED_TOAST, ChangeEvent
+    from cdc.sinks.sql import SqlSink
+
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, price_fen bigint, name text)")
+    store(DDL[store.kind].replace("name varchar(20)", "name varchar(20) NOT NULL"))
+    path = env.write_config(
+        CONFIG.replace("@DELETE@", "hard").replace("@BATCH@", "100").replace("@STORE@", store.url)
+    )
+
+    def change(lsn, seq, **after):
+        return ChangeEvent("u", "public", "item_price", None, after, lsn, lsn, seq, 1000, 7)
+
+    sink = SqlSink(load_config(path))
+    sink.open()
+    sink.load_offset()
+    try:
+        sink.add(change(100, 1, sku="A", price=Decimal("1.00"), name="apple"))
+        sink.add(change(100, 2, sku="B", price=Decimal("2.00"), name="bread"))
+        sink.commit({"commit_lsn": 100, "end_lsn": 101})
+        sink.add(change(200, 1, sku="A", price=Decimal("1.10"), name=UNCHANGED_TOAST))
+        sink.add(change(200, 2, sku="N", price=Decimal("9.00"), name=UNCHANGED_TOAST))
+        sink.add(change(200, 3, sku="B", price=Decimal("2.20"), name="bun"))
+        sink.commit({"commit_lsn": 200, "end_lsn": 201})
+    finally:
+        sink.close()
+    assert rows(store) == [("A", Decimal("1.10"), "apple"), ("B", Decimal("2.20"), "bun")]
+    held = store("SELECT kind, row_key, reason FROM cdc_held")
+    assert [(k, key) for k, key, _ in held] == [("dead_letter", "N")]
+    assert "name" in held[0][2]
+
+
 def test_a_required_column_the_changes_do_not_carry_stops_the_connector(env, store):
     """A storefront column that is NOT NULL without a default, which no transform fills: every insert would
     fail, so the connector stops with one line naming the column (not a dead letter per row)."""
