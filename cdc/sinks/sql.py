@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from cdc import history, schedule
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
-from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, jsonable
+from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, Position, jsonable
 from cdc.sinks.bookkeeping import (
     applied_table,
     fold,
@@ -267,7 +267,7 @@ class SqlSink:
         if op == TRUNCATE:
             if self.scfg.truncate == "delete":
                 self.pending.clear()
-                self.truncate_first = True
+                self.truncate_first = ev.position  # what was held before it is superseded by it
             return
         if op == DELETE:
             self._put(self._key(ev.before, ev), REMOVE, ev.before, ev)
@@ -528,13 +528,14 @@ class SqlSink:
             self._truncate(conn)
         applied: list[tuple[str, Pending]] = []
         old_rows: dict[str, dict] = {}
-        if pending:
-            if self.target is None:
-                first = next((p.row for p in pending.values() if p.op == UPSERT), None)
-                if first is None:
-                    return
+        if pending and self.target is None:
+            first = next((p.row for p in pending.values() if p.op == UPSERT), None)
+            if first is None:
+                pending = {}  # only deletes, of rows a table that does not exist yet cannot have
+            else:
                 self._create_target(first)
                 conn = self._tx()
+        if pending:
             items = list(pending.items())
             self._fill_unsent(conn, items)
             if self.history:
@@ -569,6 +570,8 @@ class SqlSink:
             held = held + list(refused.values())
         if held:
             conn.execute(held_table.insert(), held)
+        if truncate_first:
+            self._held_before_truncate(conn, truncate_first)
         if applied:
             now = utcnow()
             if self.held_keys:
@@ -742,6 +745,27 @@ class SqlSink:
                 self.scfg.table,
             )
         return [c for c in target_cols if c in present or c in self.key_cols]
+
+    def _held_before_truncate(self, conn: sa.Connection, at: Position) -> None:
+        """What was held before a source truncate (in earlier batches or earlier in this one) is superseded by
+        it: approving or retrying it would bring back a row the POS truncated."""
+        h = held_table
+        conn.execute(
+            h.update()
+            .where(
+                h.c.connector == self.name,
+                h.c.status == "held",
+                sa.or_(
+                    h.c.commit_lsn < at.commit_lsn, sa.and_(h.c.commit_lsn == at.commit_lsn, h.c.seq < at.seq)
+                ),
+            )
+            .values(
+                status="superseded", resolved_by=f"pos-cdc: source TRUNCATE at {at}", resolved_at=utcnow()
+            )
+        )
+        self.held_keys = {
+            k: newest for k, newest in self.held_keys.items() if newest > (at.commit_lsn, at.seq)
+        }
 
     def _truncate(self, conn: sa.Connection) -> None:
         if self.target is None:

@@ -135,6 +135,36 @@ def test_newer_good_price_supersedes_a_held_one(env):
     assert [e["row_key"] for e in cdc_json("quarantine", path, "list")] == ["B"]
 
 
+def test_a_source_truncate_supersedes_the_changes_held_before_it(env):
+    """TRUNCATE empties the storefront table: a price held before it (in an earlier transaction, or earlier in
+    the truncating one) must not come back when approved; one held after it stays held."""
+    path = setup(env)
+    put(env, "A", 1000)
+    put(env, "B", 1000)
+    with Running(path) as r:
+        wait_until(lambda: len(prices(env.store)) == 2, running=r)
+        put(env, "A", 10, by="bob")  # held
+        wait_until(lambda: len(held(env.store)) == 1, running=r)
+        env.pos(
+            "BEGIN; UPDATE item_price SET price_fen = 1 WHERE item_code = 'B'; TRUNCATE item_price; COMMIT"
+        )
+        put(env, "C", 1000)
+        put(env, "C", 1)  # held, after the truncate
+        wait_until(lambda: len(held(env.store)) == 3, running=r)
+        wait_until(lambda: prices(env.store) == {"C": D("10.00")}, running=r)
+    entries = held(env.store)
+    assert [(key, status) for _, status, key, *_ in entries] == [
+        ("A", "superseded"),
+        ("B", "superseded"),
+        ("C", "held"),
+    ]
+    assert all(e[5].startswith("pos-cdc: source TRUNCATE at ") for e in entries[:2])
+    out = cdc("quarantine", path, "approve", entries[0][0])
+    assert out.returncode == 0, out.stderr
+    assert "superseded" in out.stdout and "nothing changed" in out.stdout
+    assert prices(env.store) == {"C": D("10.00")}
+
+
 @pytest.mark.parametrize("batch", [1, 20000])
 def test_guard_compares_with_changes_of_the_same_batch(env, batch):
     """A transaction that raises a price in steps of less than 50 % each passes, whether the earlier steps are
