@@ -146,6 +146,9 @@ def upsert(
     return stmt.on_conflict_do_update(index_elements=list(keys), set_={**sets, **constants})
 
 
+PG_LOCK = "SELECT pg_advisory_xact_lock(hashtext('pos-cdc'), hashtext(%s))"
+
+
 def lock_connector(conn: sa.Connection, connector: str) -> None:
     """Takes the connector's lock for the rest of the transaction. The connector takes it at the start of
     every sink transaction, and `cdc quarantine approve` / `cdc deadletter retry` before they read a key's
@@ -153,9 +156,9 @@ def lock_connector(conn: sa.Connection, connector: str) -> None:
     and it holds before the connector's first position is stored); MariaDB: its cdc_offsets row; SQLite
     locks the whole file anyway."""
     if conn.dialect.name == "postgresql":
-        conn.execute(
-            sa.text("SELECT pg_advisory_xact_lock(hashtext('pos-cdc'), hashtext(:c))"), {"c": connector}
-        ).all()
+        pg = conn.connection.driver_connection
+        with pg.pipeline():  # the transaction's BEGIN and the lock in one round trip
+            pg.execute(PG_LOCK, (connector,))
         return
     t = offsets_table
     conn.execute(

@@ -5,8 +5,9 @@ folded cdc_applied into cdc_row_state first), apply upserts and deletes, and app
 cdc_applied (one JSON row per chunk, unindexed, so recording costs a fraction of a per-key upsert), all
 inside the caller's open transaction.
 
-- PostgreSQL: COPY into a temp staging table, then ONE statement (data-modifying CTEs) does the rest on the
-  server; per-row Python work is a tuple build and a COPY row.
+- PostgreSQL: COPY into a temp staging table (a small group: an INSERT, sent with the merge), then ONE
+  statement (data-modifying CTEs) does the rest on the server; per-row Python work is a tuple build and a
+  COPY row. A small write is committed with its position in one round trip (PgMerge.commit_small).
 - MariaDB/MySQL and SQLite: read the recorded positions for the group's keys, drop stale changes in Python,
   then executemany the dialect's upsert, the deletes and the cdc_applied insert.
 """
@@ -20,23 +21,28 @@ import re
 import threading
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import sqlalchemy as sa
-from psycopg import sql
+from psycopg import ClientCursor, pq, sql
 from psycopg.adapt import Dumper
 
 from cdc.errors import HoldError, TerminalError
-from cdc.sinks.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert
+from cdc.sinks.bookkeeping import PG_LOCK, applied_table, key_text, pack_entries, row_state_table, upsert
 
 UPSERT, REMOVE = "u", "d"
-TIMESTAMPTZ_OID = 1184
 
 
 class PgMerge:
+    # rows: a group of up to this many is staged by an INSERT sent with its merge (no COPY: two round trips
+    # less), and a write of up to this many is committed in one round trip (commit_small)
+    SMALL = 64
+
     def __init__(self, sink):
         self.sink = sink
-        self._cache: dict[tuple, bytes] = {}
+        self._cache: dict[tuple, tuple[bytes, str, str, str]] = {}
         self.staged = 0  # rows that may be left in the staging table in this transaction
+        self._copy_cur = self._param_cur = self._literal_cur = None  # made by prepare()
 
     def prepare(self, conn: sa.Connection) -> None:
         """The session's staging table (temp, so it lives and dies with this connection; emptied by every
@@ -53,6 +59,10 @@ class PgMerge:
             " ADD COLUMN IF NOT EXISTS __ts bigint, ADD COLUMN IF NOT EXISTS __tx bigint"
         )
         pg.commit()
+        self._copy_cur = pg.cursor()
+        self._copy_cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
+        self._param_cur = _untyped(pg.cursor())
+        self._literal_cur = _untyped(ClientCursor(pg))  # the same values, as untyped literals
 
     def forget_stage(self) -> None:
         """The transaction ended (commit or rollback): the staging table is empty."""
@@ -63,35 +73,93 @@ class PgMerge:
         return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
 
     def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
+        """Stages the group's rows, then one statement merges them. A small group goes as the parameters of
+        an INSERT sent with the merge in one round trip (a pipeline); a larger one by COPY."""
         pg = conn.connection.driver_connection
-        cur = pg.cursor()
-        cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
-        if self.staged:  # an earlier merge of this transaction: TRUNCATE costs more than DELETE of a few
-            cur.execute(b"TRUNCATE cdc_stage" if self.staged > 1000 else b"DELETE FROM cdc_stage")
-        copy, statement = self._statements(pg, tuple(cols), check_stale)
-        key_cols = self.sink.key_cols
-        get = _getter(cols)
+        copy, head, row, statement = self._statements(pg, tuple(cols), check_stale)
+        # rows of an earlier merge in this transaction: TRUNCATE costs more than a DELETE of a few
+        empty = b"TRUNCATE cdc_stage" if self.staged > 1000 else b"DELETE FROM cdc_stage"
+        rows = self._stage_rows(items, cols)
+        params = {"c": self.sink.name}
         self.staged += len(items)
+        if len(items) <= self.SMALL:
+            cur = self._param_cur
+            with pg.pipeline():
+                if self.staged > len(items):
+                    cur.execute(empty)
+                cur.executemany(head + row, rows)
+                cur.execute(statement, params)
+            return
+        cur = self._copy_cur
+        if self.staged > len(items):
+            cur.execute(empty)
         with cur.copy(copy) as cp:
             write_row = cp.write_row
-            for key, p in items:
-                row, ev = p.row, p.ev
-                if p.op == UPSERT:
-                    vals = get(row)
-                else:
-                    vals = tuple([row.get(c) if c in key_cols else None for c in cols])
-                write_row(vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid))
-        cur.execute(statement, {"c": self.sink.name})
+            for row in rows:
+                write_row(row)
+        cur.execute(statement, params)
 
-    def _statements(self, pg, cols: tuple[str, ...], check_stale: bool) -> tuple[bytes, bytes]:
-        """The COPY into the staging table and the merge statement for these columns, as the bytes sent."""
+    def commit_small(
+        self, conn: sa.Connection, groups: list[tuple[list[str], list]], store: str, offset: dict
+    ) -> None:
+        """A small write and its commit as ONE simple query: BEGIN; the connector's lock; for each column
+        group its rows into the staging table and the merge; the source position; COMMIT. One round trip and
+        one statement for the driver, where the usual way takes seven: what keeps a connector close behind
+        a POS committing thousands of single-row sales a second. The values go as untyped literals, which
+        the columns' types parse as they parse COPY text. If the storefront refuses anything, the server has
+        rolled it all back and the error is raised: the caller then takes the usual way, which finds and
+        holds the refused rows."""
+        pg = conn.connection.driver_connection
+        lit = self._literal_cur.mogrify
+        name = self.sink.name
+        parts = ["BEGIN", lit(PG_LOCK, (name,))]
+        for i, (cols, items) in enumerate(groups):
+            _, head, row, statement = self._statements(pg, tuple(cols), False)
+            if i:
+                parts.append("DELETE FROM cdc_stage")
+            parts.append(head + ", ".join(lit(row, vals) for vals in self._stage_rows(items, cols)))
+            parts.append(lit(statement, {"c": name}))
+        parts += [lit(store, offset), "COMMIT"]
+        pg.autocommit = True  # the BEGIN is ours, in the same round trip
+        try:
+            pg.execute(";\n".join(parts).encode())
+        except BaseException:
+            if pg.info.transaction_status == pq.TransactionStatus.INERROR:
+                try:
+                    pg.execute(b"ROLLBACK")
+                except Exception:  # noqa: BLE001 - the connection is gone; the caller's error says so
+                    pass
+            raise
+        finally:
+            pg.autocommit = False
+
+    def _stage_rows(self, items: list, cols: list[str]):
+        """The staging table's rows: the group's columns, then the key text and the change's position."""
+        key_cols = self.sink.key_cols
+        get = _getter(cols)
+        for key, p in items:
+            row, ev = p.row, p.ev
+            if p.op == UPSERT:
+                vals = get(row)
+            else:
+                vals = tuple([row.get(c) if c in key_cols else None for c in cols])
+            yield vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
+
+    def _statements(self, pg, cols: tuple[str, ...], check_stale: bool) -> tuple[bytes, str, str, str]:
+        """For these columns: the COPY into the staging table (bytes, as sent), the head and the row of an
+        INSERT into it, and the merge statement."""
         key = (cols, check_stale)
         if key not in self._cache:
-            stage_cols = sql.SQL(", ").join(
-                map(sql.Identifier, [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"])
-            )
+            names = [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"]
+            stage_cols = sql.SQL(", ").join(map(sql.Identifier, names))
             copy = sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)
-            self._cache[key] = (copy.as_bytes(pg), self._statement(cols, check_stale).as_bytes(pg))
+            head = sql.SQL("INSERT INTO cdc_stage ({}) VALUES ").format(stage_cols)
+            self._cache[key] = (
+                copy.as_bytes(pg),
+                head.as_string(pg),
+                "(" + ", ".join(["%s"] * len(names)) + ")",
+                self._statement(cols, check_stale).as_string(pg),
+            )
         return self._cache[key]
 
     def _statement(self, cols: tuple[str, ...], check_stale: bool) -> sql.Composed:
@@ -141,13 +209,40 @@ class PgMerge:
         return stmt
 
 
+def _untyped(cur):
+    """`cur`, sending values as untyped text (see _Untyped)."""
+    for cls in (int, Decimal, float, bool, dt.date, dt.time, UUID):
+        cur.adapters.register_dumper(cls, _Untyped)
+    cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
+    cur.adapters.register_dumper(bytes, _UntypedBytes)
+    return cur
+
+
+class _Untyped(Dumper):
+    """A parameter as untyped text (OID 0), which the column's type parses as it parses COPY text: a typed
+    numeric parameter would be rounded into an integer column by an assignment cast, where COPY refuses it."""
+
+    oid = 0
+
+    def dump(self, obj: Any) -> bytes:
+        return str(obj).encode()
+
+
+class _UntypedBytes(Dumper):
+    oid = 0
+
+    def dump(self, obj: bytes) -> bytes:
+        return b"\\x" + obj.hex().encode()
+
+
 class _CopyDatetimeDumper(Dumper):
     """A datetime as COPY text (str(), as psycopg's own), remembering the last one: psycopg's dumper decides
     per value between timestamp and timestamptz, which costs more than the rest of the row, and a bulk
     change gives thousands of rows the same timestamp. (COPY text carries no types: the column's type
-    parses the text, with or without an offset, as it would psycopg's.)"""
+    parses the text, with or without an offset, as it would psycopg's; so does a staging INSERT's untyped
+    parameter.)"""
 
-    oid = TIMESTAMPTZ_OID
+    oid = 0
 
     def __init__(self, cls: type, context: Any = None):
         super().__init__(cls, context)

@@ -93,6 +93,7 @@ class SqlSink:
         self._complete: set[tuple[str, ...]] = set()  # column sets found to satisfy the target's NOT NULLs
         self._merger: PgMerge | CoreMerge | None = None
         self._store_offset: sa.Insert | None = None  # the cdc_offsets upsert, built once
+        self._pg_offset_sql: str | None = None  # ... and as psycopg's text
         self._warned: set[str] = set()
         self.history = cfg.sink.history
         self.scheduling = any(getattr(t, "type", None) == "schedule" for t in cfg.transforms)
@@ -706,12 +707,13 @@ class SqlSink:
         check NOT NULL on the row an upsert proposes even when it ends in an update, so such a row takes the
         stored value (read in this transaction). A row the storefront does not have keeps the gap, and the
         database's refusal dead-letters it: it cannot be inserted without the value."""
-        required = self._required()
         todo = [
             (key, p)
             for key, p in items
-            if p.op == UPSERT and p.ev.toast and any(p.row.get(c) is UNCHANGED_TOAST for c in required)
+            if p.ev.toast and p.op == UPSERT and UNCHANGED_TOAST in p.row.values()
         ]
+        required = self._required() if todo else ()
+        todo = [(key, p) for key, p in todo if any(p.row.get(c) is UNCHANGED_TOAST for c in required)]
         if not todo:
             return
         t = self.target
@@ -784,31 +786,83 @@ class SqlSink:
         """Writes what is buffered, stores `position` (None: no new position), and commits it all in one
         transaction."""
         try:
-            self._write()
-            conn = self._tx()
-            if position is not None:
-                if self._store_offset is None:
-                    self._store_offset = upsert(
-                        self.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]
-                    )
-                conn.execute(
-                    self._store_offset,
-                    [
-                        {
-                            "connector": self.name,
-                            "partition": partition,
-                            "position": json.dumps(position),
-                            "updated_at": utcnow(),
-                        }
-                    ],
+            if position is None:
+                self._write()
+                self._tx().commit()
+                return
+            if self._store_offset is None:
+                self._store_offset = upsert(
+                    self.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]
                 )
-            conn.commit()
+            offset = {
+                "connector": self.name,
+                "partition": partition,
+                "position": json.dumps(position),
+                "updated_at": utcnow(),
+            }
+            if not self._commit_small(offset):
+                self._write()
+                conn = self._tx()
+                if self.dialect == "postgresql":  # the position and the COMMIT in one round trip
+                    pg = conn.connection.driver_connection
+                    with pg.pipeline():
+                        pg.execute(self._pg_store_offset(conn), offset)
+                        pg.commit()
+                else:
+                    conn.execute(self._store_offset, [offset])
+                conn.commit()  # (PostgreSQL: SQLAlchemy's side of it; the driver has nothing left to commit)
         except Exception as e:
             raise _classify(e) from e
         finally:
             self._merger.forget_stage()
-        if position is not None and partition == "wal" and self.floor is not None:
+        if partition == "wal" and self.floor is not None:
             self.floor = max(self.floor, position["commit_lsn"])
+
+    def _commit_small(self, offset: dict) -> bool:
+        """PostgreSQL: a few plain changes (the usual single-sale transaction) are written and committed with
+        their position in one round trip (PgMerge.commit_small). Anything else, or a refused row, goes the
+        usual way; True when done."""
+        if (
+            self.dialect != "postgresql"
+            or self.target is None
+            or not self.pending
+            or len(self.pending) > PgMerge.SMALL
+            or self.held
+            or self.truncate_first
+            or self._tracks_applied
+            or self._inflight is not None
+            or self.conn.in_transaction()
+        ):
+            return False
+        items = list(self.pending.items())
+        if self._may_be_stale(items) or any(
+            p.ev.toast and UNCHANGED_TOAST in p.row.values() for _, p in items
+        ):
+            return False
+        groups: dict[tuple, list] = {}
+        for item in items:
+            p = item[1]
+            groups.setdefault(tuple(p.row) if p.op == UPSERT else self.key_cols, []).append(item)
+        for cols, group in groups.items():
+            if group[0][1].op == UPSERT and cols not in self._complete:
+                self._check_complete(cols)
+        conn = self.conn
+        grouped = [(self._columns(c), g) for c, g in groups.items()]
+        try:
+            self._merger.commit_small(conn, grouped, self._pg_store_offset(conn), offset)
+        except Exception as e:
+            if _is_row_error(e):
+                return False  # rolled back: the usual way finds the refused rows
+            raise
+        self.pending, self._fetched = {}, {}
+        self.appended += len(items)
+        return True
+
+    def _pg_store_offset(self, conn: sa.Connection) -> str:
+        """The offset upsert as psycopg's SQL text (named parameters)."""
+        if self._pg_offset_sql is None:
+            self._pg_offset_sql = str(self._store_offset.compile(dialect=conn.dialect))
+        return self._pg_offset_sql
 
     def rollback(self) -> None:
         try:

@@ -190,6 +190,46 @@ def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
     assert "name" in held[0][2]
 
 
+def test_postgresql_parses_values_as_copy_does_in_every_way_of_writing(env, store):
+    """PostgreSQL takes a write three ways (one round trip for a small commit, an INSERT with the merge for a
+    small group, COPY for a large one); values go untyped in all three, so the column's type parses them:
+    1.50 for an integer column is refused (a dead letter), never rounded to 2 by a numeric cast."""
+    import pytest
+
+    from cdc.config import load_config
+    from cdc.events import ChangeEvent
+    from cdc.sinks.sql import SqlSink
+
+    if store.kind != "postgresql":
+        pytest.skip("PostgreSQL's ways of writing")
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, price_fen bigint, name text)")
+    store("CREATE TABLE product_price (sku text PRIMARY KEY, price int, name text)")
+    path = env.write_config(
+        CONFIG.replace("@DELETE@", "hard").replace("@BATCH@", "1000").replace("@STORE@", store.url)
+    )
+
+    def change(lsn, seq, sku, price):
+        return ChangeEvent(
+            "c", "public", "item_price", None, {"sku": sku, "price": price}, lsn, lsn, seq, 0, 7
+        )
+
+    sink = SqlSink(load_config(path))
+    sink.open()
+    sink.load_offset()
+    try:
+        for lsn, n in ((100, 2), (200, 70)):  # a small commit, then a large one
+            for i in range(n):
+                sink.add(change(lsn, i + 1, f"{lsn}-{i}", Decimal("1.50") if i == 1 else Decimal(i)))
+            sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
+    finally:
+        sink.close()
+    stored = dict(store("SELECT sku, price FROM product_price"))
+    assert len(stored) == 70 and stored["100-0"] == 0 and stored["200-69"] == 69
+    held = store("SELECT row_key, reason FROM cdc_held ORDER BY row_key")
+    assert [k for k, _ in held] == ["100-1", "200-1"]
+    assert all("integer" in reason for _, reason in held)
+
+
 def test_a_required_column_the_changes_do_not_carry_stops_the_connector(env, store):
     """A storefront column that is NOT NULL without a default, which no transform fills: every insert would
     fail, so the connector stops with one line naming the column (not a dead letter per row)."""
