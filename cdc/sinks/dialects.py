@@ -41,17 +41,17 @@ class PgMerge:
     def __init__(self, sink):
         self.sink = sink
         self._cache: dict[tuple, tuple[bytes, str, str, str]] = {}
-        self.staged = 0  # rows that may be left in the staging table in this transaction
+        self.live = 0  # rows the staging table may hold (the last group staged)
+        self.dead = 0  # rows deleted from it since it was last truncated
         self._copy_cur = self._param_cur = self._literal_cur = None  # made by prepare()
 
     def prepare(self, conn: sa.Connection) -> None:
-        """The session's staging table (temp, so it lives and dies with this connection; emptied by every
-        commit, so the first merge of a transaction finds it empty)."""
+        """The session's staging table (temp, so it lives and dies with this connection)."""
         pg = conn.connection.driver_connection
         pg.execute(
-            sql.SQL(
-                "CREATE TEMP TABLE IF NOT EXISTS cdc_stage ON COMMIT DELETE ROWS AS SELECT * FROM {} WITH NO DATA"
-            ).format(self._tid())
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS cdc_stage AS SELECT * FROM {} WITH NO DATA").format(
+                self._tid()
+            )
         )
         pg.execute(
             "ALTER TABLE cdc_stage ADD COLUMN IF NOT EXISTS __k text, ADD COLUMN IF NOT EXISTS __op char(1),"
@@ -65,8 +65,25 @@ class PgMerge:
         self._literal_cur = _untyped(ClientCursor(pg))  # the same values, as untyped literals
 
     def forget_stage(self) -> None:
-        """The transaction ended (commit or rollback): the staging table is empty."""
-        self.staged = 0
+        """The transaction was rolled back: what the staging table holds is not known (a truncate of it may
+        have been undone), so the next group truncates it."""
+        self.live = self.BIG + 1
+
+    BIG = 1000  # rows: a staged group this large is truncated away rather than deleted
+
+    def _empty_stage(self, staging: int) -> bytes | None:
+        """The statement that empties the staging table before `staging` rows go in (None: it is empty). A
+        truncate cuts its file, which now and then stalls the storefront's filesystem for ~100 ms, so it is
+        kept for after a large group and for when deleted rows pile up; else DELETE (the table is not
+        emptied at commit, ON COMMIT DELETE ROWS being a truncate at every commit)."""
+        live, self.live = self.live, staging
+        if not live:
+            return None
+        if live > self.BIG or self.dead + live > 20 * self.BIG:
+            self.dead = 0
+            return b"TRUNCATE cdc_stage"
+        self.dead += live
+        return b"DELETE FROM cdc_stage"
 
     def _tid(self) -> sql.Identifier:
         t = self.sink.target
@@ -77,21 +94,19 @@ class PgMerge:
         an INSERT sent with the merge in one round trip (a pipeline); a larger one by COPY."""
         pg = conn.connection.driver_connection
         copy, head, row, statement = self._statements(pg, tuple(cols), check_stale)
-        # rows of an earlier merge in this transaction: TRUNCATE costs more than a DELETE of a few
-        empty = b"TRUNCATE cdc_stage" if self.staged > 1000 else b"DELETE FROM cdc_stage"
+        empty = self._empty_stage(len(items))
         rows = self._stage_rows(items, cols)
         params = {"c": self.sink.name}
-        self.staged += len(items)
         if len(items) <= self.SMALL:
             cur = self._param_cur
             with pg.pipeline():
-                if self.staged > len(items):
+                if empty:
                     cur.execute(empty)
                 cur.executemany(head + row, rows)
                 cur.execute(statement, params)
             return
         cur = self._copy_cur
-        if self.staged > len(items):
+        if empty:
             cur.execute(empty)
         with cur.copy(copy) as cp:
             write_row = cp.write_row
@@ -113,10 +128,11 @@ class PgMerge:
         lit = self._literal_cur.mogrify
         name = self.sink.name
         parts = ["BEGIN", lit(PG_LOCK, (name,))]
-        for i, (cols, items) in enumerate(groups):
+        for cols, items in groups:
             _, head, row, statement = self._statements(pg, tuple(cols), False)
-            if i:
-                parts.append("DELETE FROM cdc_stage")
+            empty = self._empty_stage(len(items))
+            if empty:
+                parts.append(empty.decode())
             parts.append(head + ", ".join(lit(row, vals) for vals in self._stage_rows(items, cols)))
             parts.append(lit(statement, {"c": name}))
         parts += [lit(store, offset), "COMMIT"]
@@ -124,6 +140,7 @@ class PgMerge:
         try:
             pg.execute(";\n".join(parts).encode())
         except BaseException:
+            self.forget_stage()
             if pg.info.transaction_status == pq.TransactionStatus.INERROR:
                 try:
                     pg.execute(b"ROLLBACK")

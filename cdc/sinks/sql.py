@@ -812,9 +812,8 @@ class SqlSink:
                     conn.execute(self._store_offset, [offset])
                 conn.commit()  # (PostgreSQL: SQLAlchemy's side of it; the driver has nothing left to commit)
         except Exception as e:
-            raise _classify(e) from e
-        finally:
             self._merger.forget_stage()
+            raise _classify(e) from e
         if partition == "wal" and self.floor is not None:
             self.floor = max(self.floor, position["commit_lsn"])
 
