@@ -133,7 +133,7 @@ class PgMerge:
             empty = self._empty_stage(len(items))
             if empty:
                 parts.append(empty.decode())
-            parts.append(head + ", ".join(lit(row, vals) for vals in self._stage_rows(items, cols)))
+            parts.append(head + ", ".join(_literal_row(vals, lit) for vals in self._stage_rows(items, cols)))
             parts.append(lit(statement, {"c": name}))
         parts += [lit(store, offset), "COMMIT"]
         pg.autocommit = True  # the BEGIN is ours, in the same round trip
@@ -224,6 +224,29 @@ class PgMerge:
             remove=remove,
         )
         return stmt
+
+
+def _literal_row(values: tuple, mogrify) -> str:
+    """A staging row as untyped literals, as _Untyped sends them (psycopg's mogrify, for a type not listed,
+    costs ~25 µs a row)."""
+    out = []
+    for v in values:
+        t = type(v)
+        if v is None:
+            out.append("NULL")
+        elif t is str:
+            v = v.replace("'", "''")
+            out.append("E'" + v.replace("\\", "\\\\") + "'" if "\\" in v else "'" + v + "'")
+        elif t in _PLAIN_TEXT:
+            out.append("'" + str(v) + "'")  # their text has no quote or backslash
+        elif t is bytes:
+            out.append("E'\\\\x" + v.hex() + "'")
+        else:
+            out.append(mogrify("%s", (v,)))
+    return "(" + ", ".join(out) + ")"
+
+
+_PLAIN_TEXT = frozenset((int, Decimal, float, bool, dt.date, dt.time, dt.datetime, UUID))
 
 
 def _untyped(cur):

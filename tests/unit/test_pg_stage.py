@@ -17,3 +17,28 @@ def test_the_staging_table_is_emptied_by_delete_and_truncated_only_now_and_then(
     m.forget_stage()  # a rollback may have undone a truncate: the table's content is not known
     assert m._empty_stage(1) == b"TRUNCATE cdc_stage"
     assert m._empty_stage(1) == b"DELETE FROM cdc_stage"
+
+
+def test_a_small_write_sends_its_values_as_untyped_literals():
+    import datetime as dt
+    from decimal import Decimal
+    from uuid import UUID
+
+    from cdc.sinks.dialects import _literal_row
+
+    row = (
+        None,
+        "O'Brien",
+        "back\\slash",
+        Decimal("12.30"),
+        7,
+        True,
+        b"\x00\xff",
+        dt.datetime(2026, 11, 30, 1, 2, 3, tzinfo=dt.UTC),
+        UUID(int=1),
+    )
+    assert _literal_row(row, mogrify=None) == (
+        "(NULL, 'O''Brien', E'back\\\\slash', '12.30', '7', 'True', E'\\\\x00ff', "
+        "'2026-11-30 01:02:03+00:00', '00000000-0000-0000-0000-000000000001')"
+    )
+    assert _literal_row(([1, 2],), mogrify=lambda q, p: f"<{p[0]}>") == "(<[1, 2]>)"  # others: psycopg's
