@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import textwrap
+from contextlib import contextmanager
 from decimal import Decimal as D
 
 import psycopg
@@ -99,7 +100,20 @@ def test_reject_keeps_the_storefront_price(env):
     assert prices(env.store) == {"A": D("10.00")}
 
 
-def test_newer_good_price_supersedes_a_held_one(env):
+def approving_changes_nothing(env, path, expected: list[tuple[str, str]], superseded_by: str) -> None:
+    """The held entries' (key, status) are `expected`, the superseded ones say by what, and approving the
+    first (superseded) one changes nothing."""
+    entries = held(env.store)
+    assert [(key, status) for _, status, key, *_ in entries] == expected
+    assert all(e[5].startswith(f"pos-cdc: {superseded_by} ") for e in entries if e[1] == "superseded")
+    out = cdc("quarantine", path, "approve", entries[0][0])
+    assert out.returncode == 0, out.stderr
+    assert "superseded" in out.stdout and "nothing changed" in out.stdout
+
+
+@contextmanager
+def running_with_a_held_price(env):
+    """A and B at 10.00 in the storefront, then A's fat-fingered 0.10 held; yields (config path, Running)."""
     path = setup(env)
     put(env, "A", 1000)
     put(env, "B", 1000)
@@ -107,6 +121,11 @@ def test_newer_good_price_supersedes_a_held_one(env):
         wait_until(lambda: len(prices(env.store)) == 2, running=r)
         put(env, "A", 10, by="bob")  # held
         wait_until(lambda: len(held(env.store)) == 1, running=r)
+        yield path, r
+
+
+def test_newer_good_price_supersedes_a_held_one(env):
+    with running_with_a_held_price(env) as (path, r):
         put(env, "A", 900, by="carol")  # good: applied, and the held 0.10 is superseded
         wait_until(lambda: prices(env.store)["A"] == D("9.00"), running=r)
         # in one source transaction: a bad price then a good one (superseded in the same sink transaction),
@@ -121,16 +140,9 @@ def test_newer_good_price_supersedes_a_held_one(env):
         )
         wait_until(lambda: len(held(env.store)) == 3, running=r)
         wait_until(lambda: prices(env.store) == {"A": D("9.50"), "B": D("11.00")}, running=r)
-    entries = held(env.store)
-    assert [(key, status) for _, status, key, *_ in entries] == [
-        ("A", "superseded"),
-        ("A", "superseded"),
-        ("B", "held"),
-    ]
-    assert all(e[5].startswith("pos-cdc: newer change ") for e in entries[:2])
-    out = cdc("quarantine", path, "approve", entries[0][0])
-    assert out.returncode == 0, out.stderr
-    assert "superseded" in out.stdout and "nothing changed" in out.stdout
+    approving_changes_nothing(
+        env, path, [("A", "superseded"), ("A", "superseded"), ("B", "held")], "newer change"
+    )
     assert prices(env.store) == {"A": D("9.50"), "B": D("11.00")}
     assert [e["row_key"] for e in cdc_json("quarantine", path, "list")] == ["B"]
 
@@ -138,13 +150,7 @@ def test_newer_good_price_supersedes_a_held_one(env):
 def test_a_source_truncate_supersedes_the_changes_held_before_it(env):
     """TRUNCATE empties the storefront table: a price held before it (in an earlier transaction, or earlier in
     the truncating one) must not come back when approved; one held after it stays held."""
-    path = setup(env)
-    put(env, "A", 1000)
-    put(env, "B", 1000)
-    with Running(path) as r:
-        wait_until(lambda: len(prices(env.store)) == 2, running=r)
-        put(env, "A", 10, by="bob")  # held
-        wait_until(lambda: len(held(env.store)) == 1, running=r)
+    with running_with_a_held_price(env) as (path, r):
         env.pos(
             "BEGIN; UPDATE item_price SET price_fen = 1 WHERE item_code = 'B'; TRUNCATE item_price; COMMIT"
         )
@@ -152,16 +158,9 @@ def test_a_source_truncate_supersedes_the_changes_held_before_it(env):
         put(env, "C", 1)  # held, after the truncate
         wait_until(lambda: len(held(env.store)) == 3, running=r)
         wait_until(lambda: prices(env.store) == {"C": D("10.00")}, running=r)
-    entries = held(env.store)
-    assert [(key, status) for _, status, key, *_ in entries] == [
-        ("A", "superseded"),
-        ("B", "superseded"),
-        ("C", "held"),
-    ]
-    assert all(e[5].startswith("pos-cdc: source TRUNCATE at ") for e in entries[:2])
-    out = cdc("quarantine", path, "approve", entries[0][0])
-    assert out.returncode == 0, out.stderr
-    assert "superseded" in out.stdout and "nothing changed" in out.stdout
+    approving_changes_nothing(
+        env, path, [("A", "superseded"), ("B", "superseded"), ("C", "held")], "source TRUNCATE at"
+    )
     assert prices(env.store) == {"C": D("10.00")}
 
 
