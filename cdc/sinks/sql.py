@@ -708,31 +708,21 @@ class SqlSink:
         stored value (read in this transaction). A row the storefront does not have keeps the gap, and the
         database's refusal dead-letters it: it cannot be inserted without the value."""
         todo = [
-            (key, p)
-            for key, p in items
-            if p.ev.toast and p.op == UPSERT and UNCHANGED_TOAST in p.row.values()
+            (k, p) for k, p in items if p.ev.toast and p.op == UPSERT and UNCHANGED_TOAST in p.row.values()
         ]
         required = self._required() if todo else ()
-        todo = [(key, p) for key, p in todo if any(p.row.get(c) is UNCHANGED_TOAST for c in required)]
-        if not todo:
-            return
-        t = self.target
         cols = [c for c in required if any(p.row.get(c) is UNCHANGED_TOAST for _, p in todo)]
-        keys = [t.c[k] for k in self.key_cols]
-        n = len(keys)
-        for i in range(0, len(todo), 500):
-            chunk = todo[i : i + 500]
-            q = sa.select(*keys, *(t.c[c] for c in cols)).where(sa.tuple_(*keys).in_([k for k, _ in chunk]))
-            stored = {tuple(r[:n]): r[n:] for r in conn.execute(q)}
-            for key, p in chunk:
-                values = stored.get(key)
-                if values is not None:
-                    p.row = {
-                        **p.row,
-                        **{
-                            c: v for c, v in zip(cols, values, strict=True) if p.row.get(c) is UNCHANGED_TOAST
-                        },
-                    }
+        if not cols:
+            return
+        todo = [(k, p) for k, p in todo if any(p.row.get(c) is UNCHANGED_TOAST for c in cols)]
+        kc = self.key_cols
+        stored = {
+            key_text(tuple(r[k] for k in kc)): r for r in self.stored_rows(conn, [k for k, _ in todo], cols)
+        }
+        for key, p in todo:
+            r = stored.get(key_text(key))
+            if r is not None:
+                p.row = {c: (r[c] if v is UNCHANGED_TOAST and c in cols else v) for c, v in p.row.items()}
 
     def _columns(self, present: tuple[str, ...]) -> list[str]:
         """The target's columns among those a change carries (schema drift: extra ones are ignored)."""
