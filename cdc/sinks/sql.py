@@ -541,31 +541,10 @@ class SqlSink:
             self._fill_unsent(conn, items)
             if self.history:
                 old_rows = history.old_rows(self, conn, items)
-            groups: dict[tuple, list] = {}  # changes that write the same columns go in one statement
-            last_keys, last_group = None, None  # most rows have the columns of the row before
-            for item in items:
-                p = item[1]
-                if p.op == UPSERT:
-                    row = p.row
-                    if p.ev.toast and UNCHANGED_TOAST in row.values():  # leave the sink's value as it is
-                        cols = tuple(c for c in row if row[c] is not UNCHANGED_TOAST)
-                    elif row.keys() == last_keys:
-                        last_group.append(item)
-                        continue
-                    else:
-                        cols = tuple(row)
-                        if cols not in self._complete:
-                            self._check_complete(cols)
-                        last_keys, last_group = row.keys(), groups.setdefault(cols, [])
-                        last_group.append(item)
-                        continue
-                else:
-                    cols = self.key_cols
-                groups.setdefault(cols, []).append(item)
             refused: dict[tuple, dict] = {}  # key -> its dead-letter record
-            for cols, group in groups.items():
+            for cols, group in self._groups(items):
                 alone, self._untouched = self._untouched, False
-                self._apply(conn, group, self._columns(cols), fresh, refused, alone)
+                self._apply(conn, group, cols, fresh, refused, alone)
             if self._tracks_applied:
                 applied = self._applied(conn, items, fresh, refused)
             held = held + list(refused.values())
@@ -581,6 +560,33 @@ class SqlSink:
                 schedule.record(self, conn, applied, now)
             if self.history:
                 history.record(self, conn, applied, old_rows, now)
+
+    def _groups(self, items: list) -> list[tuple[list[str], list]]:
+        """The changes that write the same columns, one statement each: [(the target's columns, changes)].
+        An update's unchanged TOAST values are left out (the sink keeps its value); a set of columns that
+        leaves a required storefront column empty stops the connector (_check_complete)."""
+        groups: dict[tuple, list] = {}
+        last_keys, last_group = None, None  # most rows have the columns of the row before
+        for item in items:
+            p = item[1]
+            if p.op == UPSERT:
+                row = p.row
+                if p.ev.toast and UNCHANGED_TOAST in row.values():
+                    cols = tuple(c for c in row if row[c] is not UNCHANGED_TOAST)
+                elif row.keys() == last_keys:
+                    last_group.append(item)
+                    continue
+                else:
+                    cols = tuple(row)
+                    if cols not in self._complete:
+                        self._check_complete(cols)
+                    last_keys, last_group = row.keys(), groups.setdefault(cols, [])
+                    last_group.append(item)
+                    continue
+            else:
+                cols = self.key_cols
+            groups.setdefault(cols, []).append(item)
+        return [(self._columns(cols), group) for cols, group in groups.items()]
 
     def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: dict) -> list:
         """(key text, change) of the changes this write applied: all but the refused ones, unless some may
@@ -828,17 +834,9 @@ class SqlSink:
             p.ev.toast and UNCHANGED_TOAST in p.row.values() for _, p in items
         ):
             return False
-        groups: dict[tuple, list] = {}
-        for item in items:
-            p = item[1]
-            groups.setdefault(tuple(p.row) if p.op == UPSERT else self.key_cols, []).append(item)
-        for cols, group in groups.items():
-            if group[0][1].op == UPSERT and cols not in self._complete:
-                self._check_complete(cols)
         conn = self.conn
-        grouped = [(self._columns(c), g) for c, g in groups.items()]
         try:
-            self._merger.commit_small(conn, grouped, self._pg_store_offset(conn), offset)
+            self._merger.commit_small(conn, self._groups(items), self._pg_store_offset(conn), offset)
         except Exception as e:
             if _is_row_error(e):
                 return False  # rolled back: the usual way finds the refused rows
