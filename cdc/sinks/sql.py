@@ -611,18 +611,13 @@ class SqlSink:
             if newest is None:
                 continue
             lsn, seq = p.ev.commit_lsn, p.ev.seq
-            conn.execute(
-                h.update()
-                .where(
-                    h.c.connector == self.name,
-                    h.c.kind == "quarantine",
-                    h.c.status == "held",
-                    h.c.row_key == kt,
-                    sa.or_(h.c.commit_lsn < lsn, sa.and_(h.c.commit_lsn == lsn, h.c.seq < seq)),
-                )
-                .values(
-                    status="superseded", resolved_by=f"pos-cdc: newer change {p.ev.position}", resolved_at=now
-                )
+            self._mark_superseded(
+                conn,
+                p.ev.position,
+                f"newer change {p.ev.position}",
+                now,
+                h.c.kind == "quarantine",
+                h.c.row_key == kt,
             )
             if newest < (lsn, seq):
                 del self.held_keys[kt]
@@ -747,23 +742,24 @@ class SqlSink:
     def _held_before_truncate(self, conn: sa.Connection, at: Position) -> None:
         """What was held before a source truncate (in earlier batches or earlier in this one) is superseded by
         it: approving or retrying it would bring back a row the POS truncated."""
-        h = held_table
+        self._mark_superseded(conn, at, f"source TRUNCATE at {at}", utcnow())
+        self.held_keys = {
+            k: newest for k, newest in self.held_keys.items() if newest > (at.commit_lsn, at.seq)
+        }
+
+    def _mark_superseded(self, conn: sa.Connection, at: Position, by: str, now, *where) -> None:
+        """Marks this connector's held entries older than `at` (and matching `where`) superseded `by` it."""
+        h, lsn, seq = held_table, at.commit_lsn, at.seq
         conn.execute(
             h.update()
             .where(
                 h.c.connector == self.name,
                 h.c.status == "held",
-                sa.or_(
-                    h.c.commit_lsn < at.commit_lsn, sa.and_(h.c.commit_lsn == at.commit_lsn, h.c.seq < at.seq)
-                ),
+                *where,
+                sa.or_(h.c.commit_lsn < lsn, sa.and_(h.c.commit_lsn == lsn, h.c.seq < seq)),
             )
-            .values(
-                status="superseded", resolved_by=f"pos-cdc: source TRUNCATE at {at}", resolved_at=utcnow()
-            )
+            .values(status="superseded", resolved_by=f"pos-cdc: {by}", resolved_at=now)
         )
-        self.held_keys = {
-            k: newest for k, newest in self.held_keys.items() if newest > (at.commit_lsn, at.seq)
-        }
 
     def _truncate(self, conn: sa.Connection) -> None:
         if self.target is None:
