@@ -37,6 +37,7 @@ class PgMerge:
     # rows: a group of up to this many is staged by an INSERT sent with its merge (no COPY: two round trips
     # less), and a write of up to this many is committed in one round trip (commit_small)
     SMALL = 64
+    BIG = 1000  # rows: a staged group this large is truncated away rather than deleted (_empty_stage)
 
     def __init__(self, sink):
         self.sink = sink
@@ -68,8 +69,6 @@ class PgMerge:
         """The transaction was rolled back: what the staging table holds is not known (a truncate of it may
         have been undone), so the next group truncates it."""
         self.live = self.BIG + 1
-
-    BIG = 1000  # rows: a staged group this large is truncated away rather than deleted
 
     def _empty_stage(self, staging: int) -> bytes | None:
         """The statement that empties the staging table before `staging` rows go in (None: it is empty). A
@@ -246,12 +245,13 @@ def _literal_row(values: tuple, mogrify) -> str:
     return "(" + ", ".join(out) + ")"
 
 
-_PLAIN_TEXT = frozenset((int, Decimal, float, bool, dt.date, dt.time, dt.datetime, UUID))
+_STR_TYPES = (int, Decimal, float, bool, dt.date, dt.time, UUID)  # sent as str(value), untyped
+_PLAIN_TEXT = frozenset((*_STR_TYPES, dt.datetime))  # ... and datetimes (_CopyDatetimeDumper: str() too)
 
 
 def _untyped(cur):
     """`cur`, sending values as untyped text (see _Untyped)."""
-    for cls in (int, Decimal, float, bool, dt.date, dt.time, UUID):
+    for cls in _STR_TYPES:
         cur.adapters.register_dumper(cls, _Untyped)
     cur.adapters.register_dumper(dt.datetime, _CopyDatetimeDumper)
     cur.adapters.register_dumper(bytes, _UntypedBytes)
