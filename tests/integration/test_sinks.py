@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from decimal import Decimal
 
 from tests.integration.helpers import Running, wait_until
+
+
+@contextmanager
+def opened_sink(path):
+    """The connector's sink on its own (no source, no pipeline), opened, closed at the end."""
+    from cdc.config import load_config
+    from cdc.sinks.sql import SqlSink
+
+    sink = SqlSink(load_config(path))
+    sink.open()
+    try:
+        yield sink
+    finally:
+        sink.close()
+
 
 CONFIG = """
 name: @NAME@
@@ -125,9 +141,7 @@ def test_refused_rows_in_two_groups_of_one_write_lose_no_good_row(env, store):
     """One write, two column sets (two merges), a refused row in each: the first merge goes without a
     savepoint, is refused, starts the transaction again and is bisected; the second must then use a savepoint
     too, or its refusal would roll the first group's good rows back."""
-    from cdc.config import load_config
     from cdc.events import ChangeEvent
-    from cdc.sinks.sql import SqlSink
 
     path = make(env, store)
     long = "x" * 50
@@ -135,17 +149,13 @@ def test_refused_rows_in_two_groups_of_one_write_lose_no_good_row(env, store):
     def change(seq, **after):
         return ChangeEvent("c", "public", "item_price", None, after, 100, 100, seq, 1000, 7, toast=False)
 
-    sink = SqlSink(load_config(path))
-    sink.open()
-    sink.load_offset()
-    try:
+    with opened_sink(path) as sink:
+        sink.load_offset()
         sink.add(change(1, sku="K1", price=Decimal("1.00"), name="ok"))
         sink.add(change(2, sku="K2", price=Decimal("2.00"), name=long))
         sink.add(change(3, sku="K3", name="ok"))  # no price: another group
         sink.add(change(4, sku="K4", name=long))
         sink.commit({"commit_lsn": 100, "end_lsn": 101})
-    finally:
-        sink.close()
     assert store("SELECT sku FROM product_price ORDER BY sku") == [("K1",), ("K3",)]
     assert sorted(r[0] for r in store("SELECT row_key FROM cdc_held WHERE kind = 'dead_letter'")) == [
         "K2",
@@ -158,9 +168,7 @@ def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
     NULL on the row an upsert proposes, even when it ends in an update, so the stored value goes with it and
     the row is updated, not refused. A row the storefront does not have cannot be inserted without the value:
     a dead letter saying so, while the rest lands."""
-    from cdc.config import load_config
     from cdc.events import UNCHANGED_TOAST, ChangeEvent
-    from cdc.sinks.sql import SqlSink
 
     env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, price_fen bigint, name text)")
     store(DDL[store.kind].replace("name varchar(20)", "name varchar(20) NOT NULL"))
@@ -171,10 +179,8 @@ def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
     def change(lsn, seq, **after):
         return ChangeEvent("u", "public", "item_price", None, after, lsn, lsn, seq, 1000, 7)
 
-    sink = SqlSink(load_config(path))
-    sink.open()
-    sink.load_offset()
-    try:
+    with opened_sink(path) as sink:
+        sink.load_offset()
         sink.add(change(100, 1, sku="A", price=Decimal("1.00"), name="apple"))
         sink.add(change(100, 2, sku="B", price=Decimal("2.00"), name="bread"))
         sink.commit({"commit_lsn": 100, "end_lsn": 101})
@@ -182,8 +188,6 @@ def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
         sink.add(change(200, 2, sku="N", price=Decimal("9.00"), name=UNCHANGED_TOAST))
         sink.add(change(200, 3, sku="B", price=Decimal("2.20"), name="bun"))
         sink.commit({"commit_lsn": 200, "end_lsn": 201})
-    finally:
-        sink.close()
     assert rows(store) == [("A", Decimal("1.10"), "apple"), ("B", Decimal("2.20"), "bun")]
     held = store("SELECT kind, row_key, reason FROM cdc_held")
     assert [(k, key) for k, key, _ in held] == [("dead_letter", "N")]
@@ -196,9 +200,7 @@ def test_postgresql_parses_values_as_copy_does_in_every_way_of_writing(env, stor
     1.50 for an integer column is refused (a dead letter), never rounded to 2 by a numeric cast."""
     import pytest
 
-    from cdc.config import load_config
     from cdc.events import ChangeEvent
-    from cdc.sinks.sql import SqlSink
 
     if store.kind != "postgresql":
         pytest.skip("PostgreSQL's ways of writing")
@@ -213,16 +215,12 @@ def test_postgresql_parses_values_as_copy_does_in_every_way_of_writing(env, stor
             "c", "public", "item_price", None, {"sku": sku, "price": price}, lsn, lsn, seq, 0, 7
         )
 
-    sink = SqlSink(load_config(path))
-    sink.open()
-    sink.load_offset()
-    try:
+    with opened_sink(path) as sink:
+        sink.load_offset()
         for lsn, n in ((100, 2), (200, 70)):  # a small commit, then a large one
             for i in range(n):
                 sink.add(change(lsn, i + 1, f"{lsn}-{i}", Decimal("1.50") if i == 1 else Decimal(i)))
             sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
-    finally:
-        sink.close()
     stored = dict(store("SELECT sku, price FROM product_price"))
     assert len(stored) == 70 and stored["100-0"] == 0 and stored["200-69"] == 69
     held = store("SELECT row_key, reason FROM cdc_held ORDER BY row_key")
@@ -274,9 +272,7 @@ def test_column_added_mid_stream(env, store, caplog):
 def test_an_older_change_never_overwrites_a_newer_row(env, store):
     """Duplicates and replays (a restart that re-reads, a Kafka redelivery, an old approval) reach the sink with
     positions at or below what a row already reflects: they are skipped, per key, in the same transaction."""
-    from cdc.config import load_config
     from cdc.events import ChangeEvent
-    from cdc.sinks.sql import SqlSink
 
     path = make(env, store, batch=500)
 
@@ -295,9 +291,7 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
             7,
         )
 
-    sink = SqlSink(load_config(path))
-    sink.open()
-    try:
+    with opened_sink(path) as sink:
         for k in range(1000):
             sink.add(change(f"K{k}", "5.00", 100))
         sink.commit({"commit_lsn": 100, "end_lsn": 101})
@@ -308,8 +302,6 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
         sink.add(change("K7", "9.00", 100, seq=2))
         sink.add(change("K8", "0", 60, op="d"))
         sink.commit({"commit_lsn": 100, "end_lsn": 101})
-    finally:
-        sink.close()
     got = {k: p for k, p, _ in rows(store)}
     assert len(got) == 1000
     assert got.pop("K7") == Decimal("9.00")
@@ -320,9 +312,7 @@ def test_recorded_positions_fold_newest_per_key(env, store):
     """Writes append each key's position to cdc_applied; fold_step() keeps the newest per key in cdc_row_state,
     in steps of the oldest rows, and never lets an older entry (out of order) overwrite a newer recorded
     position."""
-    from cdc.config import load_config
     from cdc.events import ChangeEvent
-    from cdc.sinks.sql import SqlSink
 
     path = make(env, store, batch=500)
 
@@ -334,10 +324,8 @@ def test_recorded_positions_fold_newest_per_key(env, store):
         got = store("SELECT row_key, commit_lsn, seq, ts_ms, txid, op FROM cdc_row_state")
         return {r[0]: tuple(r[1:]) for r in got}
 
-    sink = SqlSink(load_config(path))
-    sink.open()
-    assert sink.load_offset() is None  # the stored position: changes above it need no check
-    try:
+    with opened_sink(path) as sink:
+        assert sink.load_offset() is None  # the stored position: changes above it need no check
         for lsn in (100, 200, 300):  # three transactions; K0..K9 change in each, K10.. only in the first
             for k in range(10 if lsn > 100 else 50):
                 sink.add(change(f"K{k}", f"{lsn}.00", lsn, seq=k + 1))
@@ -368,8 +356,6 @@ def test_recorded_positions_fold_newest_per_key(env, store):
         assert got["K3"] == (300, 4, 3000, 7, "u")  # older: kept the newer one
         assert got["K42"] == (150, 1, 1500, None, "d")  # newer: replaced, every column
         assert sink.backlog == 0
-    finally:
-        sink.close()
 
 
 def test_positions_are_folded_beside_the_stream(env, store):
