@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 from cdc.config import ConnectorConfig  # noqa: E402
 from cdc.events import CREATE, ChangeEvent  # noqa: E402
 from cdc.metrics import Metrics  # noqa: E402
-from cdc.sinks.bookkeeping import key_text  # noqa: E402
 from cdc.sinks.sql import SqlSink  # noqa: E402
+from cdc.sinks.sql.bookkeeping import key_text  # noqa: E402
 from cdc.sources.pgoutput import Decoder  # noqa: E402
 from cdc.stages import apply_stages, build_stages  # noqa: E402
 
@@ -126,7 +126,7 @@ def main() -> None:
     timed("stages rename + money", n, lambda: out.extend(apply_stages(stages, e) for e in events), results)
     sink = SqlSink(cfg)
     timed("SqlSink.add (key, pending dict)", n, lambda: [sink.add(e) for e in out], results)
-    items = list(sink.pending.items())
+    items = list(sink.buffer.pending.items())
     cols = ["sku", "store_id", "channel", "price", "updated_at"]
     rows: list = []
 

@@ -83,10 +83,10 @@ def poscdc(sink: SqlSink, changes: list[ChangeEvent]) -> float:
     t0 = time.perf_counter()
     for ev in changes:
         sink.add(ev)
-        if len(sink.pending) >= sink.scfg.batch_size:
+        if len(sink.buffer) >= sink.scfg.batch_size:
             sink.write_async()  # as the pipeline does: the next batch is built while this one is written
     lsn = changes[-1].commit_lsn
-    sink.commit({"commit_lsn": lsn, "end_lsn": lsn})
+    sink.commit({"wal": json.dumps({"commit_lsn": lsn, "end_lsn": lsn})}, floor=lsn)
     return time.perf_counter() - t0
 
 
@@ -111,7 +111,9 @@ def main() -> None:
         )
         sink = SqlSink(load_config(cfg_path))
         sink.open()
-        sink.load_offset()  # as the pipeline does: the stored position lets fresh changes skip the stale lookup
+        sink.set_floor(
+            0
+        )  # as the pipeline does: the stored position lets fresh changes skip the stale lookup
         native(server, load)
         poscdc(sink, events(load, 1))
         # the machine's other load comes and goes: the two sides take turns, and medians are compared

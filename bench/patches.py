@@ -37,19 +37,19 @@ def rename_fast() -> None:
 
 
 def no_hashjoin() -> None:
-    from cdc.sinks import sql
+    from cdc.sinks.sql import sink
 
-    original = sql.SqlSink.open
+    original = sink.SqlSink.open
 
     def open_(self) -> None:
         original(self)
-        if self.dialect == "postgresql":
-            pg = self.conn.connection.driver_connection
+        if self.store.dialect == "postgresql":
+            pg = self.store.conn.connection.driver_connection
             pg.execute("SET enable_hashjoin = off")
             pg.execute("SET enable_mergejoin = off")
             pg.commit()
 
-    sql.SqlSink.open = open_
+    sink.SqlSink.open = open_
 
 
 def gc_off() -> None:
@@ -59,10 +59,10 @@ def gc_off() -> None:
 
 
 def no_fold() -> None:
-    from cdc import pipeline
+    from cdc.sinks.sql import folding
 
-    pipeline.FOLD_STEP = pipeline.FOLD_BACKLOG = 10**12
-    pipeline.FOLD_EVERY_S = 10**9
+    folding.FOLD_STEP = folding.FOLD_BACKLOG = 10**12
+    folding.FOLD_EVERY_S = 10**9
 
 
 PATCHES = {

@@ -26,7 +26,7 @@ from hotpath_micro import insert_message, relation_message  # noqa: E402
 
 from cdc.config import ConnectorConfig  # noqa: E402
 from cdc.localpg import LocalPostgres  # noqa: E402
-from cdc.pipeline import Pipeline, wire  # noqa: E402
+from cdc.pipeline import Pipeline  # noqa: E402
 from cdc.sinks.sql import SqlSink  # noqa: E402
 from cdc.sources.postgres import HDR_W, PostgresSource  # noqa: E402
 
@@ -112,9 +112,9 @@ def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
     pipe = Pipeline(cfg)
     sink = SqlSink(cfg)
     sink.open()
-    sink.load_offset()
+    sink.set_floor(0)
     pipe.sink = sink
-    wire(pipe.stages, sink)
+    sink.wire(pipe.stages)
     source = PostgresSource(cfg)
     source.db = "pos"
     pipe.source = source

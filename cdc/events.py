@@ -1,9 +1,15 @@
-"""The change event that flows through pos-cdc, and the positions it carries.
+"""What flows from a source to the pipeline: change events, transaction ends, idle marks.
 
 A ChangeEvent holds the fields of Debezium's change-event envelope (before, after, op, ts_ms, source
 info) in a flat, cheap form; `to_envelope()` builds the Debezium JSON shape when one is needed (Kafka,
-quarantine, dead letters, `cdc explain`). Positions order everything: a PostgreSQL change is placed by its
-transaction's commit LSN, then its own sequence number inside that transaction.
+quarantine, dead letters, `cdc explain`). An event's `Position` (POS commit LSN, then its sequence inside the
+transaction) orders changes of a key, whatever transport they came through: the sink never moves a row to
+an older one.
+
+A source yields, besides the events, a `TxnEnd` after the last change of each source transaction (where a
+sink transaction may end) and an `Idle` whenever nothing more is waiting. Both carry the source's own
+position type, opaque to the pipeline (PostgreSQL: commit LSN + end LSN; Kafka: offsets per partition):
+the checkpointer hands it back to the source to store and to confirm (cdc/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -60,6 +66,24 @@ class Position:
 
     def __str__(self) -> str:
         return f"{lsn_to_str(self.commit_lsn)}#{self.seq}"
+
+
+@dataclass(slots=True)
+class TxnEnd:
+    """The end of one source transaction: everything before it may be committed at `position`."""
+
+    position: Any  # the source's own position type (see cdc/sources/base.py)
+    ts_ms: int  # source commit time, ms since the epoch
+    snapshot: bool = False  # the end of the initial snapshot
+
+
+@dataclass(slots=True)
+class Idle:
+    """Nothing more is waiting at the source (a good moment to commit). `position`, when set, is a position
+    the source may be confirmed at once everything it yielded before is durable downstream (a keepalive's
+    WAL end, transactions skipped as already applied): nothing of it needs the sink."""
+
+    position: Any = None
 
 
 @dataclass(slots=True)

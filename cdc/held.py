@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -21,9 +20,8 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import ChangeEvent
-from cdc.schedule import apply_due
-from cdc.sinks.bookkeeping import held_table, row_state_table, utcnow
 from cdc.sinks.sql import SqlSink
+from cdc.sinks.sql.bookkeeping import held_table, utcnow
 from cdc.stages import apply_stages, build_stages
 from cdc.stored import load_event
 
@@ -42,7 +40,7 @@ def list_held(cfg: ConnectorConfig, kind: str, status: str | None = "held") -> l
         q = sa.select(held_table).where(held_table.c.connector == cfg.name, held_table.c.kind == kind)
         if status:
             q = q.where(held_table.c.status == status)
-        with sink.engine.connect() as c:
+        with sink.store.engine.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(q.order_by(held_table.c.id))]
     finally:
         sink.close()
@@ -86,7 +84,7 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
     sink = SqlSink(cfg)
     sink.open()
     try:
-        conn = sink._tx()
+        conn = sink.begin()
         row = conn.execute(
             sa.select(held_table)
             .where(held_table.c.id == held_id, held_table.c.connector == cfg.name, held_table.c.kind == kind)
@@ -114,14 +112,11 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
             .values(status=outcome.status, resolved_by=by, resolved_at=utcnow())
         )
         conn.commit()
-        if (
-            outcome.status == "applied"
-            and sink.next_due_ms is not None
-            and sink.next_due_ms <= time.time() * 1000
-        ):
+        if outcome.status == "applied" and sink.schedules.is_due():
             # the change carried a promotion boundary that has passed since it was held: apply it now rather
             # than leave the price until the connector's next look at its schedule
-            apply_due(sink, _wired(cfg, sink))
+            sink.wire(build_stages(cfg.transforms))
+            sink.apply_due()
             outcome.message += "; its promotion window has moved on since, so the price as of now was applied"
         return outcome
     finally:
@@ -129,35 +124,24 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
         sink.close()
 
 
-def _wired(cfg: ConnectorConfig, sink: SqlSink) -> list:
-    from cdc.pipeline import wire
-
-    stages = build_stages(cfg.transforms)
-    wire(stages, sink)
-    return stages
-
-
 def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: str, by: str) -> Outcome:
     ev = event_from_held(row)
     ev.headers["via"] = f"{'approve' if kind == 'quarantine' else 'retry'}:{by}"
     again = False  # held at the position the key already has: a scheduled price of an applied change
     if row.row_key is not None:
-        sink._fold(conn)  # the connector waits meanwhile (sink._tx holds its lock): positions are final
-        state = conn.execute(
-            sa.select(row_state_table.c.commit_lsn, row_state_table.c.seq)
-            .where(row_state_table.c.connector == cfg.name, row_state_table.c.row_key == row.row_key)
-            .with_for_update()
-        ).first()
-        if state is not None and (state.commit_lsn, state.seq) > (row.commit_lsn, row.seq):
+        # the connector waits meanwhile (sink.begin holds its lock): positions are final
+        state = sink.key_position(conn, row.row_key)
+        if state is not None and state > (row.commit_lsn, row.seq):
             return Outcome(
                 "superseded",
                 f"a newer change for {row.row_key} has been applied since; nothing changed",
             )
-        again = state is not None and (state.commit_lsn, state.seq) == (row.commit_lsn, row.seq)
+        again = state == (row.commit_lsn, row.seq)
     # a change held by a stage has been through the stages before it; run the ones after it (an approval
     # overrides the holding rule itself; a retry runs it again, after the DBA fixed what it complained of)
     stage_name = (row.rule or "").split(":")[0]
-    stages = _wired(cfg, sink)
+    stages = build_stages(cfg.transforms)
+    sink.wire(stages)
     names = [s.name for s in stages]
     if stage_name in names:
         at = names.index(stage_name)
@@ -166,6 +150,6 @@ def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: 
             return Outcome("superseded", "the stages now filter this change out; nothing applied")
     sink.add(ev)
     sink.write(fresh=again)
-    if sink.dead_lettered:  # refused again (the new dead letter is rolled back with the rest)
+    if sink.refused_in_transaction():  # refused again (the new dead letter is rolled back with the rest)
         raise CdcError(f"the storefront still refuses entry {row.id}; see `cdc deadletter {cfg.path} list`")
     return Outcome("applied", f"applied to {cfg.sink.table} at its original position")

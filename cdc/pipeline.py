@@ -18,17 +18,17 @@ delete is buffered and buffered as an upsert with the delete's position, in the 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 
 from cdc.config import ConnectorConfig
-from cdc.errors import CdcError, HoldError, TerminalError, TransientError
+from cdc.errors import CdcError, HoldError, TransientError
 from cdc.events import ChangeEvent
 from cdc.fallback import PickFallback, wire_fallback
 from cdc.metrics import Metrics
-from cdc.schedule import apply_due
 from cdc.sinks.sql import SqlSink
 from cdc.sources.postgres import Idle, PostgresSource, TxnEnd
 from cdc.stages import GuardStage, Stage, apply_stages, build_stages
@@ -36,30 +36,7 @@ from cdc.stages import GuardStage, Stage, apply_stages, build_stages
 log = logging.getLogger("cdc.pipeline")
 
 STATS_INTERVAL_S = 2.0  # how often the slot's lag and retained WAL are read while idle
-DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an approval elsewhere may add one)
 LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
-# recorded key positions (cdc_applied) are folded into cdc_row_state on a thread of their own, in steps of
-# FOLD_STEP, looked at every FOLD_EVERY_S: while the connector is caught up, or while more than FOLD_BACKLOG
-# wait (a bulk load is not slowed by folding, nor the stream made to wait for it)
-FOLD_STEP = 10_000
-FOLD_EVERY_S = 0.5
-FOLD_BACKLOG = 500_000
-FOLD_JOIN_S = 10.0  # how long a stop waits for a fold step to finish
-
-
-def wire(stages: list[Stage], sink: SqlSink) -> None:
-    """Gives the stages their lookups: a guard's max_change_pct compares with the storefront's current value
-    (the sink's open transaction, so changes of this batch count)."""
-    for st in stages:
-        if isinstance(st, GuardStage) and st.config.max_change_pct is not None:
-            if sink.target is not None and st.field not in sink.target.c:
-                raise TerminalError(
-                    f"transforms: {st.name}: max_change_pct compares {st.field} with the storefront's column "
-                    f"{st.field}, which {sink.scfg.table} does not have (place the guard where the field has "
-                    "the storefront's name and units)"
-                )
-            st.current = lambda row, f=st.field: sink.current_value(f, row)
-            sink.lookups = True  # reads on the sink's connection between writes: keep writes synchronous
 
 
 class Pipeline:
@@ -87,9 +64,6 @@ class Pipeline:
         self._m_held = {kind: m.held.labels(name, kind) for kind in ("dead_letter", "quarantine")}
         history = cfg.sink.history
         self.changed_by = history.changed_by if history else None
-        self._due_checked = 0.0
-        self._folder: threading.Thread | None = None
-        self._fold_stop = threading.Event()
         # a guard that compares with the storefront: the stages before it run ahead on a run of changes, so
         # the storefront values it asks for are read in one statement rather than one per change
         self._ahead = next(
@@ -159,12 +133,6 @@ class Pipeline:
 
     def _teardown(self) -> None:
         self._flush_counts()
-        self._fold_stop.set()
-        if self._folder is not None:
-            self._folder.join(FOLD_JOIN_S)  # a step stuck on an unreachable storefront is left behind
-            if self._folder.is_alive():
-                log.warning("%s: the folding thread did not stop; leaving it behind", self.cfg.name)
-            self._folder = None
         if self.fallback is not None:
             self.fallback.close()
             self.fallback = None
@@ -182,7 +150,7 @@ class Pipeline:
         self._progressed = False
         self.sink = sink = SqlSink(self.cfg)
         sink.open()
-        wire(self.stages, sink)
+        sink.wire(self.stages)
         self.source = source = PostgresSource(self.cfg)
         source.prepare()
         self.fallback = wire_fallback(self.stages, self.cfg)
@@ -190,17 +158,13 @@ class Pipeline:
             self.fallback.check()
         self._m_up.set(1)
         self.metrics.healthy.set()
-        self._fold_stop = threading.Event()  # its own for each session's thread
-        self._folder = threading.Thread(
-            target=self._fold_loop, args=(sink, self._fold_stop), daemon=True, name=f"{self.cfg.name}-fold"
-        )
-        self._folder.start()
-        pos = sink.load_offset()
+        sink.start_folding()
+        pos = self._load_position()
         if pos is None and self.cfg.source.snapshot == "initial":
             self._consume(source.snapshot())
             if self.stopping:
                 return
-            pos = sink.load_offset()
+            pos = self._load_position()
         start = pos["end_lsn"] if pos else 0
         self._consume(source.stream(start, skip_through=pos["commit_lsn"] if pos else 0))
 
@@ -220,6 +184,7 @@ class Pipeline:
                     first_at = first_at or time.monotonic()
                     if self._caught_up:  # behind again, since this change's commit
                         self._caught_up, self._lag_base_ms = False, item.ts_ms
+                        sink.caught_up = False
                 self._count(item)
                 if changed_by is not None:  # read before the transforms, which may drop the column
                     item.headers["changed_by"] = item.after.get(changed_by) if item.after else None
@@ -256,7 +221,7 @@ class Pipeline:
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
                 elif not in_txn:
-                    self._caught_up = True
+                    self._caught_up = self.sink.caught_up = True
                     self._m_lag.set(0)
                 if not in_txn:
                     self._tick()
@@ -290,7 +255,6 @@ class Pipeline:
     def _hold(self, ev: ChangeEvent, e: HoldError) -> None:
         kind = getattr(e, "kind", "dead_letter")  # a guard's GuardViolation says which
         self.sink.hold(ev, e, kind)
-        self._m_held[kind].inc()
 
     def _apply_run(self, run: list[ChangeEvent]) -> None:
         """A run of changes with a guard that compares with the storefront: the stages before the guard on all
@@ -325,36 +289,20 @@ class Pipeline:
             self.source.heartbeat()
         self._due()
 
-    def _fold_loop(self, sink: SqlSink, stop: threading.Event) -> None:
-        """The sink's recorded key positions folded into cdc_row_state, a step at a time (SqlSink.fold_step),
-        beside the stream. A failed step is tried again at the next look; the stream reports real outages."""
-        failures = 0
-        while not stop.wait(FOLD_EVERY_S):
-            try:
-                while sink.backlog and (self._caught_up or sink.backlog > FOLD_BACKLOG):
-                    if sink.fold_step(FOLD_STEP) < FOLD_STEP or stop.is_set():
-                        break
-                failures = 0
-            except CdcError as e:
-                failures += 1
-                (log.warning if failures % 20 == 1 else log.debug)(
-                    "%s: folding recorded key positions: %s (will try again)", self.cfg.name, e
-                )
-
     def _due(self) -> None:
         """Applies the scheduled prices that are due (only called with nothing buffered in the sink)."""
-        sink = self.sink
-        now = time.monotonic()
-        if sink.scheduling and now - self._due_checked >= DUE_REFRESH_S:
-            self._due_checked = now
-            sink.refresh_next_due()
-        if sink.next_due_ms is None or time.time() * 1000 < sink.next_due_ms:
-            return
-        for kind in apply_due(sink, self.stages):
-            self._m_held[kind].inc()
-        if sink.dead_lettered:
-            self._m_held["dead_letter"].inc(sink.dead_lettered)
-            sink.dead_lettered = 0
+        self.sink.tick()
+        self._count_held()
+
+    def _count_held(self) -> None:
+        for kind, n in self.sink.drain_held().items():
+            self._m_held[kind].inc(n)
+
+    def _load_position(self) -> dict | None:
+        text = self.sink.load_offsets().get("wal")
+        pos = json.loads(text) if text else None
+        self.sink.set_floor(pos["commit_lsn"] if pos else 0)
+        return pos
 
     def _gauges_loop(self) -> None:
         """On a timer, whatever the stream is doing (busy, stalled, retrying): lag seconds, and the slot's
@@ -388,13 +336,11 @@ class Pipeline:
         position = {"commit_lsn": end.commit_lsn, "end_lsn": end.end_lsn}
         if end.snapshot:
             position["snapshot"] = "done"
-        self.sink.commit(position)
+        self.sink.commit({"wal": json.dumps(position)}, floor=end.commit_lsn)
         self.source.confirm(end.end_lsn)
         self._progressed = True
         self._flush_counts()
-        if self.sink.dead_lettered:  # rows the storefront refused in this batch
-            self._m_held["dead_letter"].inc(self.sink.dead_lettered)
-            self.sink.dead_lettered = 0
+        self._count_held()
         now = time.time()
         self._m_batch.observe(time.monotonic() - t0)
         self._m_last_commit.set(now)

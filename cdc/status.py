@@ -14,8 +14,13 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
-from cdc.sinks.bookkeeping import applied_entries, scheduled_table
-from cdc.sinks.sql import held_table, offsets_table, row_state_table
+from cdc.sinks.sql.bookkeeping import (
+    applied_entries,
+    held_table,
+    offsets_table,
+    row_state_table,
+    scheduled_table,
+)
 from cdc.sources.postgres import PostgresSource
 
 

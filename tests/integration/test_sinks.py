@@ -23,6 +23,11 @@ def opened_sink(path):
         sink.close()
 
 
+def commit_at(sink, commit_lsn: int, end_lsn: int) -> None:
+    """Commits what the sink holds at a PostgreSQL source position, as the pipeline does."""
+    sink.commit({"wal": json.dumps({"commit_lsn": commit_lsn, "end_lsn": end_lsn})}, floor=commit_lsn)
+
+
 CONFIG = """
 name: @NAME@
 source: {type: postgres, dsn: "@POS@", tables: [public.item_price]}
@@ -150,12 +155,12 @@ def test_refused_rows_in_two_groups_of_one_write_lose_no_good_row(env, store):
         return ChangeEvent("c", "public", "item_price", None, after, 100, 100, seq, 1000, 7, toast=False)
 
     with opened_sink(path) as sink:
-        sink.load_offset()
+        sink.set_floor(0)
         sink.add(change(1, sku="K1", price=Decimal("1.00"), name="ok"))
         sink.add(change(2, sku="K2", price=Decimal("2.00"), name=long))
         sink.add(change(3, sku="K3", name="ok"))  # no price: another group
         sink.add(change(4, sku="K4", name=long))
-        sink.commit({"commit_lsn": 100, "end_lsn": 101})
+        commit_at(sink, 100, 101)
     assert store("SELECT sku FROM product_price ORDER BY sku") == [("K1",), ("K3",)]
     assert sorted(r[0] for r in store("SELECT row_key FROM cdc_held WHERE kind = 'dead_letter'")) == [
         "K2",
@@ -180,14 +185,14 @@ def test_unchanged_toast_value_of_a_required_column_is_kept(env, store):
         return ChangeEvent("u", "public", "item_price", None, after, lsn, lsn, seq, 1000, 7)
 
     with opened_sink(path) as sink:
-        sink.load_offset()
+        sink.set_floor(0)
         sink.add(change(100, 1, sku="A", price=Decimal("1.00"), name="apple"))
         sink.add(change(100, 2, sku="B", price=Decimal("2.00"), name="bread"))
-        sink.commit({"commit_lsn": 100, "end_lsn": 101})
+        commit_at(sink, 100, 101)
         sink.add(change(200, 1, sku="A", price=Decimal("1.10"), name=UNCHANGED_TOAST))
         sink.add(change(200, 2, sku="N", price=Decimal("9.00"), name=UNCHANGED_TOAST))
         sink.add(change(200, 3, sku="B", price=Decimal("2.20"), name="bun"))
-        sink.commit({"commit_lsn": 200, "end_lsn": 201})
+        commit_at(sink, 200, 201)
     assert rows(store) == [("A", Decimal("1.10"), "apple"), ("B", Decimal("2.20"), "bun")]
     held = store("SELECT kind, row_key, reason FROM cdc_held")
     assert [(k, key) for k, key, _ in held] == [("dead_letter", "N")]
@@ -216,11 +221,11 @@ def test_postgresql_parses_values_as_copy_does_in_every_way_of_writing(env, stor
         )
 
     with opened_sink(path) as sink:
-        sink.load_offset()
+        sink.set_floor(0)
         for lsn, n in ((100, 2), (200, 70)):  # a small commit, then a large one
             for i in range(n):
                 sink.add(change(lsn, i + 1, f"{lsn}-{i}", Decimal("1.50") if i == 1 else Decimal(i)))
-            sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
+            commit_at(sink, lsn, lsn + 1)
     stored = dict(store("SELECT sku, price FROM product_price"))
     assert len(stored) == 70 and stored["100-0"] == 0 and stored["200-69"] == 69
     held = store("SELECT row_key, reason FROM cdc_held ORDER BY row_key")
@@ -294,14 +299,15 @@ def test_an_older_change_never_overwrites_a_newer_row(env, store):
     with opened_sink(path) as sink:
         for k in range(1000):
             sink.add(change(f"K{k}", "5.00", 100))
-        sink.commit({"commit_lsn": 100, "end_lsn": 101})
-        assert sink.load_offset() == {"commit_lsn": 100, "end_lsn": 101}
+        commit_at(sink, 100, 101)
+        assert json.loads(sink.load_offsets()["wal"]) == {"commit_lsn": 100, "end_lsn": 101}
+        sink.set_floor(100)
         # a replay of older and equal positions, mixed with one genuinely newer change
         for k in range(1000):
             sink.add(change(f"K{k}", "3.00", 50 if k % 2 else 100))
         sink.add(change("K7", "9.00", 100, seq=2))
         sink.add(change("K8", "0", 60, op="d"))
-        sink.commit({"commit_lsn": 100, "end_lsn": 101})
+        commit_at(sink, 100, 101)
     got = {k: p for k, p, _ in rows(store)}
     assert len(got) == 1000
     assert got.pop("K7") == Decimal("9.00")
@@ -325,11 +331,12 @@ def test_recorded_positions_fold_newest_per_key(env, store):
         return {r[0]: tuple(r[1:]) for r in got}
 
     with opened_sink(path) as sink:
-        assert sink.load_offset() is None  # the stored position: changes above it need no check
+        assert sink.load_offsets() == {}  # no stored position: changes above 0 need no check
+        sink.set_floor(0)
         for lsn in (100, 200, 300):  # three transactions; K0..K9 change in each, K10.. only in the first
             for k in range(10 if lsn > 100 else 50):
                 sink.add(change(f"K{k}", f"{lsn}.00", lsn, seq=k + 1))
-            sink.commit({"commit_lsn": lsn, "end_lsn": lsn + 1})
+            commit_at(sink, lsn, lsn + 1)
         # one JSON row per written chunk: here one per transaction
         assert store("SELECT size FROM cdc_applied ORDER BY id") == [(50,), (10,), (10,)]
         assert sink.backlog == 70
@@ -350,7 +357,7 @@ def test_recorded_positions_fold_newest_per_key(env, store):
             env.name,
             '[["K3", 200, 9, 2000, 7, "u"], ["K42", 150, 1, 1500, null, "d"]]',
         )
-        sink.appended += 2
+        sink.folder.appended += 2
         assert sink.fold_step(10) == 2
         got = state()
         assert got["K3"] == (300, 4, 3000, 7, "u")  # older: kept the newer one

@@ -1,11 +1,11 @@
-"""The PostgreSQL sink's COPY text of datetimes (cdc.sinks.dialects._CopyDatetimeDumper): str() as psycopg's
+"""The PostgreSQL sink's COPY text of datetimes (cdc.sinks.sql.pg_merge._CopyDatetimeDumper): str() as psycopg's
 own dumper, and its memory of the last value never hands one datetime's text to another."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from cdc.sinks.dialects import _CopyDatetimeDumper
+from cdc.sinks.sql.pg_merge import _CopyDatetimeDumper
 
 UTC = dt.UTC
 PLUS2 = dt.timezone(dt.timedelta(hours=2))

@@ -1,4 +1,4 @@
-"""The MariaDB sink's literal escaping (cdc.sinks.dialects._mysql_escaper) is pymysql's, with fast paths."""
+"""The MariaDB sink's literal escaping (cdc.sinks.sql.mysql_merge._mysql_escaper) is pymysql's, with fast paths."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pymysql.constants import SERVER_STATUS
 from pymysql.converters import escape_item, escape_string
 
-from cdc.sinks.dialects import _mysql_escaper, _mysql_text
+from cdc.sinks.sql.mysql_merge import _mysql_escaper, _mysql_text
 
 
 def escaper(no_backslash_escapes: bool = False):

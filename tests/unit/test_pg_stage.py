@@ -1,10 +1,10 @@
 """How the PostgreSQL sink empties its staging table before a group goes in (PgMerge._empty_stage)."""
 
-from cdc.sinks.dialects import PgMerge
+from cdc.sinks.sql.pg_merge import PgMerge
 
 
 def test_the_staging_table_is_emptied_by_delete_and_truncated_only_now_and_then():
-    m = PgMerge(sink=None)
+    m = PgMerge(target=None, connector="c")
     assert m._empty_stage(1) is None  # a new session's table is empty
     assert m._empty_stage(1) == b"DELETE FROM cdc_stage"  # what the last group left
     assert m._empty_stage(5000) == b"DELETE FROM cdc_stage"
@@ -24,7 +24,7 @@ def test_a_small_write_sends_its_values_as_untyped_literals():
     from decimal import Decimal
     from uuid import UUID
 
-    from cdc.sinks.dialects import _literal_row
+    from cdc.sinks.sql.pg_merge import _literal_row
 
     row = (
         None,

@@ -1,24 +1,19 @@
-"""How one group of buffered changes (same columns) is merged into the storefront table, per dialect.
+"""How one group of buffered changes (same columns) is merged into a PostgreSQL storefront table.
 
-Both strategies skip changes at or below the key's recorded source position (never backwards; the caller has
-folded cdc_applied into cdc_row_state first), apply upserts and deletes, and append the new positions to
-cdc_applied (one JSON row per chunk, unindexed, so recording costs a fraction of a per-key upsert), all
-inside the caller's open transaction.
+Every merge strategy (this one, core_merge.py for SQLite, mysql_merge.py) skips changes at or below the key's
+recorded source position (never backwards; the caller has folded cdc_applied into cdc_row_state first),
+applies upserts and deletes, and appends the new positions to cdc_applied (one JSON row per chunk, unindexed,
+so recording costs a fraction of a per-key upsert), all inside the caller's open transaction.
 
-- PostgreSQL: COPY into a temp staging table (a small group: an INSERT, sent with the merge), then ONE
-  statement (data-modifying CTEs) does the rest on the server; per-row Python work is a tuple build and a
-  COPY row. A small write is committed with its position in one round trip (PgMerge.commit_small).
-- MariaDB/MySQL and SQLite: read the recorded positions for the group's keys, drop stale changes in Python,
-  then executemany the dialect's upsert, the deletes and the cdc_applied insert.
+PostgreSQL: COPY into a temp staging table (a small group: an INSERT, sent with the merge), then ONE statement
+(data-modifying CTEs) does the rest on the server; per-row Python work is a tuple build and a COPY row. A
+small write is committed with its position in one round trip (PgMerge.commit_small).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import operator
-import queue
-import re
-import threading
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -27,10 +22,9 @@ import sqlalchemy as sa
 from psycopg import ClientCursor, pq, sql
 from psycopg.adapt import Dumper
 
-from cdc.errors import HoldError, TerminalError
-from cdc.sinks.bookkeeping import PG_LOCK, applied_table, key_text, pack_entries, row_state_table, upsert
-
-UPSERT, REMOVE = "u", "d"
+from cdc.sinks.sql.bookkeeping import PG_LOCK, key_text
+from cdc.sinks.sql.buffer import UPSERT
+from cdc.sinks.sql.target import Target
 
 
 class PgMerge:
@@ -39,8 +33,9 @@ class PgMerge:
     SMALL = 64
     BIG = 1000  # rows: a staged group this large is truncated away rather than deleted (_empty_stage)
 
-    def __init__(self, sink):
-        self.sink = sink
+    def __init__(self, target: Target, connector: str):
+        self.target = target
+        self.connector = connector
         self._cache: dict[tuple, tuple[bytes, str, str, str]] = {}
         self.live = 0  # rows the staging table may hold (the last group staged)
         self.dead = 0  # rows deleted from it since it was last truncated
@@ -85,7 +80,7 @@ class PgMerge:
         return b"DELETE FROM cdc_stage"
 
     def _tid(self) -> sql.Identifier:
-        t = self.sink.target
+        t = self.target.table
         return sql.Identifier(t.schema, t.name) if t.schema else sql.Identifier(t.name)
 
     def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
@@ -95,7 +90,7 @@ class PgMerge:
         copy, head, row, statement = self._statements(pg, tuple(cols), check_stale)
         empty = self._empty_stage(len(items))
         rows = self._stage_rows(items, cols)
-        params = {"c": self.sink.name}
+        params = {"c": self.connector}
         if len(items) <= self.SMALL:
             cur = self._param_cur
             with pg.pipeline():
@@ -125,7 +120,7 @@ class PgMerge:
         holds the refused rows."""
         pg = conn.connection.driver_connection
         lit = self._literal_cur.mogrify
-        name = self.sink.name
+        name = self.connector
         parts = ["BEGIN", lit(PG_LOCK, (name,))]
         for cols, items in groups:
             _, head, row, statement = self._statements(pg, tuple(cols), False)
@@ -151,7 +146,7 @@ class PgMerge:
 
     def _stage_rows(self, items: list, cols: list[str]):
         """The staging table's rows: the group's columns, then the key text and the change's position."""
-        key_cols = self.sink.key_cols
+        key_cols = self.target.key_cols
         get = _getter(cols)
         for key, p in items:
             row, ev = p.row, p.ev
@@ -180,8 +175,8 @@ class PgMerge:
 
     def _statement(self, cols: tuple[str, ...], check_stale: bool) -> sql.Composed:
         ident, S = sql.Identifier, sql.SQL
-        tid, keys = self._tid(), self.sink.key_cols
-        soft = self.sink.soft_delete_column
+        tid, keys = self._tid(), self.target.key_cols
+        soft = self.target.soft_delete_column
         sets = [S("{0} = EXCLUDED.{0}").format(ident(c)) for c in cols if c not in keys]
         if soft and soft not in cols:
             sets.append(S("{} = NULL").format(ident(soft)))
@@ -297,189 +292,6 @@ class _CopyDatetimeDumper(Dumper):
         return self._text
 
 
-class CoreMerge:
-    """MariaDB/MySQL and SQLite through SQLAlchemy Core."""
-
-    LOOKUP_CHUNK = 500
-
-    def __init__(self, sink):
-        self.sink = sink
-        self.dialect = sink.dialect
-        self._adapters = self._column_adapters()
-        self._cache: dict[tuple, tuple] = {}
-
-    def prepare(self, conn: sa.Connection) -> None:
-        pass
-
-    def forget_stage(self) -> None:
-        pass
-
-    def _column_adapters(self) -> dict[str, Any]:
-        """SQLite has no exact decimal type: Decimals go to TEXT columns as exact strings and to INTEGER
-        columns only when whole; a REAL/NUMERIC column would round them through a float, so it is refused."""
-        if self.dialect != "sqlite" or self.sink.target is None:
-            return {}
-        adapters = {}
-        for col in self.sink.target.columns:
-            affinity = _sqlite_affinity(str(col.type))
-            adapters[col.name] = affinity
-        return adapters
-
-    def _adapt(self, col: str, value: Any) -> Any:
-        if type(value) is not Decimal:
-            return value
-        affinity = self._adapters.get(col)
-        if affinity == "INTEGER":
-            if value != value.to_integral_value():
-                raise HoldError(
-                    f"{col} = {value} is not a whole number and {col} is an INTEGER column", rule="sink.type"
-                )
-            return int(value)
-        if affinity in ("REAL", "NUMERIC"):
-            raise TerminalError(
-                f"sink.table: column {col} of {self.sink.scfg.table} has {affinity} affinity in SQLite, which "
-                f"stores decimals as floating point; declare it TEXT (exact decimal strings) or INTEGER (minor units)"
-            )
-        return str(value)
-
-    def _statements(self, cols: tuple[str, ...]) -> tuple:
-        if cols in self._cache:
-            return self._cache[cols]
-        sink, target = self.sink, self.sink.target
-        keys = sink.key_cols
-        update = [c for c in cols if c not in keys]
-        soft = sink.soft_delete_column
-        constants = {soft: None} if soft and soft not in cols else {}  # a re-inserted row is visible again
-        ups = upsert(self.dialect, target, keys, update, constants)
-        where = sa.and_(*(target.c[k] == sa.bindparam(f"k_{k}") for k in keys))
-        if soft:
-            remove = target.update().where(where).values({soft: sa.bindparam("k__deleted_at")})
-        else:
-            remove = target.delete().where(where)
-        self._cache[cols] = (ups, remove)
-        return self._cache[cols]
-
-    def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
-        sink = self.sink
-        rs = row_state_table
-        texts = [key_text(k) for k, _ in items]
-        seen: dict[str, tuple[int, int]] = {}
-        for i in range(0, len(texts) if check_stale else 0, self.LOOKUP_CHUNK):
-            chunk = texts[i : i + self.LOOKUP_CHUNK]
-            for k, lsn, seq in conn.execute(
-                sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(
-                    rs.c.connector == sink.name, rs.c.row_key.in_(chunk)
-                )
-            ):
-                seen[k] = (lsn, seq)
-        fresh = [
-            (key, p, kt)
-            for (key, p), kt in zip(items, texts, strict=True)
-            if not seen or seen.get(kt, (-1, -1)) < (p.ev.commit_lsn, p.ev.seq)  # else older than the row
-        ]
-        self._execute(conn, cols, fresh)
-
-    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
-        sink, adapt = self.sink, self._adapt
-        ups, dels, states = [], [], []
-        for key, p, kt in fresh:
-            ev = p.ev
-            if p.op == UPSERT:
-                ups.append({c: adapt(c, p.row.get(c)) for c in cols})
-            else:
-                d = {f"k_{k}": adapt(k, v) for k, v in zip(sink.key_cols, key, strict=True)}
-                d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
-                dels.append(d)
-            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
-        ups_stmt, remove_stmt = self._statements(tuple(cols))
-        if ups:
-            conn.execute(ups_stmt, ups)
-        if dels:
-            conn.execute(remove_stmt, dels)
-        if states:
-            conn.execute(
-                applied_table.insert(),
-                {"connector": sink.name, "size": len(states), "entries": pack_entries(states)},
-            )
-
-
-class MySqlMerge(CoreMerge):
-    """MariaDB/MySQL: the same statements, sent as multi-row INSERT … ON DUPLICATE KEY UPDATE texts of
-    ROWS_PER_STATEMENT rows, values escaped by the driver (pymysql) — what a DBA's own bulk load does. Going
-    through SQLAlchemy's executemany costs ~5x more per row in parameter handling."""
-
-    ROWS_PER_STATEMENT = 1000
-
-    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
-        dbapi = conn.connection.driver_connection
-        cur = dbapi.cursor()
-        esc = _mysql_escaper(dbapi)
-        q = self._quote
-        keys, soft = self.sink.key_cols, self.sink.soft_delete_column
-        update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
-        if soft and soft not in cols:
-            update.append(f"{q(soft)} = NULL")
-        up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
-        up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
-        st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.sink.name)}, "
-        dels = []
-        with _Pipelined(cur) as send:  # the server works on one statement while the next is built
-            for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
-                ups, states = [], []
-                for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
-                    ev, row = p.ev, p.row
-                    if p.op == UPSERT:
-                        ups.append("(" + ",".join(map(esc, map(row.get, cols))) + ")")
-                    else:
-                        d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
-                        d["k__deleted_at"] = _ms_to_dt(ev.ts_ms)
-                        dels.append(d)
-                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
-                if ups:
-                    send(up_head + ",".join(ups) + up_tail)
-                send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")
-        if dels:
-            conn.execute(self._statements(tuple(cols))[1], dels)
-
-    @staticmethod
-    def _quote(name: str) -> str:
-        return "`" + name.replace("`", "``") + "`"
-
-    def _table(self) -> str:
-        t = self.sink.target
-        return f"{self._quote(t.schema)}.{self._quote(t.name)}" if t.schema else self._quote(t.name)
-
-
-class _Pipelined:
-    """Runs statements, in order, on a worker thread, so building the next one (Python) overlaps the server
-    executing this one (the worker waits on the socket without the GIL). Leaving the block waits for all of
-    them and re-raises the first error; statements after a failed one are not run."""
-
-    def __init__(self, cursor):
-        self.cursor = cursor
-        self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.errors: list[BaseException] = []
-        self.worker = threading.Thread(target=self._run, daemon=True, name="sink-writer")
-
-    def _run(self) -> None:
-        while (statement := self.queue.get()) is not None:
-            if not self.errors:
-                try:
-                    self.cursor.execute(statement)
-                except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-                    self.errors.append(e)
-
-    def __enter__(self):
-        self.worker.start()
-        return self.queue.put
-
-    def __exit__(self, *exc) -> None:
-        self.queue.put(None)
-        self.worker.join()
-        if self.errors and exc[0] is None:
-            raise self.errors[0]
-
-
 def _getter(cols: list[str]):
     """row -> tuple of the values of `cols` (None for a missing one), in one C call for the common case."""
     if len(cols) == 1:
@@ -494,55 +306,3 @@ def _getter(cols: list[str]):
             return tuple([row.get(c) for c in cols])
 
     return get
-
-
-def _mysql_escaper(dbapi):
-    """pymysql's own escaping, with the common types (str, int, finite Decimal, None) dispatched directly, and
-    strings with nothing to escape (most) passed without pymysql's per-character translation."""
-    from pymysql.constants import SERVER_STATUS
-    from pymysql.converters import escape_string
-
-    escape = dbapi.literal
-    special = re.compile(r"[\0\n\r\x1a'\"\\]")  # what escape_string changes
-    if dbapi.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-        special = re.compile("'")
-
-        def escape_string(s: str) -> str:
-            return s.replace("'", "''")
-
-    plain = special.search
-
-    def esc(v: Any) -> str:
-        t = type(v)
-        if t is str:
-            return "'" + (escape_string(v) if plain(v) else v) + "'"
-        if t is int or (t is Decimal and v.is_finite()):
-            return str(v)
-        if v is None:
-            return "NULL"
-        return escape(v)
-
-    return esc
-
-
-def _mysql_text(text: str) -> str:
-    """A long text (cdc_applied's JSON) as a MySQL literal: hex, which costs far less to make than escaping."""
-    return f"CONVERT(X'{text.encode().hex()}' USING utf8mb4)"
-
-
-def _ms_to_dt(ms: int):
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
-
-
-def _sqlite_affinity(declared: str) -> str:
-    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
-    t = declared.upper()
-    if "INT" in t:
-        return "INTEGER"
-    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
-        return "TEXT"
-    if "BLOB" in t or not t:
-        return "BLOB"
-    if "REAL" in t or "FLOA" in t or "DOUB" in t:
-        return "REAL"
-    return "NUMERIC"

@@ -1,0 +1,114 @@
+"""The SQL sink's buffer of changes not yet written: the last change per storefront key wins.
+
+A change becomes a `Pending` upsert or remove under its key (the configured key columns of the row as the
+stages left it). An update that did not resend an unchanged TOASTed value inherits the value buffered for the
+key; with history, each replaced change is kept on the one that replaced it, so each gets its history row. A
+key change moves the row (a remove under the old key, an upsert under the new one). A source TRUNCATE empties
+the buffer and remembers its position: the writer empties the table first.
+
+Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cdc.errors import HoldError
+from cdc.events import DELETE, TRUNCATE, UNCHANGED_TOAST, ChangeEvent, Position
+
+UPSERT, REMOVE = "u", "d"
+
+
+@dataclass(slots=True)
+class Pending:
+    op: str  # UPSERT | REMOVE
+    row: dict[str, Any]
+    ev: ChangeEvent
+    earlier: list[Pending] | None = None  # with history: the key's changes this one replaced in the buffer
+
+
+class KeyBuffer:
+    def __init__(
+        self,
+        key_cols: tuple[str, ...],
+        keep_earlier: bool = False,
+        truncate: str = "delete",
+        on_rename: Callable[[tuple, tuple], None] | None = None,
+    ):
+        self.key_cols = key_cols
+        k0 = key_cols[0]
+        self.keyget = operator.itemgetter(*key_cols) if len(key_cols) > 1 else lambda row: (row[k0],)
+        self.keep_earlier = keep_earlier
+        self.truncate = truncate
+        self.on_rename = on_rename
+        self.pending: dict[tuple, Pending] = {}
+        self.truncate_first: Position | None = None  # a source TRUNCATE's position: empty the table first
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def take(self) -> tuple[dict[tuple, Pending], Position | None]:
+        """What is buffered, leaving the buffer empty."""
+        taken = (self.pending, self.truncate_first)
+        self.pending, self.truncate_first = {}, None
+        return taken
+
+    def clear(self) -> None:
+        self.pending, self.truncate_first = {}, None
+
+    def key(self, row: dict[str, Any] | None) -> tuple:
+        """The storefront key of `row`; HoldError when a key column is missing or NULL."""
+        try:
+            key = self.keyget(row)
+        except (KeyError, TypeError):
+            raise HoldError(
+                f"the change has no value for key column(s) {', '.join(self.key_cols)} "
+                f"(check the transforms' rename/drop)",
+                rule="sink.key",
+            ) from None
+        if None in key or UNCHANGED_TOAST in key:
+            raise HoldError(f"key column(s) {', '.join(self.key_cols)} are NULL", rule="sink.key")
+        return key
+
+    def add(self, ev: ChangeEvent) -> None:
+        op = ev.op
+        if op == TRUNCATE:
+            if self.truncate == "delete":
+                self.pending.clear()
+                self.truncate_first = ev.position  # what was held before it is superseded by it
+            return
+        if op == DELETE:
+            self._put(self.key(ev.before), REMOVE, ev.before, ev)
+            return
+        after = ev.after
+        key = self.key(after)
+        before = ev.before
+        if before is not None and op == "u":
+            try:
+                old = tuple(before[k] for k in self.key_cols)
+            except KeyError:
+                old = key
+            if old != key and None not in old:  # the key changed: the row moves
+                if ev.toast and UNCHANGED_TOAST in after.values() and self.on_rename is not None:
+                    self.on_rename(old, key)  # the source did not resend some values: keep them
+                self._put(old, REMOVE, before, ev)
+        self._put(key, UPSERT, after, ev)
+
+    def _put(self, key: tuple, op: str, row: dict, ev: ChangeEvent) -> None:
+        prev = self.pending.get(key)
+        if (
+            prev is not None
+            and op == UPSERT
+            and prev.op == UPSERT
+            and ev.toast
+            and UNCHANGED_TOAST in row.values()
+        ):
+            row = {c: (prev.row.get(c, v) if v is UNCHANGED_TOAST else v) for c, v in row.items()}
+        earlier = None
+        if prev is not None and self.keep_earlier:  # each change gets its own history entry
+            earlier, prev.earlier = prev.earlier or [], None
+            earlier.append(prev)
+        self.pending[key] = Pending(op, row, ev, earlier)

@@ -1,0 +1,142 @@
+"""How one group of buffered changes is merged into a SQLite storefront table (and the base of the
+MariaDB/MySQL strategy), through SQLAlchemy Core: read the recorded positions of the group's keys, drop stale
+changes in Python, then executemany the dialect's upsert, the deletes and the cdc_applied insert (pg_merge.py
+says what every strategy does).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from cdc.errors import HoldError, TerminalError
+from cdc.sinks.sql.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert
+from cdc.sinks.sql.buffer import UPSERT
+from cdc.sinks.sql.target import Target
+
+
+class CoreMerge:
+    """MariaDB/MySQL and SQLite through SQLAlchemy Core."""
+
+    LOOKUP_CHUNK = 500
+
+    def __init__(self, target: Target, connector: str):
+        self.target = target
+        self.connector = connector
+        self.dialect = target.dialect
+        self._adapters = self._column_adapters()
+        self._cache: dict[tuple, tuple] = {}
+
+    def prepare(self, conn: sa.Connection) -> None:
+        pass
+
+    def forget_stage(self) -> None:
+        pass
+
+    def _column_adapters(self) -> dict[str, Any]:
+        """SQLite has no exact decimal type: Decimals go to TEXT columns as exact strings and to INTEGER
+        columns only when whole; a REAL/NUMERIC column would round them through a float, so it is refused."""
+        if self.dialect != "sqlite" or self.target.table is None:
+            return {}
+        adapters = {}
+        for col in self.target.table.columns:
+            affinity = _sqlite_affinity(str(col.type))
+            adapters[col.name] = affinity
+        return adapters
+
+    def _adapt(self, col: str, value: Any) -> Any:
+        if type(value) is not Decimal:
+            return value
+        affinity = self._adapters.get(col)
+        if affinity == "INTEGER":
+            if value != value.to_integral_value():
+                raise HoldError(
+                    f"{col} = {value} is not a whole number and {col} is an INTEGER column", rule="sink.type"
+                )
+            return int(value)
+        if affinity in ("REAL", "NUMERIC"):
+            raise TerminalError(
+                f"sink.table: column {col} of {self.target.name} has {affinity} affinity in SQLite, which "
+                f"stores decimals as floating point; declare it TEXT (exact decimal strings) or INTEGER (minor units)"
+            )
+        return str(value)
+
+    def _statements(self, cols: tuple[str, ...]) -> tuple:
+        if cols in self._cache:
+            return self._cache[cols]
+        target = self.target.table
+        keys = self.target.key_cols
+        update = [c for c in cols if c not in keys]
+        soft = self.target.soft_delete_column
+        constants = {soft: None} if soft and soft not in cols else {}  # a re-inserted row is visible again
+        ups = upsert(self.dialect, target, keys, update, constants)
+        where = sa.and_(*(target.c[k] == sa.bindparam(f"k_{k}") for k in keys))
+        if soft:
+            remove = target.update().where(where).values({soft: sa.bindparam("k__deleted_at")})
+        else:
+            remove = target.delete().where(where)
+        self._cache[cols] = (ups, remove)
+        return self._cache[cols]
+
+    def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
+        rs = row_state_table
+        texts = [key_text(k) for k, _ in items]
+        seen: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(texts) if check_stale else 0, self.LOOKUP_CHUNK):
+            chunk = texts[i : i + self.LOOKUP_CHUNK]
+            for k, lsn, seq in conn.execute(
+                sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(
+                    rs.c.connector == self.connector, rs.c.row_key.in_(chunk)
+                )
+            ):
+                seen[k] = (lsn, seq)
+        fresh = [
+            (key, p, kt)
+            for (key, p), kt in zip(items, texts, strict=True)
+            if not seen or seen.get(kt, (-1, -1)) < (p.ev.commit_lsn, p.ev.seq)  # else older than the row
+        ]
+        self._execute(conn, cols, fresh)
+
+    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
+        adapt = self._adapt
+        ups, dels, states = [], [], []
+        for key, p, kt in fresh:
+            ev = p.ev
+            if p.op == UPSERT:
+                ups.append({c: adapt(c, p.row.get(c)) for c in cols})
+            else:
+                d = {f"k_{k}": adapt(k, v) for k, v in zip(self.target.key_cols, key, strict=True)}
+                d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
+                dels.append(d)
+            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
+        ups_stmt, remove_stmt = self._statements(tuple(cols))
+        if ups:
+            conn.execute(ups_stmt, ups)
+        if dels:
+            conn.execute(remove_stmt, dels)
+        if states:
+            conn.execute(
+                applied_table.insert(),
+                {"connector": self.connector, "size": len(states), "entries": pack_entries(states)},
+            )
+
+
+def ms_to_dt(ms: int):
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def _sqlite_affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"

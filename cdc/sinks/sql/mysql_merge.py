@@ -1,0 +1,128 @@
+"""How one group of buffered changes is merged into a MariaDB/MySQL storefront table: CoreMerge's rules,
+sent as multi-row INSERT … ON DUPLICATE KEY UPDATE texts built here (what a DBA's own bulk load does).
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from cdc.sinks.sql.bookkeeping import pack_entries
+from cdc.sinks.sql.buffer import UPSERT
+from cdc.sinks.sql.core_merge import CoreMerge, ms_to_dt
+
+
+class MySqlMerge(CoreMerge):
+    """MariaDB/MySQL: the same statements, sent as multi-row INSERT … ON DUPLICATE KEY UPDATE texts of
+    ROWS_PER_STATEMENT rows, values escaped by the driver (pymysql) — what a DBA's own bulk load does. Going
+    through SQLAlchemy's executemany costs ~5x more per row in parameter handling."""
+
+    ROWS_PER_STATEMENT = 1000
+
+    def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
+        dbapi = conn.connection.driver_connection
+        cur = dbapi.cursor()
+        esc = _mysql_escaper(dbapi)
+        q = self._quote
+        keys, soft = self.target.key_cols, self.target.soft_delete_column
+        update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
+        if soft and soft not in cols:
+            update.append(f"{q(soft)} = NULL")
+        up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
+        up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
+        st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.connector)}, "
+        dels = []
+        with _Pipelined(cur) as send:  # the server works on one statement while the next is built
+            for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
+                ups, states = [], []
+                for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
+                    ev, row = p.ev, p.row
+                    if p.op == UPSERT:
+                        ups.append("(" + ",".join(map(esc, map(row.get, cols))) + ")")
+                    else:
+                        d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
+                        d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
+                        dels.append(d)
+                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
+                if ups:
+                    send(up_head + ",".join(ups) + up_tail)
+                send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")
+        if dels:
+            conn.execute(self._statements(tuple(cols))[1], dels)
+
+    @staticmethod
+    def _quote(name: str) -> str:
+        return "`" + name.replace("`", "``") + "`"
+
+    def _table(self) -> str:
+        t = self.target.table
+        return f"{self._quote(t.schema)}.{self._quote(t.name)}" if t.schema else self._quote(t.name)
+
+
+class _Pipelined:
+    """Runs statements, in order, on a worker thread, so building the next one (Python) overlaps the server
+    executing this one (the worker waits on the socket without the GIL). Leaving the block waits for all of
+    them and re-raises the first error; statements after a failed one are not run."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+        self.worker = threading.Thread(target=self._run, daemon=True, name="sink-writer")
+
+    def _run(self) -> None:
+        while (statement := self.queue.get()) is not None:
+            if not self.errors:
+                try:
+                    self.cursor.execute(statement)
+                except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+                    self.errors.append(e)
+
+    def __enter__(self):
+        self.worker.start()
+        return self.queue.put
+
+    def __exit__(self, *exc) -> None:
+        self.queue.put(None)
+        self.worker.join()
+        if self.errors and exc[0] is None:
+            raise self.errors[0]
+
+
+def _mysql_escaper(dbapi):
+    """pymysql's own escaping, with the common types (str, int, finite Decimal, None) dispatched directly, and
+    strings with nothing to escape (most) passed without pymysql's per-character translation."""
+    from pymysql.constants import SERVER_STATUS
+    from pymysql.converters import escape_string
+
+    escape = dbapi.literal
+    special = re.compile(r"[\0\n\r\x1a'\"\\]")  # what escape_string changes
+    if dbapi.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        special = re.compile("'")
+
+        def escape_string(s: str) -> str:
+            return s.replace("'", "''")
+
+    plain = special.search
+
+    def esc(v: Any) -> str:
+        t = type(v)
+        if t is str:
+            return "'" + (escape_string(v) if plain(v) else v) + "'"
+        if t is int or (t is Decimal and v.is_finite()):
+            return str(v)
+        if v is None:
+            return "NULL"
+        return escape(v)
+
+    return esc
+
+
+def _mysql_text(text: str) -> str:
+    """A long text (cdc_applied's JSON) as a MySQL literal: hex, which costs far less to make than escaping."""
+    return f"CONVERT(X'{text.encode().hex()}' USING utf8mb4)"

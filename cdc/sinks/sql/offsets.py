@@ -1,0 +1,122 @@
+"""Committing a sink transaction with the source positions it covers (cdc_offsets), and reading them back.
+
+The positions are written in the same transaction as the rows: after a crash the storefront and its stored
+positions agree, whatever the source confirmed. Positions are opaque text here (each source writes its own,
+one row per partition: "wal" for PostgreSQL, one per topic partition for Kafka).
+
+PostgreSQL: a small write (a few plain changes, the usual single-sale transaction) goes with its position and
+the COMMIT as ONE simple query (PgMerge.commit_small); a larger one sends the position and the COMMIT in one
+round trip.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from cdc.events import UNCHANGED_TOAST
+from cdc.sinks.sql.bookkeeping import offsets_table, upsert, utcnow
+from cdc.sinks.sql.pg_merge import PgMerge
+from cdc.sinks.sql.storefront import Storefront, classify, is_row_error
+from cdc.sinks.sql.writer import Writer
+
+
+class Offsets:
+    def __init__(self, store: Storefront, writer: Writer):
+        self.store = store
+        self.writer = writer
+        self.connector = store.connector
+        self._upsert: sa.Insert | None = None  # the cdc_offsets upsert, built once
+        self._pg_sql: str | None = None  # ... and as psycopg's text
+
+    def load(self) -> dict[str, str]:
+        """The stored positions of this connector: partition -> position text."""
+        t = offsets_table
+        try:
+            with self.store.engine.connect() as c:
+                rows = c.execute(
+                    sa.select(t.c.partition, t.c.position).where(t.c.connector == self.connector)
+                )
+                return dict(rows.all())
+        except Exception as e:
+            raise classify(e) from e
+
+    def forget(self) -> None:
+        with self.store.engine.begin() as c:
+            c.execute(sa.delete(offsets_table).where(offsets_table.c.connector == self.connector))
+
+    def commit(self, positions: dict[str, str] | None) -> None:
+        """Writes what is buffered, stores `positions` (partition -> text; None: no new position), and
+        commits it all in one transaction."""
+        writer, store = self.writer, self.store
+        try:
+            if not positions:
+                writer.write()
+                store.tx().commit()
+                return
+            if self._upsert is None:
+                self._upsert = upsert(
+                    store.dialect, offsets_table, ("connector", "partition"), ["position", "updated_at"]
+                )
+            now = utcnow()
+            rows = [
+                {"connector": self.connector, "partition": part, "position": text, "updated_at": now}
+                for part, text in positions.items()
+            ]
+            if len(rows) == 1 and self._commit_small(rows[0]):
+                return
+            writer.write()
+            conn = store.tx()
+            if store.dialect == "postgresql":  # the positions and the COMMIT in one round trip
+                pg = conn.connection.driver_connection
+                with pg.pipeline():
+                    cur = pg.cursor()
+                    cur.executemany(self._pg_upsert(conn), rows)
+                    pg.commit()
+            else:
+                conn.execute(self._upsert, rows)
+            conn.commit()  # (PostgreSQL: SQLAlchemy's side of it; the driver has nothing left to commit)
+        except Exception as e:
+            if writer.merger is not None:
+                writer.merger.forget_stage()
+            raise classify(e) from e
+
+    def _commit_small(self, offset: dict) -> bool:
+        """PostgreSQL: a few plain changes (the usual single-sale transaction) are written and committed with
+        their position in one round trip (PgMerge.commit_small). Anything else, or a refused row, goes the
+        usual way; True when done."""
+        writer, store = self.writer, self.store
+        buffer = writer.buffer
+        if (
+            store.dialect != "postgresql"
+            or writer.target.table is None
+            or not buffer.pending
+            or len(buffer.pending) > PgMerge.SMALL
+            or writer.held.records
+            or buffer.truncate_first
+            or writer.tracks_applied
+            or not writer.idle
+            or store.in_transaction()
+        ):
+            return False
+        items = list(buffer.pending.items())
+        if writer.may_be_stale(items) or any(
+            p.ev.toast and UNCHANGED_TOAST in p.row.values() for _, p in items
+        ):
+            return False
+        conn = store.conn
+        try:
+            writer.merger.commit_small(conn, writer.target.groups(items), self._pg_upsert(conn), offset)
+        except Exception as e:
+            if is_row_error(e):
+                return False  # rolled back: the usual way finds the refused rows
+            raise
+        buffer.clear()
+        writer.lookups.forget()
+        writer.folder.appended += len(items)
+        return True
+
+    def _pg_upsert(self, conn: sa.Connection) -> str:
+        """The offset upsert as psycopg's SQL text (named parameters)."""
+        if self._pg_sql is None:
+            self._pg_sql = str(self._upsert.compile(dialect=conn.dialect))
+        return self._pg_sql

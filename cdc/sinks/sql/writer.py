@@ -1,0 +1,290 @@
+"""Writing what the SQL sink buffered, inside its open transaction (the commit is offsets.py's).
+
+One write: a source TRUNCATE first (the table emptied, what was held before it superseded), then the buffered
+changes in groups of the same columns, each merged by the dialect's strategy under a savepoint; a group the
+database refuses is bisected down to the rows that cause it, which are dead-lettered with the database's error
+while the rest is applied. Then, in the same transaction: the held changes, older quarantined changes of the
+applied keys superseded, scheduled prices and price history.
+
+Never backwards: every applied key's source position is appended to cdc_applied by the merge and folded into
+cdc_row_state (bookkeeping.fold) before anything reads it. Changes above the floor (the highest source position
+ever stored, which every recorded position is at or below) need no check at all — the streaming case. A
+"fresh" write (a scheduled price, or an approval, whose caller checked the key's position under the lock)
+skips the check too.
+
+A write may run on a writer thread (`write_async`) while the caller goes on buffering, when nothing else needs
+the connection between writes; the next write, commit or rollback waits for it and re-raises its error.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import sqlalchemy as sa
+
+from cdc.errors import HoldError
+from cdc.sinks.sql.bookkeeping import applied_table, fold, key_text, row_state_table, scheduled_table, utcnow
+from cdc.sinks.sql.buffer import UPSERT, KeyBuffer, Pending
+from cdc.sinks.sql.core_merge import CoreMerge
+from cdc.sinks.sql.folding import Folder
+from cdc.sinks.sql.held_log import HeldLog
+from cdc.sinks.sql.history import History
+from cdc.sinks.sql.lookups import StoreLookups
+from cdc.sinks.sql.mysql_merge import MySqlMerge
+from cdc.sinks.sql.pg_merge import PgMerge
+from cdc.sinks.sql.schedules import Schedules
+from cdc.sinks.sql.storefront import Storefront, classify, first_line, is_row_error
+from cdc.sinks.sql.target import Target
+
+log = logging.getLogger("cdc.sink.sql")
+
+
+class Writer:
+    def __init__(
+        self,
+        store: Storefront,
+        target: Target,
+        buffer: KeyBuffer,
+        held: HeldLog,
+        folder: Folder,
+        lookups: StoreLookups,
+        schedules: Schedules,
+        history: History | None,
+    ):
+        self.store = store
+        self.target = target
+        self.buffer = buffer
+        self.held = held
+        self.folder = folder
+        self.lookups = lookups
+        self.schedules = schedules
+        self.history = history
+        self.connector = store.connector
+        self.merger: PgMerge | CoreMerge | None = None
+        self.floor: int | None = None  # the stored source position (commit LSN) once loaded; see may_be_stale
+        self.reads_between_writes = False  # set when stages read the storefront through the sink (guard)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.connector}-sink")
+        self._inflight: Future | None = None
+
+    def prepare(self) -> None:
+        """The dialect's merge strategy, ready on the writing connection (once the table exists)."""
+        self.merger = {"postgresql": PgMerge, "mysql": MySqlMerge}.get(self.target.dialect, CoreMerge)(
+            self.target, self.connector
+        )
+        if self.target.table is not None:
+            self.merger.prepare(self.store.conn)
+
+    @property
+    def tracks_applied(self) -> bool:
+        """Whether a write must learn which changes it applied (history, superseding, schedules)."""
+        return bool(self.history or self.held.held_keys or self.schedules.tracking)
+
+    @property
+    def idle(self) -> bool:
+        """No write is running on the writer thread."""
+        return self._inflight is None
+
+    # --- writing now, or on the writer thread ---------------------------------------------------------
+
+    def write(self, fresh: bool = False) -> None:
+        """Sends the buffered changes inside the open transaction (no commit). `fresh`: the caller made sure
+        no newer change has been applied for these keys (the never-backwards check is skipped)."""
+        try:
+            self.wait()
+            self._write_taken(self._take(), fresh)
+        except Exception as e:
+            raise classify(e) from e
+
+    def write_async(self) -> None:
+        """Like write(), but the database work runs on the writer thread while the caller goes on buffering
+        (the storefront merges one batch while the next is decoded). Only when nothing else needs the
+        connection between writes (no guard lookups, history, schedules or held keys)."""
+        if self.reads_between_writes or self.tracks_applied or self.target.table is None:
+            self.write()
+            return
+        self.wait()
+        taken = self._take()
+        self.store.tx()  # begun on this thread; the writer only adds statements to it
+        self._inflight = self._pool.submit(self._write_taken, taken, False)
+
+    def wait(self) -> None:
+        job, self._inflight = self._inflight, None
+        if job is not None:
+            try:
+                job.result()
+            except Exception as e:
+                raise classify(e) from e
+
+    def rolled_back(self) -> None:
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - rolling back anyway
+            pass
+        if self.merger is not None:
+            self.merger.forget_stage()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001 - closing; the error was or will be reported by the caller
+            pass
+        self._pool.shutdown(wait=True)
+
+    def _take(self) -> tuple:
+        pending, truncate_first = self.buffer.take()
+        return pending, self.held.take(), truncate_first
+
+    def rename_row(self, old: tuple, new: tuple) -> None:
+        """Moves the stored row from key `old` to `new` in place (a key change whose unchanged TOAST values
+        were not sent); what is buffered goes first, so the order of changes holds."""
+        self.write()
+        if self.target.table is None:
+            return
+        t, kc = self.target.table, self.target.key_cols
+        try:
+            conn = self.store.tx()
+            self.store.untouched = False
+            conn.execute(
+                t.update()
+                .where(sa.and_(*(t.c[k] == v for k, v in zip(kc, old, strict=True))))
+                .values(dict(zip(kc, new, strict=True)))
+            )
+        except Exception as e:
+            raise classify(e) from e
+
+    # --- one write ------------------------------------------------------------------------------------
+
+    def _write_taken(self, taken: tuple, fresh: bool) -> None:
+        pending, held, truncate_first = taken
+        store = self.store
+        conn = store.tx()
+        self.lookups.forget()  # what is written changes what was read
+        if truncate_first:
+            store.untouched = False
+            self._truncate(conn)
+        applied: list[tuple[str, Pending]] = []
+        old_rows: dict[str, dict] = {}
+        if pending and self.target.table is None:
+            first = next((p.row for p in pending.values() if p.op == UPSERT), None)
+            if first is None:
+                pending = {}  # only deletes, of rows a table that does not exist yet cannot have
+            else:
+                self.target.create(store.engine, first)
+                self.prepare()
+                conn = store.tx()
+        if pending:
+            items = list(pending.items())
+            self.target.fill_unsent(conn, items)
+            if self.history:
+                old_rows = self.history.old_rows(conn, items)
+            refused: dict[tuple, dict] = {}  # key -> its dead-letter record
+            for cols, group in self.target.groups(items):
+                alone, store.untouched = store.untouched, False
+                self._apply(conn, group, cols, fresh, refused, alone)
+            if self.tracks_applied:
+                applied = self._applied(conn, items, fresh, refused)
+            held = held + list(refused.values())
+        self.held.insert(conn, held)
+        if truncate_first:
+            self.held.before_truncate(conn, truncate_first)
+        if applied:
+            now = utcnow()
+            if self.held.held_keys:
+                self.held.supersede(conn, applied, now)
+            if self.schedules.tracking:
+                self.schedules.record(conn, applied, now)
+            if self.history:
+                self.history.record(conn, applied, old_rows, now)
+
+    def _apply(
+        self,
+        conn: sa.Connection,
+        items: list,
+        cols: list[str],
+        fresh: bool,
+        refused: dict,
+        alone: bool = False,
+    ) -> None:
+        """Merges a group under a savepoint; a group the database refuses is bisected down to the rows that
+        cause it, which are dead-lettered with the database's error. `alone`: nothing else has been written
+        in the transaction yet, so the merge goes without a savepoint (two round trips less for each small
+        transaction), and if the database refuses it, the transaction starts again and the group goes the
+        way of the others."""
+        check_stale = not fresh and self.may_be_stale(items)
+        if check_stale:
+            self.fold(conn)
+        if alone and not check_stale:
+            try:
+                self.merger.merge(conn, items, cols, check_stale=False)
+                self.folder.appended += len(items)
+                return
+            except Exception as e:
+                if not is_row_error(e):
+                    raise
+                conn.rollback()
+                self.merger.forget_stage()
+                conn = self.store.tx()
+                self.store.untouched = False  # this group is written below: the next ones need savepoints
+        try:
+            with conn.begin_nested():
+                self.merger.merge(conn, items, cols, check_stale=check_stale)
+            self.folder.appended += len(items)
+        except Exception as e:
+            if not is_row_error(e):
+                raise
+            if len(items) > 1:
+                mid = len(items) // 2
+                self._apply(conn, items[:mid], cols, fresh, refused)
+                self._apply(conn, items[mid:], cols, fresh, refused)
+                return
+            key, p = items[0]
+            message = first_line(getattr(e, "orig", None) or e)
+            log.warning("%s: storefront refused a row, dead-lettered: %s", self.connector, message)
+            refused[key] = self.held.record(
+                p.ev, HoldError(f"the storefront database refused the row: {message}", rule="sink.write")
+            )
+
+    def may_be_stale(self, items: list) -> bool:
+        """Whether any change could be older than a row's recorded position. Every recorded position is at or
+        below the stored source position (they commit together), so changes above it need no lookup."""
+        if self.floor is None:
+            return True
+        floor = self.floor
+        return any(p.ev.commit_lsn <= floor for _, p in items)
+
+    def fold(self, conn: sa.Connection) -> None:
+        """All recorded positions into cdc_row_state, inside the open transaction (before reading it)."""
+        self.store.untouched = False
+        fold(conn, self.connector)
+
+    def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: dict) -> list:
+        """(key text, change) of the changes this write applied: all but the refused ones, unless some may
+        have been skipped as older than their row (a replay), which the rows' recorded positions tell."""
+        out = [(key_text(k), p) for k, p in items if k not in refused]
+        if fresh or not self.may_be_stale(items):
+            return out
+        self.fold(conn)
+        rs, state = row_state_table, {}
+        for i in range(0, len(out), 500):
+            chunk = [kt for kt, _ in out[i : i + 500]]
+            q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq)
+            for kt, lsn, seq in conn.execute(
+                q.where(rs.c.connector == self.connector, rs.c.row_key.in_(chunk))
+            ):
+                state[kt] = (lsn, seq)
+        return [(kt, p) for kt, p in out if state.get(kt) == (p.ev.commit_lsn, p.ev.seq)]
+
+    def _truncate(self, conn: sa.Connection) -> None:
+        table = self.target.table
+        if table is None:
+            return
+        soft = self.target.soft_delete_column
+        if soft:
+            col = table.c[soft]
+            conn.execute(table.update().where(col.is_(None)).values({col: utcnow()}))
+        else:
+            conn.execute(table.delete())
+        for t in (row_state_table, applied_table, scheduled_table):
+            conn.execute(t.delete().where(t.c.connector == self.connector))
+        self.schedules.forget()
