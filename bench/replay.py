@@ -1,5 +1,6 @@
 """The connector's own cost, without a walsender: pgoutput messages replayed through the real source loop
-(PostgresSource._read_loop), pipeline, stages and a real PostgreSQL storefront (a throwaway cluster).
+(WalStream.read_loop) inside a PostgreSQL source, through the real pipeline, stages and a real PostgreSQL
+storefront (a throwaway cluster).
 Repeatable where bench/run.py is noisy, and quick to profile (py-spy record -- python bench/replay.py ...).
 
     python bench/replay.py bulk  [N]   one N-row INSERT transaction, then one N-row UPDATE (default 200k)
@@ -25,10 +26,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 from hotpath_micro import insert_message, relation_message  # noqa: E402
 
 from cdc.config import ConnectorConfig  # noqa: E402
+from cdc.events import Idle  # noqa: E402
 from cdc.localpg import LocalPostgres  # noqa: E402
 from cdc.pipeline import Pipeline  # noqa: E402
-from cdc.sinks.sql import SqlSink  # noqa: E402
-from cdc.sources.postgres import HDR_W, PostgresSource  # noqa: E402
+from cdc.sources.pg_stream import HDR_W, WalStream  # noqa: E402
+from cdc.sources.postgres import PostgresSource  # noqa: E402
 
 OID = 16384
 STOREFRONT = (
@@ -91,6 +93,38 @@ def update_message(i: int) -> bytes:
     return b"U" + insert_message(OID, i + 1)[1:]
 
 
+class ReplaySource(PostgresSource):
+    """A PostgreSQL source whose replication stream is `frames` (no POS server): positions, confirmations and
+    events as the real source makes them. Once every frame is read it stops the pipeline, which returns at
+    the next Idle; `times` gets (wall seconds, process CPU seconds) from the first read to the last frame."""
+
+    def __init__(self, cfg: ConnectorConfig, frames: list[bytes | None], stop, times: list):
+        super().__init__(cfg)
+        self.frames, self.stop, self.times = frames, stop, times
+
+    def prepare(self) -> None:
+        self.db = "pos"
+
+    def read(self, resume):
+        self.wal = WalStream(self.cfg, self.db)
+        conn = FakeReplication([xlog(relation_message(OID), 1), *self.frames, *PAUSE])
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield from self.wal.read_loop(conn, 0)
+        except Replayed:
+            self.times.append((time.perf_counter() - t0, time.process_time() - c0))
+            self.stop()
+            yield Idle()
+        finally:
+            conn.close()
+
+    def tick(self) -> None:
+        pass
+
+    def observe(self, metrics) -> None:
+        pass
+
+
 def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
     """Runs `frames` through a fresh connector; (wall seconds, process CPU seconds)."""
     cfg = ConnectorConfig.model_validate(
@@ -101,6 +135,7 @@ def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
                 "dsn": "host=x",
                 "tables": ["public.item_price"],
                 "heartbeat_interval_s": 0,
+                "snapshot": "never",
             },
             "transforms": [
                 {"type": "rename", "fields": {"item_code": "sku", "price_fen": "price"}},
@@ -109,26 +144,11 @@ def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
             "sink": {"type": "sql", "url": url, "table": "product_price", "key": ["sku"]},
         }
     )
-    pipe = Pipeline(cfg)
-    sink = SqlSink(cfg)
-    sink.open()
-    sink.set_floor(0)
-    pipe.sink = sink
-    sink.wire(pipe.stages)
-    source = PostgresSource(cfg)
-    source.db = "pos"
-    pipe.source = source
-    conn = FakeReplication([xlog(relation_message(OID), 1), *frames, *PAUSE])
-    t0, c0 = time.perf_counter(), time.process_time()
-    try:
-        pipe._consume(source._read_loop(conn, 0))
-    except Replayed:
-        pass
-    finally:
-        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        sink.close()
-        conn.close()
-    return wall, cpu
+    times: list = []
+    pipe = Pipeline(cfg, retry_for_s=0)
+    pipe.make_source = lambda c: ReplaySource(c, frames, pipe.stop, times)
+    pipe.run()
+    return times[0]
 
 
 def main() -> None:

@@ -1,85 +1,53 @@
-"""PostgreSQL source: publication, slot, consistent initial snapshot, and the pgoutput stream.
+"""PostgreSQL source: publication, slot, consistent initial snapshot (pg_snapshot.py), and the pgoutput
+stream (pg_stream.py).
 
-The stream is read on a libpq replication connection (psycopg's `pq` layer, COPY BOTH). The source yields:
-- `ChangeEvent` for every row change (snapshot rows are op 'r');
-- `TxnEnd` after the last change of each source transaction (where a sink transaction may end);
-- `Idle` whenever no more data is waiting on the socket (a good moment to flush a batch).
-It never confirms anything by itself: the pipeline calls `confirm(lsn)` after the sink commit, and the
-source reports that LSN to the server as flushed in its standby status updates.
+It yields a `ChangeEvent` for every row change (snapshot rows are op 'r'), a `TxnEnd` after the last change of
+each source transaction (where a sink transaction may end), and `Idle` whenever no more data is waiting (a
+good moment to commit), with the WAL that keepalives and skipped (already applied) transactions let the
+checkpointer confirm once what came before is durable. Its position is a `WalPosition` (commit LSN and end
+LSN of a transaction), stored by the sink as the partition "wal". It never confirms anything by itself: the
+checkpointer calls `confirm(position)` after the sink commit, and the stream reports that LSN to the server
+as flushed in its standby status updates.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import select
-import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import pq, sql
+from psycopg import sql
 
 from cdc.config import ConnectorConfig
-from cdc.errors import TerminalError, TransientError
-from cdc.events import CREATE, DELETE, READ, TRUNCATE, UPDATE, ChangeEvent, lsn_to_str, str_to_lsn
-from cdc.progress import Progress
-from cdc.sources import pgoutput as po
+from cdc.errors import CdcError, TerminalError
+from cdc.events import ChangeEvent, Idle, TxnEnd
+from cdc.sources.pg_snapshot import snapshot
+from cdc.sources.pg_stream import (
+    SESSION_OPTIONS,
+    WalPosition,
+    WalStream,
+    classify,
+    open_replication,
+    quote_ident,
+    replication_command,
+)
 
 log = logging.getLogger("cdc.source.postgres")
-
-SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3"
-PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
-HDR_W = struct.Struct("!QQQ")  # XLogData: start, end, send time
-HDR_K = struct.Struct("!QQB")  # keepalive: wal end, send time, reply requested
-STATUS = struct.Struct("!cQQQQB")  # standby status update
-
-
-@dataclass(slots=True)
-class TxnEnd:
-    commit_lsn: int
-    end_lsn: int  # what to confirm to the server once this transaction is durable downstream
-    ts_ms: int
-    snapshot: bool = False
-
-
-@dataclass(slots=True)
-class Idle:
-    wal_end: int  # the server's WAL position as of its last message
-
-
-def now_pg_us() -> int:
-    return int(time.time() * 1_000_000) - PG_EPOCH_US
-
-
-def classify(err: Exception) -> Exception:
-    """psycopg errors -> TransientError (retry) or TerminalError (stop and say what to fix)."""
-    sqlstate = getattr(err, "sqlstate", None) or ""
-    if isinstance(err, psycopg.OperationalError) and sqlstate[:2] in ("", "08", "57", "53"):
-        return TransientError(f"POS database unavailable: {str(err).strip().splitlines()[0]}")
-    if sqlstate == "42501":
-        return TerminalError(
-            f"permission denied on the POS database: {str(err).strip().splitlines()[0]} "
-            "(the connector's role needs REPLICATION and SELECT on the captured tables)"
-        )
-    return TerminalError(f"POS database error [{sqlstate or '?'}]: {str(err).strip().splitlines()[0]}")
 
 
 class PostgresSource:
     def __init__(self, cfg: ConnectorConfig):
         self.cfg = cfg
         self.scfg = cfg.source
-        self.decoder = po.Decoder()
-        self._repl: pq.PGconn | None = None
-        self.confirmed = 0  # flushed LSN we report to the server
-        self.wal_end = 0  # server's WAL end from the latest message
-        self._received_end = 0  # end LSN of the last complete transaction received
-        self._in_txn = False
-        self._last_status = 0.0
         self.db = ""
+        self.wal: WalStream | None = None  # the stream being read
+        self.fallback = None  # a pick's fallback store (cdc/fallback.py), when the stages have one
         self._side: psycopg.Connection | None = None
         self._heartbeat_off = False
+        self._last_heartbeat = 0.0
 
     # --- plain SQL connection -------------------------------------------------------------------------
 
@@ -147,9 +115,14 @@ class PostgresSource:
             (self.cfg.slot,),
         ).fetchone()
         if slot is None:
-            self._replication_command(
-                f"CREATE_REPLICATION_SLOT {quote_ident(self.cfg.slot)} LOGICAL pgoutput NOEXPORT_SNAPSHOT"
-            )
+            conn = open_replication(self.scfg.dsn, self.cfg.name)
+            try:
+                replication_command(
+                    conn,
+                    f"CREATE_REPLICATION_SLOT {quote_ident(self.cfg.slot)} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+                )
+            finally:
+                conn.finish()
             log.info("created replication slot %s", self.cfg.slot)
         else:
             plugin, database, wal_status = slot
@@ -228,344 +201,80 @@ class PostgresSource:
                 (self.cfg.slot,),
             )
 
-    # --- replication connection -----------------------------------------------------------------------
+    def reset(self) -> None:
+        self.drop_slot()
 
-    def _open_replication(self) -> pq.PGconn:
-        params = psycopg.conninfo.conninfo_to_dict(self.scfg.dsn)
-        params.update(
-            replication="database",
-            options=SESSION_OPTIONS,
-            connect_timeout=10,
-            application_name=f"pos-cdc:{self.cfg.name}",
-        )
-        conn = pq.PGconn.connect(psycopg.conninfo.make_conninfo(**params).encode())
-        if conn.status != pq.ConnStatus.OK:
-            msg = conn.error_message.decode(errors="replace").strip()
-            conn.finish()
-            if "permission" in msg or "must be superuser or replication role" in msg:
-                raise TerminalError(f"cannot open a replication connection: {msg}")
-            raise TransientError(f"cannot open a replication connection to the POS: {msg}")
-        return conn
+    def observe(self, metrics) -> None:
+        stats = self.slot_stats()
+        if stats is not None:
+            name = self.cfg.name
+            metrics.source_lag_bytes.labels(name).set(max(0, stats["lag_bytes"] or 0))
+            metrics.retained_wal_bytes.labels(name).set(max(0, stats["retained_wal_bytes"] or 0))
 
-    def _replication_command(self, command: str, conn: pq.PGconn | None = None) -> list[tuple]:
-        own = conn is None
-        conn = conn or self._open_replication()
-        try:
-            res = conn.exec_(command.encode())
-            if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
-                msg = (res.error_message or conn.error_message).decode(errors="replace").strip()
-                raise TerminalError(f"{command.split()[0]} failed on the POS: {msg}")
-            return [
-                tuple((res.get_value(r, c) or b"").decode() for c in range(res.nfields))
-                for r in range(res.ntuples)
-            ]
-        finally:
-            if own:
-                conn.finish()
+    def wire(self, stages: list):
+        """A pick with a fallback store reads the POS (cdc/fallback.py): its lookups, checked now."""
+        from cdc.fallback import wire_fallback
 
-    # --- snapshot -------------------------------------------------------------------------------------
+        self.fallback = wire_fallback(stages, self.cfg)
+        if self.fallback is not None:
+            self.fallback.check()
+        return self.fallback
 
-    def snapshot(self) -> Iterator[ChangeEvent | TxnEnd]:
-        """Copies the captured tables as of a consistent point X, then ends with TxnEnd(X).
+    def tick(self) -> None:
+        """While idle: a heartbeat now and then, so the slot advances past WAL that other databases write."""
+        interval = self.scfg.heartbeat_interval_s
+        now = time.monotonic()
+        if interval and now - self._last_heartbeat >= interval:
+            self._last_heartbeat = now
+            self.heartbeat()
 
-        A temporary slot exports a snapshot whose consistent point X splits history exactly: transactions
-        committed before X are in the snapshot, later ones are streamed from X by the permanent slot (created
-        earlier, so it still holds them). No gap, no duplicate, whether or not a DBA made the slot.
-        """
-        holder = self._open_replication()
-        try:
-            tmp = f"{self.cfg.slot}_snap_{int(time.time())}"[:63]
-            row = self._replication_command(
-                f"CREATE_REPLICATION_SLOT {quote_ident(tmp)} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-                holder,
-            )[0]
-            point, snap_name = str_to_lsn(row[1]), row[2]
-            log.info("snapshot at %s of %s", row[1], ", ".join(self.scfg.tables))
-            ts_ms = int(time.time() * 1000)
-            with self.connect() as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snap_name)))
-                seq = 0
-                for table in self.scfg.tables:
-                    for ev in self._copy_table(conn, table, point, ts_ms, seq):
-                        seq = ev.seq
-                        yield ev
-                conn.rollback()
-            yield TxnEnd(point, point, ts_ms, snapshot=True)
-        except psycopg.Error as e:
-            raise classify(e) from e
-        finally:
-            holder.finish()
+    # --- positions and reading ------------------------------------------------------------------------
 
-    def _copy_table(self, conn: psycopg.Connection, table: str, point: int, ts_ms: int, seq: int):
-        schema, name = table.split(".", 1)
-        names, convs, keys = table_columns(
-            conn.execute(COLUMNS_QUERY, (table_regclass(schema, name),)).fetchall()
-        )
-        query = sql.SQL("SELECT {} FROM {}").format(as_text(names), sql.Identifier(schema, name))
-        estimate = conn.execute(
-            "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)
-        ).fetchone()
-        progress = Progress(f"{self.cfg.name}: snapshot of {table}", max(estimate[0], 0) or None, log)
-        with conn.cursor(name=f"cdc_snap_{name}") as cur:
-            cur.itersize = 5000
-            cur.execute(query)
-            for rec in cur:
-                seq += 1
-                progress.advance()
-                after = typed_row(names, convs, rec)
-                yield ChangeEvent(
-                    READ,
-                    schema,
-                    name,
-                    None,
-                    after,
-                    point,
-                    point,
-                    seq,
-                    ts_ms,
-                    None,
-                    "true",
-                    self.db,
-                    self.cfg.name,
-                    keys,
-                    toast=False,
-                )
-        progress.close()
+    def load_position(self, stored: dict[str, str]) -> WalPosition | None:
+        text = stored.get("wal")
+        if not text:
+            return None
+        pos = json.loads(text)
+        return WalPosition(pos["commit_lsn"], pos["end_lsn"], pos.get("snapshot") == "done")
 
-    # --- streaming ------------------------------------------------------------------------------------
+    def dump_position(self, position: WalPosition) -> dict[str, str]:
+        pos: dict[str, Any] = {"commit_lsn": position.commit_lsn, "end_lsn": position.end_lsn}
+        if position.snapshot:
+            pos["snapshot"] = "done"
+        return {"wal": json.dumps(pos)}
 
-    def stream(self, start_lsn: int, skip_through: int = 0) -> Iterator[ChangeEvent | TxnEnd | Idle]:
-        """Streams changes of transactions committed after `start_lsn`. Transactions whose commit LSN is at or
-        below `skip_through` (already applied downstream) are skipped."""
-        self.confirmed = max(self.confirmed, start_lsn)
-        conn = self._open_replication()
-        self._repl = conn
-        pubs = quote_literal(self.cfg.publication)
-        cmd = (
-            f"START_REPLICATION SLOT {quote_ident(self.cfg.slot)} LOGICAL {lsn_to_str(start_lsn)} "
-            f"(proto_version '1', publication_names {pubs}, messages 'true')"
-        )
-        conn.send_query(cmd.encode())
-        res = conn.get_result()
-        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
-            msg = ((res.error_message if res else b"") or conn.error_message).decode(errors="replace").strip()
-            conn.finish()
-            if "does not exist" in msg or "is active" in msg or "wal_status" in msg or "removed" in msg:
-                raise TerminalError(f"cannot stream from slot {self.cfg.slot}: {msg}")
-            raise TransientError(f"cannot start replication: {msg}")
-        conn.nonblocking = 1
-        log.info("streaming from slot %s at %s", self.cfg.slot, lsn_to_str(start_lsn))
-        try:
-            yield from self._read_loop(conn, skip_through)
-        finally:
-            self._repl = None
-            conn.finish()
+    def floor(self, position: WalPosition | None) -> int:
+        """A change at or before `position` belongs to a transaction committed at or before its commit LSN."""
+        return position.commit_lsn if position is not None else 0
 
-    def _read_loop(self, conn: pq.PGconn, skip_through: int):
-        decode = self.decoder.decode
-        db, name = self.db, self.cfg.name
-        interval = self.scfg.status_interval_s
-        skipping = False
-        commit_lsn = ts_ms = xid = seq = 0
-        sock = conn.socket
-        while True:
-            n, data = conn.get_copy_data(1)
-            if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
-                conn.consume_input()
-                n, data = conn.get_copy_data(1)
-            if n == 0:
-                # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
-                yield Idle(self.wal_end)
-                self._maybe_status(conn, interval)
-                r, _, _ = select.select([sock], [], [], min(interval, 1.0))
-                if r:
-                    conn.consume_input()
-                continue
-            if n == -1:
-                conn.get_result()
-                raise TransientError("the POS ended replication (walsender stopped); reconnecting")
-            if n < 0:
-                raise TransientError(
-                    f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
-                )
-            kind = data[0]
-            if kind == 0x6B:  # 'k' keepalive
-                wal_end, _, reply = HDR_K.unpack_from(data, 1)
-                self.wal_end = max(self.wal_end, wal_end)
-                if not self._in_txn and self.confirmed >= self._received_end:
-                    # everything received is durable downstream: the idle WAL in between is ours to confirm
-                    self.confirmed = max(self.confirmed, wal_end)
-                if reply:
-                    self._send_status(conn)
-                continue
-            if kind != 0x77:  # 'w'
-                continue
-            lsn, wal_end, _ = HDR_W.unpack_from(data, 1)
-            if wal_end > self.wal_end:
-                self.wal_end = wal_end
-            msg = decode(data[25:])
-            t = type(msg)
-            if t is po.Insert:
-                if skipping:
-                    continue
-                seq += 1
-                rel = msg.relation
-                yield ChangeEvent(
-                    CREATE,
-                    rel.schema,
-                    rel.name,
-                    None,
-                    msg.new,
-                    lsn,
-                    commit_lsn,
-                    seq,
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    rel.key_columns,
-                    toast=False,
-                )
-            elif t is po.Update:
-                if skipping:
-                    continue
-                seq += 1
-                rel = msg.relation
-                yield ChangeEvent(
-                    UPDATE,
-                    rel.schema,
-                    rel.name,
-                    msg.old,
-                    msg.new,
-                    lsn,
-                    commit_lsn,
-                    seq,
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    rel.key_columns,
-                    toast=msg.toasted,
-                )
-            elif t is po.Delete:
-                if skipping:
-                    continue
-                seq += 1
-                rel = msg.relation
-                yield ChangeEvent(
-                    DELETE,
-                    rel.schema,
-                    rel.name,
-                    msg.old,
-                    None,
-                    lsn,
-                    commit_lsn,
-                    seq,
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    rel.key_columns,
-                )
-            elif t is po.Begin:
-                self._in_txn = True
-                commit_lsn, xid, seq = msg.final_lsn, msg.xid, 0
-                ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
-                skipping = commit_lsn <= skip_through
-            elif t is po.Commit:
-                self._in_txn = False
-                self._received_end = msg.end_lsn
-                if skipping:
-                    self.confirmed = max(self.confirmed, msg.end_lsn)
-                else:
-                    yield TxnEnd(msg.commit_lsn, msg.end_lsn, ts_ms)
-            elif t is po.Truncate:
-                if skipping:
-                    continue
-                for rel in msg.relations:
-                    seq += 1
-                    yield ChangeEvent(
-                        TRUNCATE,
-                        rel.schema,
-                        rel.name,
-                        None,
-                        None,
-                        lsn,
-                        commit_lsn,
-                        seq,
-                        ts_ms,
-                        xid,
-                        "false",
-                        db,
-                        name,
-                        rel.key_columns,
-                    )
-            # Relation, Type, Origin and logical messages need nothing more here
+    def read(self, resume: WalPosition | None) -> Iterator[ChangeEvent | TxnEnd | Idle]:
+        """The snapshot first when nothing is stored (snapshot: initial), then the stream from the stored
+        position; transactions at or below it (already applied) are skipped."""
+        if resume is None and self.scfg.snapshot == "initial":
+            end = None
+            for item in snapshot(self):
+                yield item
+                if type(item) is TxnEnd:
+                    end = item.position
+            resume = end
+        self.wal = WalStream(self.cfg, self.db)
+        start = resume.end_lsn if resume else 0
+        yield from self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)
 
-    def confirm(self, end_lsn: int) -> None:
-        """Called by the pipeline after the sink committed everything up to `end_lsn`."""
-        if end_lsn > self.confirmed:
-            self.confirmed = end_lsn
-        if self._repl is not None and time.monotonic() - self._last_status > 1.0:
-            self._send_status(self._repl)
-
-    def _maybe_status(self, conn: pq.PGconn, interval: float) -> None:
-        if time.monotonic() - self._last_status >= min(interval, 1.0):
-            self._send_status(conn)
-
-    def _send_status(self, conn: pq.PGconn) -> None:
-        lsn = self.confirmed
-        msg = STATUS.pack(b"r", lsn, lsn, lsn, now_pg_us(), 0)
-        if conn.put_copy_data(msg) != 1 or conn.flush() < 0:
-            raise TransientError(
-                f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
-            )
-        self._last_status = time.monotonic()
+    def confirm(self, position: WalPosition) -> None:
+        if self.wal is not None:
+            self.wal.confirm(position.end_lsn)
 
     def close(self) -> None:
+        if self.fallback is not None:
+            try:
+                self.fallback.close()
+            except CdcError:
+                pass
+            self.fallback = None
         if self._side is not None:
             self._side.close()
             self._side = None
-        if self._repl is not None:
-            self._repl.finish()
-            self._repl = None
-
-
-# A source table's columns in order: name, type OID, whether it is part of the primary key (table_columns).
-COLUMNS_QUERY = (
-    "SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)"
-    " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
-    " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
-)
-
-
-def table_regclass(schema: str, name: str) -> str:
-    """COLUMNS_QUERY's parameter for a table."""
-    return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
-def table_columns(rows: list[tuple]) -> tuple[list[str], list[po.Converter], tuple[str, ...]]:
-    """COLUMNS_QUERY's rows -> (column names, their text converters, the primary key columns)."""
-    return [r[0] for r in rows], [po.converter_for(r[1]) for r in rows], tuple(r[0] for r in rows if r[2])
-
-
-def as_text(names: list[str]) -> sql.Composed:
-    """The select list that reads the columns as text, as the stream sends them (see typed_row)."""
-    return sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(n)) for n in names)
-
-
-def typed_row(names: list[str], converters: list, record: tuple) -> dict[str, Any]:
-    """A row read with as_text() -> {column: value} with the same Python types as the stream's."""
-    return {n: (None if v is None else f(v)) for n, f, v in zip(names, converters, record, strict=True)}
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+        if self.wal is not None:
+            self.wal.close()
+            self.wal = None

@@ -1,0 +1,55 @@
+"""The checkpointer: the ONLY place positions are committed, always in this order:
+
+  1. the sink commits the batch's rows and the source position in one transaction;
+  2. then the source is told to confirm that position (to the PostgreSQL server, to the Kafka group).
+
+A crash between 1 and 2 costs a replay of what the sink already has, which its never-backwards check
+skips; the other order could lose changes. A position that would move the stored one backwards is refused
+(a bug or a misconfiguration, never something to store). Positions that need nothing from the sink (WAL
+other databases wrote, transactions already applied) are confirmed here too, once everything before them is
+durable: no source confirms anything on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from cdc.errors import TerminalError
+from cdc.sinks.base import Sink
+from cdc.sources.base import Source
+
+log = logging.getLogger("cdc.checkpoint")
+
+
+class Checkpointer:
+    def __init__(self, source: Source, sink: Sink, connector: str):
+        self.source = source
+        self.sink = sink
+        self.connector = connector
+        self.last: Any | None = None  # the newest position committed (or loaded)
+
+    def resume(self) -> Any | None:
+        """The stored position (None: nothing stored); the sink learns which changes need no lookup."""
+        position = self.source.load_position(self.sink.load_offsets())
+        self.last = position
+        self.sink.set_floor(self.source.floor(position))
+        return position
+
+    def commit(self, position: Any) -> None:
+        """Sink commit with `position`, then confirm it to the source."""
+        if self.last is not None and position.regresses(self.last):
+            raise TerminalError(
+                f"{self.connector}: refusing to store position {position}: it is behind the stored {self.last} "
+                "(was the slot or the topic replaced under a running connector? `cdc status` shows both)"
+            )
+        self.sink.commit(self.source.dump_position(position), self.source.floor(position))
+        self.last = position
+        self.source.confirm(position)
+
+    def confirm(self, position: Any) -> None:
+        """Confirms a position that needs nothing from the sink (call only with nothing uncommitted before
+        it); one behind the stored position is ignored."""
+        if self.last is not None and position.regresses(self.last):
+            return
+        self.source.confirm(position)

@@ -1,0 +1,79 @@
+"""What the pipeline knows of a source: the Source protocol and its position type.
+
+A source reads changes from somewhere (PostgreSQL's write-ahead log, Kafka topics) and yields, in order:
+`ChangeEvent`s, a `TxnEnd` after the last change of each source transaction, and `Idle` whenever nothing more
+is waiting (cdc/events.py). Each TxnEnd and Idle carries a position of the source's own type, opaque to the
+pipeline: the checkpointer (cdc/checkpoint.py) gives it back to the source to turn into text for the sink's
+offset store (`dump_position`), to read back at start (`load_position`), and to confirm once durable
+downstream (`confirm`). A source never confirms anything by itself.
+
+Everything a source knows at start comes from the stored position (`read(resume)`): a crash at any point,
+with `close()` never called, replays from there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+from cdc.events import ChangeEvent, Idle, TxnEnd
+
+
+@runtime_checkable
+class SourcePosition(Protocol):
+    """A source's position. `regresses(last)`: whether storing it after `last` would move any part of the
+    stored position backwards (the checkpointer refuses that)."""
+
+    def regresses(self, last: Any) -> bool: ...
+
+
+class Source(Protocol):
+    def prepare(self) -> None:
+        """Checks (and creates, where it may) what reading needs: publication and slot, topics."""
+
+    def wire(self, stages: list) -> Any:
+        """Gives the stages the source lookups they need (a pick's fallback store reads the POS); returns the
+        fallback the pipeline uses to refill a key, or None."""
+
+    def read(self, resume: Any | None) -> Iterator[ChangeEvent | TxnEnd | Idle]:
+        """Everything after `resume` (None: nothing stored yet: a snapshot first, when configured)."""
+
+    def load_position(self, stored: dict[str, str]) -> Any | None:
+        """The position in the sink's offset store (partition -> text), or None when there is none."""
+
+    def dump_position(self, position: Any) -> dict[str, str]:
+        """`position` as the offset store's rows (partition -> text)."""
+
+    def floor(self, position: Any | None) -> int | None:
+        """The highest event position (POS commit LSN) that a change at or before `position` can carry, so
+        the sink can skip its never-backwards lookup for changes above it; None when the source cannot bound
+        it (duplicates and replays from a log)."""
+
+    def confirm(self, position: Any) -> None:
+        """Everything up to `position` is durable downstream (called by the checkpointer only)."""
+
+    def tick(self) -> None:
+        """Called while idle: keep the source's own progress moving (a heartbeat)."""
+
+    def observe(self, metrics: Any) -> None:
+        """Sets the source's gauges (lag, retained WAL) as the server sees them; called on a timer on a
+        probe instance of its own, whatever the stream is doing."""
+
+    def reset(self) -> None:
+        """Forgets the server-side progress for a fresh start (drops the slot); positions are forgotten by the
+        sink."""
+
+    def close(self) -> None: ...
+
+
+SOURCES = {
+    "postgres": "cdc.sources.postgres:PostgresSource",
+}
+
+
+def build_source(cfg) -> Source:
+    """The source for `cfg.source.type` (imported on first use: a Kafka source needs kafka-python)."""
+    import importlib
+
+    module, _, cls = SOURCES[cfg.source.type].partition(":")
+    return getattr(importlib.import_module(module), cls)(cfg)

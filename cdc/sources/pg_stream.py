@@ -1,0 +1,318 @@
+"""The PostgreSQL replication stream: a libpq replication connection (psycopg's `pq` layer, COPY BOTH) that
+streams a logical slot with pgoutput, decoded into events (cdc/sources/pgoutput.py), and standby status
+updates that report what downstream made durable.
+
+`WalStream.stream(start, skip_through)` yields a `ChangeEvent` per row change, a `TxnEnd` after each
+transaction, and an `Idle` whenever nothing more is waiting on the socket, carrying the WAL that keepalives
+and skipped transactions (already applied downstream) let the checkpointer confirm once everything before it
+is durable. It reports as flushed only what `confirm` was told.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import pq
+
+from cdc.config import ConnectorConfig
+from cdc.errors import TerminalError, TransientError
+from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeEvent, Idle, TxnEnd, lsn_to_str
+from cdc.sources import pgoutput as po
+
+log = logging.getLogger("cdc.source.postgres")
+
+SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3"
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
+HDR_W = struct.Struct("!QQQ")  # XLogData: start, end, send time
+HDR_K = struct.Struct("!QQB")  # keepalive: wal end, send time, reply requested
+STATUS = struct.Struct("!cQQQQB")  # standby status update
+
+
+@dataclass(frozen=True, slots=True)
+class WalPosition:
+    """Where the stream stands: a transaction's commit LSN, and its end LSN (what to confirm to the server once
+    it is durable downstream). `snapshot`: the end of the initial snapshot (X, X)."""
+
+    commit_lsn: int
+    end_lsn: int
+    snapshot: bool = False
+
+    def regresses(self, last: WalPosition) -> bool:
+        return self.end_lsn < last.end_lsn
+
+    def __str__(self) -> str:
+        return f"{lsn_to_str(self.commit_lsn)} (end {lsn_to_str(self.end_lsn)})"
+
+
+def now_pg_us() -> int:
+    return int(time.time() * 1_000_000) - PG_EPOCH_US
+
+
+def classify(err: Exception) -> Exception:
+    """psycopg errors -> TransientError (retry) or TerminalError (stop and say what to fix)."""
+    sqlstate = getattr(err, "sqlstate", None) or ""
+    if isinstance(err, psycopg.OperationalError) and sqlstate[:2] in ("", "08", "57", "53"):
+        return TransientError(f"POS database unavailable: {str(err).strip().splitlines()[0]}")
+    if sqlstate == "42501":
+        return TerminalError(
+            f"permission denied on the POS database: {str(err).strip().splitlines()[0]} "
+            "(the connector's role needs REPLICATION and SELECT on the captured tables)"
+        )
+    return TerminalError(f"POS database error [{sqlstate or '?'}]: {str(err).strip().splitlines()[0]}")
+
+
+def open_replication(dsn: str, connector: str) -> pq.PGconn:
+    """A replication connection (replication=database) to the POS."""
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    params.update(
+        replication="database",
+        options=SESSION_OPTIONS,
+        connect_timeout=10,
+        application_name=f"pos-cdc:{connector}",
+    )
+    conn = pq.PGconn.connect(psycopg.conninfo.make_conninfo(**params).encode())
+    if conn.status != pq.ConnStatus.OK:
+        msg = conn.error_message.decode(errors="replace").strip()
+        conn.finish()
+        if "permission" in msg or "must be superuser or replication role" in msg:
+            raise TerminalError(f"cannot open a replication connection: {msg}")
+        raise TransientError(f"cannot open a replication connection to the POS: {msg}")
+    return conn
+
+
+def replication_command(conn: pq.PGconn, command: str) -> list[tuple]:
+    """Runs a replication command (CREATE_REPLICATION_SLOT ...) on `conn`; its rows as text tuples."""
+    res = conn.exec_(command.encode())
+    if res.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+        msg = (res.error_message or conn.error_message).decode(errors="replace").strip()
+        raise TerminalError(f"{command.split()[0]} failed on the POS: {msg}")
+    return [
+        tuple((res.get_value(r, c) or b"").decode() for c in range(res.nfields)) for r in range(res.ntuples)
+    ]
+
+
+class WalStream:
+    def __init__(self, cfg: ConnectorConfig, db: str = ""):
+        self.cfg = cfg
+        self.scfg = cfg.source
+        self.db = db
+        self.decoder = po.Decoder()
+        self._repl: pq.PGconn | None = None
+        self.confirmed = 0  # flushed LSN we report to the server
+        self.wal_end = 0  # server's WAL end from the latest message
+        self._mark = 0  # WAL that needs nothing downstream (keepalives, skipped transactions): see Idle
+        self._in_txn = False
+        self._last_status = 0.0
+
+    def stream(self, start_lsn: int, skip_through: int = 0) -> Iterator[ChangeEvent | TxnEnd | Idle]:
+        """Streams changes of transactions committed after `start_lsn`. Transactions whose commit LSN is at or
+        below `skip_through` (already applied downstream) are skipped."""
+        self.confirmed = max(self.confirmed, start_lsn)
+        conn = open_replication(self.scfg.dsn, self.cfg.name)
+        self._repl = conn
+        pubs = quote_literal(self.cfg.publication)
+        cmd = (
+            f"START_REPLICATION SLOT {quote_ident(self.cfg.slot)} LOGICAL {lsn_to_str(start_lsn)} "
+            f"(proto_version '1', publication_names {pubs}, messages 'true')"
+        )
+        conn.send_query(cmd.encode())
+        res = conn.get_result()
+        if res is None or res.status != pq.ExecStatus.COPY_BOTH:
+            msg = ((res.error_message if res else b"") or conn.error_message).decode(errors="replace").strip()
+            conn.finish()
+            if "does not exist" in msg or "is active" in msg or "wal_status" in msg or "removed" in msg:
+                raise TerminalError(f"cannot stream from slot {self.cfg.slot}: {msg}")
+            raise TransientError(f"cannot start replication: {msg}")
+        conn.nonblocking = 1
+        log.info("streaming from slot %s at %s", self.cfg.slot, lsn_to_str(start_lsn))
+        try:
+            yield from self.read_loop(conn, skip_through)
+        finally:
+            self._repl = None
+            conn.finish()
+
+    def read_loop(self, conn: pq.PGconn, skip_through: int):
+        """The messages of a replication connection in COPY BOTH mode, as events (bench/replay.py feeds it
+        recorded messages)."""
+        decode = self.decoder.decode
+        db, name = self.db, self.cfg.name
+        interval = self.scfg.status_interval_s
+        skipping = False
+        commit_lsn = ts_ms = xid = seq = 0
+        sock = conn.socket
+        while True:
+            n, data = conn.get_copy_data(1)
+            if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
+                conn.consume_input()
+                n, data = conn.get_copy_data(1)
+            if n == 0:
+                # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
+                mark, self._mark = self._mark, 0
+                yield Idle(WalPosition(mark, mark) if mark and not self._in_txn else None)
+                self._maybe_status(conn, interval)
+                r, _, _ = select.select([sock], [], [], min(interval, 1.0))
+                if r:
+                    conn.consume_input()
+                continue
+            if n == -1:
+                conn.get_result()
+                raise TransientError("the POS ended replication (walsender stopped); reconnecting")
+            if n < 0:
+                raise TransientError(
+                    f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
+                )
+            kind = data[0]
+            if kind == 0x6B:  # 'k' keepalive
+                wal_end, _, reply = HDR_K.unpack_from(data, 1)
+                self.wal_end = max(self.wal_end, wal_end)
+                if not self._in_txn:
+                    # once everything received is durable downstream, the idle WAL in between is ours to
+                    # confirm (the checkpointer does, at the next Idle)
+                    self._mark = max(self._mark, wal_end)
+                if reply:
+                    self._send_status(conn)
+                continue
+            if kind != 0x77:  # 'w'
+                continue
+            lsn, wal_end, _ = HDR_W.unpack_from(data, 1)
+            if wal_end > self.wal_end:
+                self.wal_end = wal_end
+            msg = decode(data[25:])
+            t = type(msg)
+            if t is po.Insert:
+                if skipping:
+                    continue
+                seq += 1
+                rel = msg.relation
+                yield ChangeEvent(
+                    CREATE,
+                    rel.schema,
+                    rel.name,
+                    None,
+                    msg.new,
+                    lsn,
+                    commit_lsn,
+                    seq,
+                    ts_ms,
+                    xid,
+                    "false",
+                    db,
+                    name,
+                    rel.key_columns,
+                    toast=False,
+                )
+            elif t is po.Update:
+                if skipping:
+                    continue
+                seq += 1
+                rel = msg.relation
+                yield ChangeEvent(
+                    UPDATE,
+                    rel.schema,
+                    rel.name,
+                    msg.old,
+                    msg.new,
+                    lsn,
+                    commit_lsn,
+                    seq,
+                    ts_ms,
+                    xid,
+                    "false",
+                    db,
+                    name,
+                    rel.key_columns,
+                    toast=msg.toasted,
+                )
+            elif t is po.Delete:
+                if skipping:
+                    continue
+                seq += 1
+                rel = msg.relation
+                yield ChangeEvent(
+                    DELETE,
+                    rel.schema,
+                    rel.name,
+                    msg.old,
+                    None,
+                    lsn,
+                    commit_lsn,
+                    seq,
+                    ts_ms,
+                    xid,
+                    "false",
+                    db,
+                    name,
+                    rel.key_columns,
+                )
+            elif t is po.Begin:
+                self._in_txn = True
+                commit_lsn, xid, seq = msg.final_lsn, msg.xid, 0
+                ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
+                skipping = commit_lsn <= skip_through
+            elif t is po.Commit:
+                self._in_txn = False
+                if skipping:
+                    self._mark = max(self._mark, msg.end_lsn)
+                else:
+                    yield TxnEnd(WalPosition(msg.commit_lsn, msg.end_lsn), ts_ms)
+            elif t is po.Truncate:
+                if skipping:
+                    continue
+                for rel in msg.relations:
+                    seq += 1
+                    yield ChangeEvent(
+                        TRUNCATE,
+                        rel.schema,
+                        rel.name,
+                        None,
+                        None,
+                        lsn,
+                        commit_lsn,
+                        seq,
+                        ts_ms,
+                        xid,
+                        "false",
+                        db,
+                        name,
+                        rel.key_columns,
+                    )
+            # Relation, Type, Origin and logical messages need nothing more here
+
+    def confirm(self, end_lsn: int) -> None:
+        """Everything up to `end_lsn` is durable downstream: reported as flushed in the next status update."""
+        if end_lsn > self.confirmed:
+            self.confirmed = end_lsn
+        if self._repl is not None and time.monotonic() - self._last_status > 1.0:
+            self._send_status(self._repl)
+
+    def _maybe_status(self, conn: pq.PGconn, interval: float) -> None:
+        if time.monotonic() - self._last_status >= min(interval, 1.0):
+            self._send_status(conn)
+
+    def _send_status(self, conn: pq.PGconn) -> None:
+        lsn = self.confirmed
+        msg = STATUS.pack(b"r", lsn, lsn, lsn, now_pg_us(), 0)
+        if conn.put_copy_data(msg) != 1 or conn.flush() < 0:
+            raise TransientError(
+                f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
+            )
+        self._last_status = time.monotonic()
+
+    def close(self) -> None:
+        if self._repl is not None:
+            self._repl.finish()
+            self._repl = None
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
