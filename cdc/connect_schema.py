@@ -289,8 +289,11 @@ def _iso_fraction(us: int, width: int | None) -> str:
 
 
 def _zoned_timestamp(value: dt.datetime, width: int) -> str:
-    u = value.astimezone(_UTC)
-    return f"{u:%Y-%m-%dT%H:%M:%S}{_iso_fraction(u.microsecond, width)}Z"
+    """ISO-8601 in UTC with `width` fraction digits and 'Z' (isoformat pads the year to 4 digits, strftime not)."""
+    if value.utcoffset():
+        value = value.astimezone(_UTC)
+    text = value.isoformat(timespec="microseconds")  # YYYY-MM-DDTHH:MM:SS.ffffff+00:00
+    return f"{text[: 20 + width] if width > 0 else text[:19]}Z"
 
 
 def _zoned_time(value: dt.time) -> str:

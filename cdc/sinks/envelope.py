@@ -66,8 +66,7 @@ class EncodeError(HoldError):
         super().__init__(reason, rule="kafka.encode")
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 def _prim(t: str, field: str, optional: bool = False) -> dict[str, Any]:
@@ -133,12 +132,17 @@ class _Relation:
         self.source_mid = source_mid  # ',"schema":...,"table":...,"txId":'
 
 
-def _extra(v: Any) -> Any:
-    """What besides its Python type decides a value's schema: a Decimal's scale, a time's awareness."""
-    t = type(v)
-    if t is Decimal:
-        return v.as_tuple().exponent
-    return getattr(v, "tzinfo", 0) is None
+_EXTRA_TYPES = (Decimal, dt.datetime, dt.time)
+
+
+def _extra(row: dict) -> tuple:
+    """What besides their Python types decides the schemas of a row's values: the scale of a Decimal, whether a
+    datetime or time is aware."""
+    return tuple(
+        v.as_tuple().exponent if type(v) is Decimal else v.tzinfo is None
+        for v in row.values()
+        if type(v) in _EXTRA_TYPES
+    )
 
 
 class EnvelopeEncoder:
@@ -231,7 +235,7 @@ class EnvelopeEncoder:
     def _value(self, rel: _Relation, layout: _Layout, ev, op: str, before, after) -> bytes:
         ts_ms = ev.ts_ms
         source = (
-            f'{rel.source_head}{ts_ms},"snapshot":{_dumps(ev.snapshot)},"db":{_dumps(ev.db)},'
+            f'{rel.source_head}{ts_ms},"snapshot":{_json_str(ev.snapshot)},"db":{_json_str(ev.db)},'
             f'"sequence":"[\\"{ev.commit_lsn}\\",\\"{ev.lsn}\\"]","ts_us":{ts_ms * 1000},'
             f'"ts_ns":{ts_ms * 1_000_000}{rel.source_mid}{_num(ev.txid)},"lsn":{ev.lsn},'
             f'"xmin":null,"origin":null,"origin_lsn":null}}'
@@ -278,10 +282,7 @@ class EnvelopeEncoder:
             tuple(map(type, before.values())) if before else (),
             ev.key_columns,
         )
-        extra = ()
-        if Decimal in shape[1] or Decimal in shape[3] or _has_times(shape[1]) or _has_times(shape[3]):
-            extra = tuple(_extra(v) for row in (after, before) if row for v in row.values())
-        key = (shape, extra)
+        key = (shape, _extra(after) if after else (), _extra(before) if before else ())
         layout = rel.layouts.get(key)
         if layout is None:
             layout = rel.layouts[key] = self._build_layout(rel, ev, before, after)
@@ -293,7 +294,7 @@ class EnvelopeEncoder:
         schemas = {n: self._field_schema(n, ev.types, after, before) for n in names}
         fields = [(n, encoder(s, self.mode), toast_value(s)) for n, s in schemas.items()]
         key_fields = [(n, encoder(schemas[n], self.mode)) for n in ev.key_columns if n in schemas]
-        if len(key_fields) != len(ev.key_columns):
+        if schemas and len(key_fields) != len(ev.key_columns):  # (a truncate has no row, and no key)
             missing = [n for n in ev.key_columns if n not in schemas]
             raise ValueMismatch(f"key column(s) {', '.join(missing)} not in the row")
         value_schema = key_schema = None
@@ -364,8 +365,17 @@ def _scale_fits(schema: FieldSchema, value: Any) -> bool:
     return True
 
 
-def _has_times(types: tuple) -> bool:
-    return dt.datetime in types or dt.time in types
+_STRINGS: dict[str, str] = {}
+
+
+def _json_str(v: str) -> str:
+    """A JSON string literal, memoised: source.snapshot and source.db take a handful of values."""
+    out = _STRINGS.get(v)
+    if out is None:
+        if len(_STRINGS) > 1000:
+            _STRINGS.clear()
+        out = _STRINGS[v] = _dumps(v)
+    return out
 
 
 def _num(v: int | None) -> str:
