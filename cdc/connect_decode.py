@@ -167,67 +167,91 @@ def _float(value: Any) -> Any:
 
 def decode_value(schema: dict[str, Any], value: Any) -> Any:
     """A field's JSON value (not null, not the placeholder) -> Python, by the field's schema JSON."""
+    return decoder_for(schema)(value)
+
+
+def decoder_for(schema: dict[str, Any]) -> Callable[[Any], Any]:
+    """The function that decodes values of a field with this schema JSON (built once per schema and reused)."""
     name = schema.get("name")
     t = schema.get("type")
     if name is not None:
-        if name == DECIMAL:
-            params = schema.get("parameters") or {}
-            try:
-                scale = int(params.get("scale", "0"))
-            except (TypeError, ValueError):
-                raise ValueMismatch(
-                    f"Decimal schema with a bad scale parameter {params.get('scale')!r}"
-                ) from None
-            return _decimal_from(value, scale, DECIMAL)
-        if name == VARIABLE_DECIMAL:
-            return variable_decimal(value)
-        if name in (DATE, CONNECT_DATE):
-            return _date(value)
-        if name == MICRO_TIMESTAMP:
-            return _from_epoch(value, _US, "MicroTimestamp")
-        if name in (TIMESTAMP_MS, CONNECT_TIMESTAMP):
-            return _from_epoch(value, _MS, "Timestamp (ms)")
-        if name == NANO_TIMESTAMP:
-            _need(value, (int,), "NanoTimestamp")
-            return _from_epoch(value // 1000, _US, "NanoTimestamp")
-        if name == MICRO_TIME:
-            return _time_of_day(value, 1_000_000, "MicroTime")
-        if name in (TIME_MS, CONNECT_TIME):
-            return _time_of_day(value, 1000, "Time (ms)")
-        if name == NANO_TIME:
-            return _time_of_day(value, 1_000_000_000, "NanoTime")
-        if name == ZONED_TIMESTAMP:
-            return _parse_zoned(value, "ZonedTimestamp")
-        if name == ZONED_TIME:
-            return _parse_zoned_time(value)
-        if name == UUID:
-            try:
-                return uuid.UUID(_need(value, (str,), "a UUID string"))
-            except ValueError:
-                raise ValueMismatch(f"not a UUID: {_show(value)}") from None
-        if name == ISO_DATE:
-            return _iso(dt.date.fromisoformat, value, "IsoDate")
-        if name == ISO_TIME:
-            return _iso(dt.time.fromisoformat, value, "IsoTime")
-        if name == ISO_TIMESTAMP:
-            return _iso(dt.datetime.fromisoformat, value, "IsoTimestamp")
+        fn = _by_name(name, schema)
+        if fn is not None:
+            return fn
     if t == "string":
-        return _need(value, (str,), "a string")
+        return lambda v: _need(v, (str,), "a string")
     if t in ("int8", "int16", "int32", "int64"):
-        return _need(value, (int,), f"an integer ({t})")
+        what = f"an integer ({t})"
+        return lambda v: v if type(v) is int else _need(v, (int,), what)
     if t in ("float64", "float32"):
-        return _float(value)
+        return _float
     if t == "boolean":
-        return _need(value, (bool,), "true or false")
+        return lambda v: _need(v, (bool,), "true or false")
     if t == "bytes":
-        return _b64(value)
+        return _b64
     if t == "array":
-        items = schema.get("items") or {}
-        _need(value, (list,), "an array")
-        return [None if v is None else decode_value(items, v) for v in value]
+        item = decoder_for(schema.get("items") or {})
+
+        def array(v: Any) -> list:
+            _need(v, (list,), "an array")
+            return [None if x is None else item(x) for x in v]
+
+        return array
     if t in ("struct", "map"):
-        return _need(value, (dict,), f"an object ({t})")
-    raise ValueMismatch(f"unknown Connect type {t!r}")
+        return lambda v: _need(v, (dict,), f"an object ({t})")
+
+    def unknown(v: Any) -> Any:
+        raise ValueMismatch(f"unknown Connect type {t!r}")
+
+    return unknown
+
+
+def _decimal_decoder(schema: dict[str, Any]) -> Callable[[Any], Any]:
+    params = schema.get("parameters") or {}
+    try:
+        scale = int(params.get("scale", "0"))
+    except (TypeError, ValueError):
+        bad = params.get("scale")
+
+        def refuse(v: Any) -> Any:
+            raise ValueMismatch(f"Decimal schema with a bad scale parameter {bad!r}")
+
+        return refuse
+    return lambda v: _decimal_from(v, scale, DECIMAL)
+
+
+def _uuid(v: Any) -> uuid.UUID:
+    try:
+        return uuid.UUID(_need(v, (str,), "a UUID string"))
+    except ValueError:
+        raise ValueMismatch(f"not a UUID: {_show(v)}") from None
+
+
+def _by_name(name: str, schema: dict[str, Any]) -> Callable[[Any], Any] | None:
+    if name == DECIMAL:
+        return _decimal_decoder(schema)
+    return _NAMED.get(name)
+
+
+_NAMED: dict[str, Callable[[Any], Any]] = {
+    VARIABLE_DECIMAL: lambda v: variable_decimal(v),
+    DATE: lambda v: _date(v),
+    CONNECT_DATE: lambda v: _date(v),
+    MICRO_TIMESTAMP: lambda v: _from_epoch(v, _US, "MicroTimestamp"),
+    TIMESTAMP_MS: lambda v: _from_epoch(v, _MS, "Timestamp (ms)"),
+    CONNECT_TIMESTAMP: lambda v: _from_epoch(v, _MS, "Timestamp (ms)"),
+    NANO_TIMESTAMP: lambda v: _from_epoch(_need(v, (int,), "NanoTimestamp") // 1000, _US, "NanoTimestamp"),
+    MICRO_TIME: lambda v: _time_of_day(v, 1_000_000, "MicroTime"),
+    TIME_MS: lambda v: _time_of_day(v, 1000, "Time (ms)"),
+    CONNECT_TIME: lambda v: _time_of_day(v, 1000, "Time (ms)"),
+    NANO_TIME: lambda v: _time_of_day(v, 1_000_000_000, "NanoTime"),
+    ZONED_TIMESTAMP: lambda v: _parse_zoned(v, "ZonedTimestamp"),
+    ZONED_TIME: lambda v: _parse_zoned_time(v),
+    UUID: _uuid,
+    ISO_DATE: lambda v: _iso(dt.date.fromisoformat, v, "IsoDate"),
+    ISO_TIME: lambda v: _iso(dt.time.fromisoformat, v, "IsoTime"),
+    ISO_TIMESTAMP: lambda v: _iso(dt.datetime.fromisoformat, v, "IsoTimestamp"),
+}
 
 
 def _iso(parse: Callable[[str], Any], value: Any, what: str) -> Any:

@@ -43,7 +43,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from cdc.connect_decode import decode_schemaless, decode_value, is_placeholder
+from cdc.connect_decode import decode_schemaless, decoder_for, is_placeholder
 from cdc.connect_schema import PLACEHOLDER, PLACEHOLDER_B64, ValueMismatch
 from cdc.errors import HoldError
 from cdc.events import TRUNCATE, UNCHANGED_TOAST, ChangeEvent
@@ -62,8 +62,13 @@ class DecodeError(HoldError):
         super().__init__(reason, rule="kafka.decode", details=details)
 
 
-def _loads(data: bytes | str) -> Any:
-    return json.loads(data, parse_float=Decimal)
+_decode = json.JSONDecoder(
+    parse_float=Decimal
+).decode  # one decoder: json.loads(..., parse_float=) builds one per call
+
+
+def _loads(data: bytes) -> Any:
+    return _decode(data.decode())
 
 
 def _preview(data: bytes) -> str:
@@ -72,17 +77,18 @@ def _preview(data: bytes) -> str:
 
 
 class _RowSchema:
-    """A value schema's row fields: name -> field schema JSON (cached per distinct schema text)."""
+    """A value schema's row fields: name -> (field type, decoder), built once per distinct schema text."""
 
     __slots__ = ("fields",)
 
     def __init__(self, envelope: Any):
-        self.fields: dict[str, dict] | None = None
+        self.fields: dict[str, tuple[str | None, Any]] | None = None
         if not isinstance(envelope, dict):
             return
         for f in envelope.get("fields") or ():
             if isinstance(f, dict) and f.get("field") in ("after", "before") and f.get("type") == "struct":
-                self.fields = {g.get("field"): g for g in f.get("fields") or () if isinstance(g, dict)}
+                rows = [g for g in f.get("fields") or () if isinstance(g, dict)]
+                self.fields = {g.get("field"): (g.get("type"), decoder_for(g)) for g in rows}
                 return
 
 
@@ -222,17 +228,22 @@ class EnvelopeDecoder:
             if v is None:
                 out[name] = None
                 continue
-            fs = None
-            if fields is not None:
-                fs = fields.get(name)
-                if fs is None:
-                    raise DecodeError(f"{where}: {side}.{name} is not in the value schema")
-            if _placeholder(v, fs):
+            if fields is None:
+                if is_placeholder(v):
+                    out[name] = UNCHANGED_TOAST
+                    toast[0] = True
+                else:
+                    out[name] = decode_schemaless(v)
+                continue
+            field = fields.get(name)
+            if field is None:
+                raise DecodeError(f"{where}: {side}.{name} is not in the value schema")
+            if _placeholder(v, field[0]):
                 out[name] = UNCHANGED_TOAST
                 toast[0] = True
                 continue
             try:
-                out[name] = decode_schemaless(v) if fs is None else decode_value(fs, v)
+                out[name] = field[1](v)
             except ValueMismatch as exc:
                 raise DecodeError(f"{where}: {side}.{name}: {exc}") from None
         return out
@@ -264,19 +275,20 @@ def _sequence(where: str, text: Any) -> tuple[int | None, int | None]:
     if text is None:
         return None, None
     try:
-        items = json.loads(text) if isinstance(text, str) else None
-        if not isinstance(items, list) or len(items) != 2:
+        if not isinstance(text, str) or text[:1] != "[" or text[-1:] != "]":
             raise ValueError
-        return tuple(None if x is None else int(x) for x in items)  # type: ignore[return-value]
-    except (ValueError, TypeError):
+        items = [x.strip() for x in text[1:-1].split(",")]
+        if len(items) != 2:
+            raise ValueError
+        return tuple(None if x == "null" else int(x.strip('"')) for x in items)  # type: ignore[return-value]
+    except ValueError:
         raise DecodeError(f"{where}: source.sequence is not a JSON array of two LSNs: {text!r}") from None
 
 
-def _placeholder(v: Any, fs: dict | None) -> bool:
-    if fs is None:
-        return is_placeholder(v)
+def _placeholder(v: Any, field_type: str | None) -> bool:
+    """Debezium's placeholder in a field of this Connect type (the base64 form only in a bytes field)."""
     if type(v) is str:
-        return v == PLACEHOLDER or (v == PLACEHOLDER_B64 and fs.get("type") == "bytes")
+        return v == PLACEHOLDER or (v == PLACEHOLDER_B64 and field_type == "bytes")
     return type(v) in (list, dict) and is_placeholder(v)
 
 
