@@ -597,8 +597,20 @@ def test_debezium_positions_follow_commit_order_across_the_snapshot_boundary():
     t2 = position("u", "false", '["1100","950"]', 950)
     t3 = position("u", "false", '["1300","1200"]', 1200)
     assert snap == last < t1 < t2 < t3
-    # by source.lsn alone T1 would sort below the snapshot row and be skipped
-    assert 900 < 1000
+
+
+def test_debezium_incremental_snapshot_rows_take_the_stream_position():
+    """Incremental-snapshot rows have no source.lsn (PostgresSourceInfoStructMaker) but a sequence: the stream
+    position at which the chunk was emitted, between the changes streamed before and after it."""
+    earlier = position("u", "false", '["2000","2100"]', 2100)
+    chunk_row = position("r", "incremental", '["3000","3050"]', None)
+    later = position("u", "false", '["3000","3060"]', 3060)
+    assert earlier < chunk_row < later
+
+
+def test_doc_example_snapshot_boolean_is_accepted():
+    ev = DEC.decode("t", b'{"id":1}', dbz_value("r", None, {"id": 1}, snapshot=True))
+    assert ev.snapshot == "true" and (ev.commit_lsn, ev.seq) == (24023119, 0)
 
 
 def test_debezium_positions_after_a_resnapshot_that_kept_its_offsets():
@@ -620,3 +632,46 @@ def test_our_positions_are_exactly_the_events():
     (rec,) = encoder().records(snap)
     got = DEC.decode(rec.topic, rec.key, rec.value)
     assert (got.commit_lsn, got.seq, got.snapshot, got.txid) == (5000, 0, "true", None)
+
+
+def test_data_collection_order_counts_per_table_within_a_transaction():
+    enc = encoder(schemas=False)
+    orders = []
+    for table, seq, txid in [("a", 1, 1), ("b", 2, 1), ("a", 3, 1), ("a", 1, 2)]:
+        ev = event(table=table, seq=seq, txid=txid, commit_lsn=1000 * txid, after={"item_code": "A"})
+        orders.append(payload(enc.records(ev)[0].value)["transaction"])
+    assert [(t["total_order"], t["data_collection_order"]) for t in orders] == [
+        (1, 1),
+        (2, 1),
+        (3, 2),
+        (1, 1),
+    ]
+    assert orders[0]["id"] == "1:1000" and orders[3]["id"] == "2:2000"
+
+
+def test_before_and_after_with_different_scales_use_the_variable_scale_struct():
+    ev = event(
+        before={"item_code": "A", "p": Decimal("1.5")},
+        after={"item_code": "A", "p": Decimal("1.25")},
+        types=None,
+    )
+    (rec,) = encoder().records(ev)
+    doc = json.loads(rec.value)
+    assert doc["schema"]["fields"][1]["fields"][1]["name"] == "io.debezium.data.VariableScaleDecimal"
+    assert doc["payload"]["before"]["p"] == {"scale": 1, "value": int_to_b64(15)}
+    got = DEC.decode(rec.topic, rec.key, rec.value)
+    assert str(got.before["p"]) == "1.5" and str(got.after["p"]) == "1.25"
+
+
+def test_a_new_relation_layout_when_the_types_change():
+    enc = encoder()
+    first = json.loads(enc.records(event(after={"item_code": "A", "price_fen": 1}))[0].value)
+    types = {"item_code": (1043, -1), "price_fen": (23, -1)}  # the column became int4
+    second = json.loads(enc.records(event(after={"item_code": "A", "price_fen": 1}, types=types))[0].value)
+    assert first["schema"]["fields"][1]["fields"][1]["type"] == "int64"
+    assert second["schema"]["fields"][1]["fields"][1]["type"] == "int32"
+
+
+def test_a_key_column_without_a_value_is_held():
+    with pytest.raises(EncodeError, match="key column 'item_code' has no value"):
+        encoder().records(event(after={"item_code": None, "price_fen": 1}))
