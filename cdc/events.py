@@ -107,6 +107,9 @@ class ChangeEvent:
     # whether before/after may hold UNCHANGED_TOAST values; False (the source knows) spares the sink a
     # search of every value (comparing a Decimal with the marker is slow)
     toast: bool = True
+    # column -> (PostgreSQL type OID, typmod) of the source relation, shared by all events of a relation, so an
+    # encoder can give each column the schema Debezium would (None: unknown, the encoder infers from the value)
+    types: dict[str, tuple[int, int]] | None = None
 
     @property
     def position(self) -> Position:
