@@ -105,7 +105,7 @@ class ReplaySource(PostgresSource):
     def prepare(self) -> None:
         self.db = "pos"
 
-    def read(self, resume):
+    def read(self, resume, reload=None):
         self.wal = WalStream(self.cfg, self.db)
         conn = FakeReplication([xlog(relation_message(OID), 1), *self.frames, *PAUSE])
         t0, c0 = time.perf_counter(), time.process_time()
@@ -146,7 +146,7 @@ def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
     )
     times: list = []
     pipe = Pipeline(cfg, retry_for_s=0)
-    pipe.make_source = lambda c: ReplaySource(c, frames, pipe.stop, times)
+    pipe.make_source = lambda c, _metrics: ReplaySource(c, frames, pipe.stop, times)
     pipe.run()
     return times[0]
 

@@ -28,13 +28,18 @@ class Checkpointer:
         self.sink = sink
         self.connector = connector
         self.last: Any | None = None  # the newest position committed (or loaded)
+        self._confirmed: Any | None = None  # the newest position confirmed without a commit
 
     def resume(self) -> Any | None:
         """The stored position (None: nothing stored); the sink learns which changes need no lookup."""
-        position = self.source.load_position(self.sink.load_offsets())
+        position = self.stored()
         self.last = position
         self.sink.set_floor(self.source.floor(position))
         return position
+
+    def stored(self) -> Any | None:
+        """The position in the sink's offset store now."""
+        return self.source.load_position(self.sink.load_offsets())
 
     def commit(self, position: Any) -> None:
         """Sink commit with `position`, then confirm it to the source."""
@@ -49,7 +54,9 @@ class Checkpointer:
 
     def confirm(self, position: Any) -> None:
         """Confirms a position that needs nothing from the sink (call only with nothing uncommitted before
-        it); one behind the stored position is ignored."""
-        if self.last is not None and position.regresses(self.last):
-            return
+        it); one behind the stored or the last confirmed position is ignored."""
+        for before in (self.last, self._confirmed):
+            if before is not None and position.regresses(before):
+                return
+        self._confirmed = position
         self.source.confirm(position)

@@ -30,6 +30,8 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
         stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s thread=%(threadName)s logger=%(name)s %(message)s",
     )
+    # kafka-python narrates every connection and rebalance at INFO; pos-cdc says what matters itself
+    logging.getLogger("kafka").setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def tune_gc() -> None:
@@ -71,7 +73,19 @@ def load_all(files: list[Path]) -> list[ConnectorConfig]:
 def validate(configs: list[Path] = typer.Argument(..., help="connector YAML files")) -> None:
     """Check config files without touching any database."""
     for c in load_all(configs):
-        typer.echo(f"{c.path}: ok ({c.name}: {', '.join(c.source.tables)} -> {c.sink.table})")
+        typer.echo(f"{c.path}: ok ({c.name}: {describe(c)})")
+
+
+def describe(c: ConnectorConfig) -> str:
+    """Where a connector reads and writes, in one line."""
+    src, snk = c.source, c.sink
+    read = (
+        ", ".join(src.tables)
+        if src.type == "postgres"
+        else f"Kafka {src.topic_pattern or ', '.join(src.topics)}"
+    )
+    write = snk.table if snk.type == "sql" else f"Kafka {snk.topic_prefix}.<schema>.<table>"
+    return f"{read} -> {write}"
 
 
 @app.command()
@@ -144,7 +158,7 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    from cdc.status import gather
+    from cdc.ops.status import gather
 
     (cfg,) = load_all([config])
     info = gather(cfg)
@@ -172,7 +186,7 @@ def _held_command(
     from rich.console import Console
     from rich.table import Table
 
-    from cdc.held import list_held, resolve
+    from cdc.ops.held import list_held, resolve
 
     (cfg,) = load_all([config])
     if action == "list":
@@ -226,6 +240,82 @@ def deadletter(
 ) -> None:
     """Changes the pipeline or the storefront refused: list, retry (after fixing the cause), drop."""
     _held_command(config, action, entry, as_json, by, "dead_letter", "retry", "drop")
+
+
+@app.command()
+def replay(
+    config: Path = typer.Argument(..., help="connector YAML file (one that reads Kafka)"),
+    to_earliest: bool = typer.Option(False, "--to-earliest", help="from the oldest record Kafka still has"),
+    to_latest: bool = typer.Option(False, "--to-latest", help="skip to the end: nothing is replayed"),
+    to_offset: str | None = typer.Option(
+        None, "--to-offset", help="TOPIC:PARTITION:OFFSET,... (others unchanged)"
+    ),
+    to_datetime: str | None = typer.Option(
+        None, "--to-datetime", help="from the first record at or after an ISO time"
+    ),
+    by_duration: str | None = typer.Option(
+        None, "--by-duration", help="from an ISO 8601 duration ago, e.g. PT2H"
+    ),
+    shift_by: int | None = typer.Option(
+        None, "--shift-by", help="move each partition by N (negative: rewind)"
+    ),
+    execute: bool = typer.Option(False, "--execute", help="apply the plan (default: print it only)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+) -> None:
+    """Rewind a Kafka-sourced connector (kafka-consumer-groups --reset-offsets semantics): prints the plan; with
+    --execute applies it to the stored positions and the group, refused while the connector runs."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from cdc.ops.replay import parse_datetime, parse_duration, parse_offsets
+    from cdc.ops.replay import replay as do_replay
+
+    chosen = [
+        (name, value)
+        for name, value in (
+            ("earliest", to_earliest or None),
+            ("latest", to_latest or None),
+            ("offset", to_offset),
+            ("datetime", to_datetime),
+            ("duration", by_duration),
+            ("shift", shift_by),
+        )
+        if value is not None
+    ]
+    if len(chosen) != 1:
+        fail(
+            "give exactly one of --to-earliest, --to-latest, --to-offset, --to-datetime, --by-duration, --shift-by",
+            2,
+        )
+    how, value = chosen[0]
+    arg = {"offset": parse_offsets, "datetime": parse_datetime, "duration": parse_duration}.get(
+        how, lambda v: v
+    )(value)
+    (cfg,) = load_all([config])
+    try:
+        moves, applied = do_replay(cfg, how, arg, execute)
+    except CdcError as e:
+        fail(str(e), 1)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"connector": cfg.name, "executed": applied, "partitions": [m.as_dict() for m in moves]}
+            )
+        )
+        return
+    title = "replay applied" if applied else "replay plan (dry run; --execute applies it)"
+    table = Table(title=f"{title}: {cfg.name}, group {cfg.source.group}")
+    for col in ("topic", "partition", "current", "new", "records to replay"):
+        table.add_column(col)
+    for m in moves:
+        d = m.as_dict()
+        again = str(d["records_to_replay"]) if d["records_to_replay"] else f"skips {d['records_skipped']}"
+        table.add_row(
+            m.topic, str(m.partition), "-" if m.current is None else str(m.current), str(m.new), again
+        )
+    Console().print(table)
 
 
 @app.command()

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cdc.errors import ConfigError
 from cdc.stages import StageConfig
@@ -77,6 +86,10 @@ class HistoryConfig(Strict):
     )
 
 
+def _comma_list(v: Any) -> Any:
+    return ",".join(str(x) for x in v) if isinstance(v, list) else v
+
+
 def _history(v: Any) -> Any:
     if v is True:
         return {}
@@ -101,8 +114,119 @@ class SqlSink(Strict):
     )
 
 
-SourceConfig = Annotated[PostgresSource, Field(discriminator="type")]
-SinkConfig = Annotated[SqlSink, Field(discriminator="type")]
+TOPIC_RE = r"^[A-Za-z0-9._-]{1,200}$"
+
+
+class KafkaClientOptions(Strict):
+    """What the Kafka sink and source share: where the brokers are, and client settings passed as they are."""
+
+    bootstrap_servers: Annotated[str, BeforeValidator(_comma_list)] = Field(
+        description="host:port of one or more brokers, comma-separated (or a list)"
+    )
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="extra Kafka client settings, passed to kafka-python as they are (e.g. security_protocol, "
+        "ssl_cafile, sasl_mechanism); pos-cdc's own delivery settings (acks, idempotence) cannot be overridden",
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _not_ours(cls, v: dict) -> dict:
+        taken = sorted(set(v) & PROTECTED_KAFKA_OPTIONS)
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)} cannot be set: pos-cdc's delivery guarantees rest on its own values "
+                "(acks=all, idempotence, manual offsets)"
+            )
+        return v
+
+
+PROTECTED_KAFKA_OPTIONS = frozenset(
+    {
+        "bootstrap_servers",
+        "acks",
+        "enable_idempotence",
+        "enable_auto_commit",
+        "group_id",
+        "isolation_level",
+        "key_serializer",
+        "value_serializer",
+        "key_deserializer",
+        "value_deserializer",
+        "transactional_id",
+    }
+)
+
+
+class KafkaSink(KafkaClientOptions):
+    """Writes each change as Debezium's change-event envelope (JSON) to `<topic_prefix>.<schema>.<table>`."""
+
+    type: Literal["kafka"]
+    topic_prefix: str = Field(pattern=TOPIC_RE, description="topics are <topic_prefix>.<schema>.<table>")
+    schemas: bool = Field(
+        True, description="JsonConverter's schemas.enable: each key and value carries its schema"
+    )
+    decimal_handling: Literal["precise", "string", "double"] = Field(
+        "precise", description="as Debezium's decimal.handling.mode (double loses digits past ~15)"
+    )
+    tombstones: bool = Field(
+        True, description="a tombstone (null value) after each delete, for log compaction"
+    )
+    partitions: int = Field(3, ge=1, description="partitions of the topics pos-cdc creates")
+    replication_factor: int = Field(
+        -1, description="of the topics pos-cdc creates (-1: the broker's default)"
+    )
+    offsets_topic: str = Field(
+        "pos-cdc-offsets", pattern=TOPIC_RE, description="compacted topic where the source position is stored"
+    )
+    held_topic: str = Field(
+        "pos-cdc-held",
+        pattern=TOPIC_RE,
+        description="topic of changes a stage held (dead letters, quarantine)",
+    )
+    batch_size: int = Field(
+        20000, ge=1, description="changes sent before the pipeline lets the producer catch up"
+    )
+    batch_max_ms: int = Field(
+        200, ge=1, description="longest a change waits before its batch is acknowledged"
+    )
+
+
+class KafkaSource(KafkaClientOptions):
+    """Reads change events (pos-cdc's or Debezium's) from Kafka topics as a member of a consumer group."""
+
+    type: Literal["kafka"]
+    topics: list[str] = Field(
+        default_factory=list, description="topics to read, e.g. [pos.public.item_price]"
+    )
+    topic_pattern: str | None = Field(
+        None, description="a regular expression of topics to read, instead of topics"
+    )
+    group: str = Field(
+        pattern=TOPIC_RE, description="consumer group; connectors sharing it share the partitions"
+    )
+    start: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a partition with no stored position starts"
+    )
+    heartbeat_topic_prefix: str = Field(
+        "__debezium-heartbeat", description="Debezium heartbeat topics (skipped)"
+    )
+    poll_max_records: int = Field(5000, ge=1, description="records read per poll")
+
+    @model_validator(mode="after")
+    def _one_of_topics(self) -> KafkaSource:
+        if bool(self.topics) == bool(self.topic_pattern):
+            raise ValueError("give either topics (a list of names) or topic_pattern (a regular expression)")
+        if self.topic_pattern:
+            try:
+                re.compile(self.topic_pattern)
+            except re.error as e:
+                raise ValueError(f"topic_pattern is not a regular expression: {e}") from None
+        return self
+
+
+SourceConfig = Annotated[PostgresSource | KafkaSource, Field(discriminator="type")]
+SinkConfig = Annotated[SqlSink | KafkaSink, Field(discriminator="type")]
 
 
 class MetricsConfig(Strict):
@@ -125,6 +249,40 @@ class ConnectorConfig(Strict):
     @property
     def publication(self) -> str:
         return self.source.publication or f"cdc_{_ident(self.name)}"
+
+
+def transport_problems(cfg: ConnectorConfig) -> list[tuple[tuple, str]]:
+    """Stages that need what one side of a Kafka hop does not have: the storefront (a guard comparing with
+    it, scheduled prices) is only where the SQL sink is; the POS (a pick's fallback store) only where the
+    PostgreSQL source is."""
+    out = []
+    for i, t in enumerate(cfg.transforms):
+        if cfg.sink.type == "kafka":
+            if t.type == "guard" and t.max_change_pct is not None:
+                out.append(
+                    (
+                        ("transforms", i, "max_change_pct"),
+                        "compares with the storefront's price, which a connector with a Kafka sink does not "
+                        "have: put this guard in the connector that reads the topics and writes the storefront",
+                    )
+                )
+            if t.type == "schedule":
+                out.append(
+                    (
+                        ("transforms", i, "type"),
+                        "scheduled prices are kept and applied by the storefront's sink: put the schedule stage "
+                        "in the connector that reads the topics and writes the storefront",
+                    )
+                )
+        if cfg.source.type == "kafka" and t.type == "pick" and t.fallback_store is not None:
+            out.append(
+                (
+                    ("transforms", i, "fallback_store"),
+                    "the fallback store is read from the POS database, which a connector reading Kafka does not "
+                    "reach: put the pick in the connector that reads the POS",
+                )
+            )
+    return out
 
 
 # --- loading --------------------------------------------------------------------------------------------
@@ -217,6 +375,9 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
     else:  # checks across stages (each stage's own config is valid)
         for i, key, msg in pick_fallback_problems(cfg.transforms):
             field, line = _locate(data, ("transforms", i, key), lines)
+            problems.append(f"{fname}:{line}: {field}: {msg}")
+        for loc, msg in transport_problems(cfg):
+            field, line = _locate(data, loc, lines)
             problems.append(f"{fname}:{line}: {field}: {msg}")
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: int(p[len(fname) + 1 :].split(":", 1)[0])))

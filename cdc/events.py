@@ -87,6 +87,13 @@ class Idle:
 
 
 @dataclass(slots=True)
+class Abandon:
+    """The source can no longer stand behind what it yielded since the last commit (a Kafka rebalance took
+    partitions away): the open batch is rolled back, and the source reads again, from the stored positions,
+    whatever is still its own."""
+
+
+@dataclass(slots=True)
 class ChangeEvent:
     op: str  # c u d r t
     schema: str
@@ -163,3 +170,13 @@ def jsonable(value: Any) -> Any:
     if value is UNCHANGED_TOAST:
         return "__debezium_unavailable_value"
     return str(value)
+
+
+@dataclass(slots=True)
+class Unreadable:
+    """A message the source could not turn into a change (not JSON, no key, wrong types): held as a dead letter
+    with the reason while the stream goes on. `ev` carries what is known of it (where it came from, its raw
+    bytes as text in `after`)."""
+
+    ev: ChangeEvent
+    error: Any  # a HoldError

@@ -56,6 +56,18 @@ class Metrics:
             c + ["topic", "partition"],
             registry=r,
         )
+        self.kafka_producer_errors = Counter(
+            "cdc_kafka_producer_errors_total",
+            "batches Kafka did not acknowledge (the source was not confirmed past them)",
+            c,
+            registry=r,
+        )
+        self.kafka_unconfirmed = Gauge(
+            "cdc_kafka_unconfirmed_events",
+            "records sent to Kafka whose source position is not yet acknowledged and confirmed",
+            c,
+            registry=r,
+        )
         self.up = Gauge("cdc_connector_up", "1 running, 0 stopped or failed", c, registry=r)
         self.last_commit = Gauge(
             "cdc_last_commit_timestamp_seconds", "wall time of the last sink commit", c, registry=r

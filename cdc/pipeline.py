@@ -23,7 +23,7 @@ from collections.abc import Callable
 from cdc.checkpoint import Checkpointer
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TransientError
-from cdc.events import ChangeEvent, Idle, TxnEnd
+from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
 from cdc.metrics import Metrics
 from cdc.sinks.base import Sink, build_sink
 from cdc.sources.base import Source, build_source
@@ -41,8 +41,8 @@ class Pipeline:
         cfg: ConnectorConfig,
         metrics: Metrics | None = None,
         retry_for_s: float = 900.0,
-        make_source: Callable[[ConnectorConfig], Source] = build_source,
-        make_sink: Callable[[ConnectorConfig], Sink] = build_sink,
+        make_source: Callable[[ConnectorConfig, Metrics], Source] = build_source,
+        make_sink: Callable[[ConnectorConfig, Metrics], Sink] = build_sink,
     ):
         self.cfg = cfg
         self.make_source = make_source  # the registries; tests and benchmarks bring their own
@@ -77,13 +77,13 @@ class Pipeline:
 
     def reset(self) -> None:
         """For a re-snapshot: forget the stored positions and the source's progress (the slot)."""
-        sink = self.make_sink(self.cfg)
+        sink = self.make_sink(self.cfg, self.metrics)
         sink.open()
         try:
             sink.forget_offsets()
         finally:
             sink.close()
-        source = self.make_source(self.cfg)
+        source = self.make_source(self.cfg, self.metrics)
         try:
             source.reset()
         finally:
@@ -106,6 +106,8 @@ class Pipeline:
                     self._session()
                     return
                 except TransientError as e:
+                    if self._progressed:  # the failed session got somewhere: a new window, the shortest delay
+                        delay, failing_since = 0.5, None
                     now = time.monotonic()
                     failing_since = failing_since or now
                     if now - failing_since > self.retry_for_s:
@@ -116,8 +118,6 @@ class Pipeline:
                     self._teardown()
                     self._sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 30.0)
-                    if self._progressed:
-                        delay, failing_since = 0.5, None
         finally:
             self._done.set()
             self._teardown()
@@ -144,17 +144,17 @@ class Pipeline:
 
     def _session(self) -> None:
         self._progressed = False
-        self.sink = sink = self.make_sink(self.cfg)
+        self.sink = sink = self.make_sink(self.cfg, self.metrics)
         sink.open()
         sink.wire(self.stages)
-        self.source = source = self.make_source(self.cfg)
+        self.source = source = self.make_source(self.cfg, self.metrics)
         source.prepare()
         self.runner = StageRunner(self.stages, sink, source.wire(self.stages))
         self.checkpoint = Checkpointer(source, sink, self.cfg.name)
         self._m_up.set(1)
         self.metrics.healthy.set()
         sink.start_folding()
-        self._consume(source.read(self.checkpoint.resume()))
+        self._consume(source.read(self.checkpoint.resume(), self.checkpoint.stored))
 
     def _consume(self, items) -> None:
         sink, runner, changed_by = self.sink, self.runner, self.changed_by
@@ -189,10 +189,16 @@ class Pipeline:
                     sink.rollback()
                     return
                 continue
+            if type(item) is Unreadable:  # held as a dead letter, in the batch it came in
+                in_txn, first_at = True, first_at or time.monotonic()
+                sink.hold(item.ev, item.error, "dead_letter")
+                n_buffered += 1
+                continue
             runner.flush()
             if type(item) is TxnEnd:
                 in_txn = False
                 last_end = item
+                first_at = first_at or time.monotonic()  # (a transaction with no changes waits like any)
                 if item.snapshot or time.monotonic() - first_at >= max_wait or n_buffered >= batch_size:
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
@@ -211,8 +217,14 @@ class Pipeline:
                     self._due()
                 if self.stopping and not in_txn:
                     return
+            elif type(item) is Abandon:  # the source no longer stands behind the open batch
+                sink.rollback()
+                last_end, in_txn, first_at, n_buffered = None, False, 0.0, 0
+                log.info(
+                    "%s: the open batch was abandoned (%s); reading it again", self.cfg.name, "rebalance"
+                )
         runner.flush()
-        if last_end is not None:
+        if last_end is not None and not in_txn:  # a source that ended inside a transaction: never half of it
             self._checkpoint(last_end)
 
     def _checkpoint(self, end: TxnEnd) -> None:
@@ -245,7 +257,7 @@ class Pipeline:
     def _gauges_loop(self) -> None:
         """On a timer, whatever the stream is doing (busy, stalled, retrying): lag seconds, and the source's
         gauges as its server sees them (on a connection of its own)."""
-        probe = self.make_source(self.cfg)
+        probe = self.make_source(self.cfg, self.metrics)
         try:
             while True:
                 self._m_lag.set(0.0 if self._caught_up else max(0.0, time.time() - self._lag_base_ms / 1000))

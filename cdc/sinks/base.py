@@ -61,12 +61,14 @@ class Sink(Protocol):
 
 SINKS = {
     "sql": "cdc.sinks.sql:SqlSink",
+    "kafka": "cdc.sinks.kafka:KafkaSink",
 }
 
 
-def build_sink(cfg) -> Sink:
-    """The sink for `cfg.sink.type` (imported on first use)."""
+def build_sink(cfg, metrics=None) -> Sink:
+    """The sink for `cfg.sink.type` (imported on first use: a Kafka sink needs kafka-python); `metrics`: the
+    process's Metrics, for sinks with gauges of their own."""
     import importlib
 
     module, _, cls = SINKS[cfg.sink.type].partition(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return getattr(importlib.import_module(module), cls)(cfg, metrics)

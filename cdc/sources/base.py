@@ -13,7 +13,7 @@ with `close()` never called, replays from there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from cdc.events import ChangeEvent, Idle, TxnEnd
@@ -35,8 +35,12 @@ class Source(Protocol):
         """Gives the stages the source lookups they need (a pick's fallback store reads the POS); returns the
         fallback the pipeline uses to refill a key, or None."""
 
-    def read(self, resume: Any | None) -> Iterator[ChangeEvent | TxnEnd | Idle]:
-        """Everything after `resume` (None: nothing stored yet: a snapshot first, when configured)."""
+    def read(
+        self, resume: Any | None, reload: Callable[[], Any | None]
+    ) -> Iterator[ChangeEvent | TxnEnd | Idle]:
+        """Everything after `resume` (None: nothing stored yet: a snapshot first, when configured). `reload()`
+        reads the stored position again (a Kafka source asks at each partition assignment: another member of
+        its group may have moved it)."""
 
     def load_position(self, stored: dict[str, str]) -> Any | None:
         """The position in the sink's offset store (partition -> text), or None when there is none."""
@@ -68,12 +72,14 @@ class Source(Protocol):
 
 SOURCES = {
     "postgres": "cdc.sources.postgres:PostgresSource",
+    "kafka": "cdc.sources.kafka:KafkaSource",
 }
 
 
-def build_source(cfg) -> Source:
-    """The source for `cfg.source.type` (imported on first use: a Kafka source needs kafka-python)."""
+def build_source(cfg, metrics=None) -> Source:
+    """The source for `cfg.source.type` (imported on first use: a Kafka source needs kafka-python); `metrics`:
+    the process's Metrics, for sources with gauges of their own."""
     import importlib
 
     module, _, cls = SOURCES[cfg.source.type].partition(":")
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return getattr(importlib.import_module(module), cls)(cfg, metrics)

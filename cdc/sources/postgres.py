@@ -39,7 +39,7 @@ log = logging.getLogger("cdc.source.postgres")
 
 
 class PostgresSource:
-    def __init__(self, cfg: ConnectorConfig):
+    def __init__(self, cfg: ConnectorConfig, metrics: Any = None):
         self.cfg = cfg
         self.scfg = cfg.source
         self.db = ""
@@ -247,7 +247,7 @@ class PostgresSource:
         """A change at or before `position` belongs to a transaction committed at or before its commit LSN."""
         return position.commit_lsn if position is not None else 0
 
-    def read(self, resume: WalPosition | None) -> Iterator[ChangeEvent | TxnEnd | Idle]:
+    def read(self, resume: WalPosition | None, reload=None) -> Iterator[ChangeEvent | TxnEnd | Idle]:
         """The snapshot first when nothing is stored (snapshot: initial), then the stream from the stored
         position; transactions at or below it (already applied) are skipped."""
         if resume is None and self.scfg.snapshot == "initial":

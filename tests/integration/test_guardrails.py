@@ -14,7 +14,7 @@ from decimal import Decimal as D
 import psycopg
 import pytest
 
-from cdc.held import resolve
+from cdc.ops.held import resolve
 from tests.integration.helpers import Running, wait_until
 from tests.integration.pricing import GUARD, cdc, cdc_json, held, price_text, prices, put, setup
 

@@ -8,7 +8,7 @@ import datetime as dt
 import time
 from decimal import Decimal as D
 
-from cdc.held import resolve
+from cdc.ops.held import resolve
 from tests.integration.helpers import Running, wait_until
 from tests.integration.pricing import GUARD, held, prices, put, setup
 

@@ -96,7 +96,7 @@ class CoreMerge:
         fresh = [
             (key, p, kt)
             for (key, p), kt in zip(items, texts, strict=True)
-            if not seen or seen.get(kt, (-1, -1)) < (p.ev.commit_lsn, p.ev.seq)  # else older than the row
+            if not seen or seen.get(kt, (-1, -1)) <= (p.ev.commit_lsn, p.ev.seq)  # else older than the row
         ]
         self._execute(conn, cols, fresh)
 

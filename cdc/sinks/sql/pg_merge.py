@@ -1,7 +1,9 @@
 """How one group of buffered changes (same columns) is merged into a PostgreSQL storefront table.
 
-Every merge strategy (this one, core_merge.py for SQLite, mysql_merge.py) skips changes at or below the key's
-recorded source position (never backwards; the caller has folded cdc_applied into cdc_row_state first),
+Every merge strategy (this one, core_merge.py for SQLite, mysql_merge.py) skips changes older than the key's
+recorded source position (never backwards; the caller has folded cdc_applied into cdc_row_state first; the
+same change again, a duplicate or a replay, is applied again: it changes nothing, or repairs a row that was
+changed behind pos-cdc's back),
 applies upserts and deletes, and appends the new positions to cdc_applied (one JSON row per chunk, unindexed,
 so recording costs a fraction of a per-key upsert), all inside the caller's open transaction.
 
@@ -182,14 +184,15 @@ class PgMerge:
             sets.append(S("{} = NULL").format(ident(soft)))
         conflict = S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
         match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
-        # the rows to apply: all that were staged, or (checking) those above their key's recorded position;
+        # the rows to apply: all that were staged, or (checking) those not older than their key's recorded
+        # position (the same change again is applied again: idempotent, and a repair of a row changed by hand);
         # a CTE is materialized for its readers, so there is one only when there is something to filter
         if check_stale:
             fresh, src = (
                 S(
                     "WITH fresh AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
                     " ON rs.connector = %(c)s AND rs.row_key = st.__k"
-                    " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) < (st.__lsn, st.__seq)),"
+                    " WHERE rs.row_key IS NULL OR (rs.commit_lsn, rs.seq) <= (st.__lsn, st.__seq)),"
                 ),
                 S("fresh"),
             )

@@ -46,7 +46,7 @@ DUE_REFRESH_S = 5.0  # how often the earliest scheduled time is re-read (an appr
 
 
 class SqlSink:
-    def __init__(self, cfg: ConnectorConfig):
+    def __init__(self, cfg: ConnectorConfig, metrics: Any = None):
         self.cfg = cfg
         self.scfg = cfg.sink
         self.name = cfg.name

@@ -1,4 +1,5 @@
-"""`cdc status`: what a connector is doing, read from the POS slot and the sink's bookkeeping.
+"""`cdc status`: what a connector is doing, read from its source (the POS slot, or the Kafka group and its
+partitions) and its sink's bookkeeping (the storefront's tables, or the Kafka offsets topic).
 
 Works whether or not the connector runs: nothing here talks to the running process.
 """
@@ -21,15 +22,24 @@ from cdc.sinks.sql.bookkeeping import (
     row_state_table,
     scheduled_table,
 )
-from cdc.sources.postgres import PostgresSource
 
 
 def gather(cfg: ConnectorConfig) -> dict:
-    out: dict = {"connector": cfg.name, "slot": cfg.slot, "publication": cfg.publication}
-    out.update(_sink_side(cfg))
-    out.update(_source_side(cfg))
-    out["state"] = _state(out)
-    caught_up = out.get("source_lag_bytes") is not None and out["source_lag_bytes"] <= CAUGHT_UP_BYTES
+    out: dict = {"connector": cfg.name}
+    if cfg.source.type == "postgres":
+        out.update(slot=cfg.slot, publication=cfg.publication)
+        out.update(_sink_side(cfg) if cfg.sink.type == "sql" else _kafka_sink_side(cfg))
+        out.update(_source_side(cfg))
+        out["state"] = _state(out)
+        caught_up = out.get("source_lag_bytes") is not None and out["source_lag_bytes"] <= CAUGHT_UP_BYTES
+    else:
+        from cdc.ops.kafka_status import kafka_source_side
+
+        out.update(_sink_side(cfg))
+        out.update(kafka_source_side(cfg, out.get("position")))
+        if out.get("sink_error"):
+            out["state"] = "unreachable"
+        caught_up = out.get("kafka_lag_records") == 0
     last = out.get("last_commit_time")
     if caught_up or last is None:
         out["lag_seconds"] = 0.0 if caught_up else None
@@ -56,11 +66,11 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
                     "scheduled_pending": 0,
                     "next_scheduled_time": None,
                 }
-            row = c.execute(
-                sa.select(offsets_table.c.position, offsets_table.c.updated_at).where(
-                    offsets_table.c.connector == cfg.name, offsets_table.c.partition == "wal"
-                )
-            ).first()
+            rows = c.execute(
+                sa.select(
+                    offsets_table.c.partition, offsets_table.c.position, offsets_table.c.updated_at
+                ).where(offsets_table.c.connector == cfg.name)
+            ).all()
             applied = _applied(c, cfg.name)
             held = c.execute(
                 sa.select(held_table.c.kind, held_table.c.status, sa.func.count())
@@ -71,16 +81,10 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
         engine.dispose()
     except sa.exc.SQLAlchemyError as e:
         return {"sink_error": str(getattr(e, "orig", e)).strip().splitlines()[0]}
-    pos = json.loads(row[0]) if row else None
+    last = max((r.updated_at for r in rows), default=None)
     return {
-        "position": {
-            "commit_lsn": lsn_to_str(pos["commit_lsn"]),
-            "end_lsn": lsn_to_str(pos["end_lsn"]),
-            "snapshot": pos.get("snapshot"),
-        }
-        if pos
-        else None,
-        "last_commit_time": row[1].astimezone(dt.UTC).isoformat() if row else None,
+        "position": _position({r.partition: r.position for r in rows}),
+        "last_commit_time": last.astimezone(dt.UTC).isoformat() if last else None,
         "last_applied_change_time": dt.datetime.fromtimestamp(applied[0] / 1000, dt.UTC).isoformat()
         if applied and applied[0]
         else None,
@@ -92,6 +96,34 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
         else None,
         "sink_error": None,
     }
+
+
+def _position(stored: dict[str, str]) -> dict | None:
+    """The stored positions as a person reads them: LSNs for PostgreSQL, topic:partition -> offset for Kafka."""
+    if not stored:
+        return None
+    if "wal" in stored:
+        pos = json.loads(stored["wal"])
+        return {
+            "commit_lsn": lsn_to_str(pos["commit_lsn"]),
+            "end_lsn": lsn_to_str(pos["end_lsn"]),
+            "snapshot": pos.get("snapshot"),
+        }
+    from cdc.sources.kafka import stored_offsets
+
+    return {f"{t}:{p}": o for (t, p), o in sorted(stored_offsets(stored).items())}
+
+
+def _kafka_sink_side(cfg: ConnectorConfig) -> dict:
+    """A PostgreSQL -> Kafka connector: its position is in the Kafka offsets topic."""
+    from cdc.sinks.kafka import KafkaSink
+
+    sink = KafkaSink(cfg)
+    try:
+        stored = sink.load_offsets()
+    except CdcError as e:
+        return {"sink_error": str(e)}
+    return {"position": _position(stored), "last_commit_time": sink.last_commit_time, "sink_error": None}
 
 
 def _scheduled(c: sa.Connection, connector: str) -> tuple:
@@ -118,6 +150,8 @@ def _applied(c: sa.Connection, connector: str) -> tuple:
 
 
 def _source_side(cfg: ConnectorConfig) -> dict:
+    from cdc.sources.postgres import PostgresSource
+
     src = PostgresSource(cfg)
     try:
         stats = src.slot_stats()

@@ -1,0 +1,191 @@
+"""Kafka sink: every change as Debezium's change-event envelope (JSON, cdc/sinks/envelope.py) on
+`<topic_prefix>.<schema>.<table>`, keyed by the primary-key columns, sent by an idempotent acks=all producer.
+
+Delivery: `commit(positions)` sends the source position to a compacted offsets topic (key: the connector's
+name) after the batch's records, then waits until Kafka acknowledged every record sent since the last commit,
+the position included. Only then does the checkpointer confirm the source (the replication slot) past them:
+a change the slot no longer holds is in Kafka. Records cannot be taken back: a batch abandoned on a stop or an
+error stays sent, and after a crash the changes between the last acknowledged position and the crash are sent
+again. Consumers are unaffected: pos-cdc's Kafka source applies a change only when it is newer than the row's
+recorded POS position (source.sequence), so a duplicate, or a partial transaction followed by the whole one,
+leaves the same rows.
+
+A change a stage holds (or one the format cannot carry) goes to the held topic with the reason and the event,
+keyed by connector; `cdc deadletter` lists it there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from typing import Any
+
+from cdc.config import ConnectorConfig
+from cdc.errors import HoldError
+from cdc.events import ChangeEvent, jsonable
+from cdc.kafka_client import Admin, Producer, kafka_errors
+from cdc.sinks.envelope import EnvelopeEncoder
+
+log = logging.getLogger("cdc.sink.kafka")
+
+
+class KafkaSink:
+    def __init__(self, cfg: ConnectorConfig, metrics: Any = None):
+        self.cfg = cfg
+        self.scfg = cfg.sink
+        self.name = cfg.name
+        self.encoder = EnvelopeEncoder(
+            cfg.name,
+            self.scfg.topic_prefix,
+            schemas=self.scfg.schemas,
+            decimal_handling=self.scfg.decimal_handling,
+            tombstones=self.scfg.tombstones,
+        )
+        self.caught_up = False
+        self.producer: Producer | None = None
+        self.admin: Admin | None = None
+        self._topics: set[str] = set()
+        self.last_commit_time: str | None = None  # as stored with the newest position (load_offsets)
+        self._held: Counter[str] = Counter()  # held since the last commit
+        self._committed_held: Counter[str] = Counter()
+        self._m_errors = self._m_unconfirmed = None
+        if metrics is not None:
+            self._m_errors = metrics.kafka_producer_errors.labels(cfg.name)
+            self._m_unconfirmed = metrics.kafka_unconfirmed.labels(cfg.name)
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        s = self.scfg
+        self.admin = Admin(s.bootstrap_servers, s.options)
+        self.admin.ensure_topics([s.offsets_topic], partitions=1, compact=True, rf=s.replication_factor)
+        self.admin.ensure_topics([s.held_topic], partitions=1, rf=s.replication_factor)
+        self._topics = self.admin.topics()
+        self.producer = Producer(s.bootstrap_servers, s.options)
+
+    def start_folding(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.producer is not None:
+            self.producer.close()
+            self.producer = None
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+
+    # --- positions ------------------------------------------------------------------------------------
+
+    def load_offsets(self) -> dict[str, str]:
+        """The newest position stored for this connector in the offsets topic ({} when none)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        s, key = self.scfg, self.name.encode()
+        tp = TopicPartition(s.offsets_topic, 0)
+        with kafka_errors(s.bootstrap_servers, f"reading {s.offsets_topic}"):
+            reader = KafkaConsumer(
+                bootstrap_servers=s.bootstrap_servers.split(","), enable_auto_commit=False, **s.options
+            )
+            try:
+                reader.assign([tp])
+                reader.seek_to_beginning(tp)
+                end = reader.end_offsets([tp])[tp]
+                latest: bytes | None = None
+                while reader.position(tp) < end:
+                    for records in reader.poll(timeout_ms=1000).values():
+                        for r in records:
+                            if r.key == key:
+                                latest = r.value
+            finally:
+                reader.close()
+        if not latest:
+            return {}
+        stored = json.loads(latest)
+        self.last_commit_time = stored.get("at")
+        return stored["positions"]
+
+    def set_floor(self, floor: int | None) -> None:
+        pass
+
+    def forget_offsets(self) -> None:
+        self.producer.send(self.scfg.offsets_topic, self.name.encode(), None)
+        self.producer.flush()
+
+    # --- the data path --------------------------------------------------------------------------------
+
+    def add(self, ev: ChangeEvent) -> None:
+        try:
+            records = self.encoder.records(ev)
+        except HoldError as e:
+            self.hold(ev, e)
+            return
+        send = self.producer.send
+        for topic, key, value in records:
+            if topic not in self._topics:
+                self._create(topic)
+            send(topic, key, value)
+
+    def _create(self, topic: str) -> None:
+        s = self.scfg
+        self.admin.ensure_topics([topic], partitions=s.partitions, rf=s.replication_factor)
+        self._topics.add(topic)
+
+    def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
+        record = {
+            "connector": self.name,
+            "kind": kind,
+            "rule": err.rule,
+            "reason": err.reason,
+            "details": jsonable(err.details),
+            "source_table": f"{ev.schema}.{ev.table}",
+            "position": str(ev.position),
+            "event": ev.to_envelope(),
+            "held_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.producer.send(self.scfg.held_topic, self.name.encode(), json.dumps(record).encode())
+        self._held[kind] += 1
+        log.warning("%s: change at %s held (%s, %s): %s", self.name, ev.position, kind, err.rule, err.reason)
+
+    def write_async(self) -> None:
+        """The producer sends in the background already; this only reports how much is not confirmed."""
+        if self._m_unconfirmed is not None:
+            self._m_unconfirmed.set(self.producer.sent)
+
+    def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
+        """The position after the batch's records, then wait until Kafka acknowledged them all."""
+        if positions:
+            stored = {"positions": positions, "at": dt.datetime.now(dt.UTC).isoformat()}
+            self.producer.send(self.scfg.offsets_topic, self.name.encode(), json.dumps(stored).encode())
+        if self._m_unconfirmed is not None:
+            self._m_unconfirmed.set(self.producer.sent)
+        try:
+            self.producer.flush()
+        except Exception:
+            if self._m_errors is not None:
+                self._m_errors.inc()
+            raise
+        self._committed_held.update(self._held)
+        self._held.clear()
+        if self._m_unconfirmed is not None:
+            self._m_unconfirmed.set(0)
+
+    def rollback(self) -> None:
+        """What was sent stays sent (see the module's docstring); the held count of the batch is dropped."""
+        self._held.clear()
+
+    def drain_held(self) -> dict[str, int]:
+        out, self._committed_held = dict(self._committed_held), Counter()
+        return out
+
+    # --- hooks ----------------------------------------------------------------------------------------
+
+    def wire(self, stages: list) -> None:
+        pass  # stages that need the storefront are refused by the config (config.transport_problems)
+
+    def prefetch(self, field: str, rows: list) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass

@@ -1,0 +1,255 @@
+"""Kafka source: reads change events — pos-cdc's own and genuine Debezium's (cdc/sources/debezium.py) — from
+Kafka topics, as a member of a consumer group.
+
+Positions: a `KafkaPosition` is the next offset to read of each (topic, partition) read since the last
+commit. The checkpointer stores it in the sink database in the same transaction as the rows (partitions
+"kafka:<topic>:<partition>"), then `confirm` commits it to the group too, so `kafka-consumer-groups` and
+other lag tools see it. The sink database is the authority: at every assignment a partition is sought to the
+offset stored there (the group's committed offset only where the sink has none), so a crash between the two
+commits costs a re-read, never a gap.
+
+Never backwards: what the sink compares is the POS position each event carries (commit LSN and sequence,
+decoded from `source.sequence`), not the Kafka offset, so duplicates (a producer's retry after a crash), a
+replay (`cdc replay`) and events of one key arriving through two lanes leave each row at its newest change.
+The source cannot bound those positions (`floor` is None): the sink looks every change's key up.
+
+Rebalances: kafka-python uses the eager protocol, so a rebalance revokes every partition before assigning
+anew. What the pipeline buffered since the last commit is then abandoned (`Abandon`: rolled back, nothing
+applied), and the partitions this member gets are read again from their stored offsets: nothing is lost, and
+nothing is applied by two members at once.
+
+A message that is not a change event pos-cdc can apply (not JSON, no key, a value that does not match its
+schema) is yielded as `Unreadable`, dead-lettered by the sink with the reason, topic, partition and offset,
+while the stream goes on. Tombstones, heartbeats and transaction metadata are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from cdc.config import ConnectorConfig
+from cdc.errors import HoldError
+from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
+from cdc.kafka_client import TP, Admin, Consumer, Record
+from cdc.sources.debezium import DecodeError, EnvelopeDecoder
+
+log = logging.getLogger("cdc.source.kafka")
+
+POLL_MS = 100  # how long a poll waits for records before the source reports Idle
+LAG_EVERY_S = 1.0
+PREFIX = "kafka:"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPosition:
+    """The next offset to read per (topic, partition)."""
+
+    offsets: tuple[tuple[str, int, int], ...]  # (topic, partition, next offset), sorted
+
+    @classmethod
+    def of(cls, offsets: dict[TP, int]) -> KafkaPosition:
+        return cls(tuple(sorted((t, p, o) for (t, p), o in offsets.items())))
+
+    def as_dict(self) -> dict[TP, int]:
+        return {(t, p): o for t, p, o in self.offsets}
+
+    def regresses(self, last: KafkaPosition) -> bool:
+        before = last.as_dict()
+        return any(o < before.get((t, p), o) for t, p, o in self.offsets)
+
+    def __str__(self) -> str:
+        return ",".join(f"{t}:{p}:{o}" for t, p, o in self.offsets) or "(none)"
+
+
+def partition_name(topic: str, partition: int) -> str:
+    """The offset store's partition name of a Kafka partition."""
+    return f"{PREFIX}{topic}:{partition}"
+
+
+def stored_offsets(stored: dict[str, str]) -> dict[TP, int]:
+    """The Kafka offsets among the sink's stored positions."""
+    out = {}
+    for name, text in stored.items():
+        if name.startswith(PREFIX):
+            pos = json.loads(text)
+            out[(pos["topic"], pos["partition"])] = pos["offset"]
+    return out
+
+
+class KafkaSource:
+    def __init__(self, cfg: ConnectorConfig, metrics: Any = None):
+        self.cfg = cfg
+        self.scfg = cfg.source
+        self.decoder = EnvelopeDecoder(heartbeat_prefix=self.scfg.heartbeat_topic_prefix)
+        self.metrics = metrics
+        self.consumer: Consumer | None = None
+        self.next: dict[TP, int] = {}  # next offset of each partition, as far as yielded
+        self.confirmed: dict[TP, int] = {}  # as far as committed downstream
+        self._reload: Callable[[], KafkaPosition | None] | None = None
+        self._abandon = False
+        self._lag_at = 0.0
+        self._lag_series: set[TP] = set()  # partitions whose lag this member reports
+
+    # --- set-up ---------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """The brokers answer; topics named in the config that do not exist yet are reported (the consumer
+        waits for them: the connector that writes them may not have started)."""
+        s = self.scfg
+        admin = Admin(s.bootstrap_servers, s.options)
+        try:
+            missing = sorted(set(s.topics) - admin.topics())
+        finally:
+            admin.close()
+        if missing:
+            log.warning(
+                "%s: topics %s do not exist yet; waiting for them (is the connector that writes them running?)",
+                self.cfg.name,
+                ", ".join(missing),
+            )
+
+    def wire(self, stages: list) -> None:
+        return None  # a pick's fallback store needs the POS: refused by the config for a Kafka source
+
+    def tick(self) -> None:
+        pass
+
+    def observe(self, metrics: Any) -> None:
+        """The running source sets the lag per partition itself (from its fetches); nothing to probe."""
+
+    def reset(self) -> None:
+        pass  # the stored positions, forgotten by the sink, are the Kafka source's only progress
+
+    # --- positions ------------------------------------------------------------------------------------
+
+    def load_position(self, stored: dict[str, str]) -> KafkaPosition | None:
+        offsets = stored_offsets(stored)
+        return KafkaPosition.of(offsets) if offsets else None
+
+    def dump_position(self, position: KafkaPosition) -> dict[str, str]:
+        return {
+            partition_name(t, p): json.dumps({"topic": t, "partition": p, "offset": o})
+            for t, p, o in position.offsets
+        }
+
+    def floor(self, position: KafkaPosition | None) -> None:
+        return None
+
+    def confirm(self, position: KafkaPosition) -> None:
+        offsets = position.as_dict()
+        self.confirmed.update(offsets)
+        if self.consumer is not None:
+            self.consumer.commit(offsets)
+
+    # --- reading --------------------------------------------------------------------------------------
+
+    def read(self, resume: KafkaPosition | None, reload=None) -> Iterator[Any]:
+        s = self.scfg
+        self._reload = reload
+        self.consumer = Consumer(
+            s.bootstrap_servers,
+            s.group,
+            s.options,
+            on_assigned=self._assigned,
+            on_revoked=self._revoked,
+            auto_offset_reset=s.start,
+            max_poll_records=s.poll_max_records,
+        )
+        self.consumer.subscribe(s.topics or None, s.topic_pattern)
+        log.info(
+            "%s: reading %s as a member of group %s",
+            self.cfg.name,
+            s.topic_pattern or ", ".join(s.topics),
+            s.group,
+        )
+        decode = self.decoder.decode
+        while True:
+            records = self.consumer.poll(POLL_MS)
+            if self._abandon:
+                self._abandon = False
+                yield Abandon()
+            if not records:
+                self._report_lag()
+                yield Idle()
+                continue
+            ts_ms = 0
+            for r in records:
+                self.next[(r.topic, r.partition)] = r.offset + 1
+                try:
+                    ev = decode(r.topic, r.key, r.value)
+                except DecodeError as e:
+                    yield self._unreadable(r, e)
+                    continue
+                if ev is None:
+                    continue  # a tombstone, a heartbeat, transaction metadata
+                ev.headers["kafka"] = f"{r.topic}:{r.partition}:{r.offset}"
+                ts_ms = max(ts_ms, ev.ts_ms)
+                yield ev
+            advanced = {tp: o for tp, o in self.next.items() if self.confirmed.get(tp) != o}
+            if advanced:
+                yield TxnEnd(KafkaPosition.of(advanced), ts_ms or int(time.time() * 1000))
+            self._report_lag()
+
+    def _unreadable(self, r: Record, err: HoldError) -> Unreadable:
+        where = f"{r.topic}:{r.partition}:{r.offset}"
+        err.details = {**err.details, "topic": r.topic, "partition": r.partition, "offset": r.offset}
+        err.reason = f"{err.reason} (Kafka {where})"
+        raw = {
+            "kafka": where,
+            "key": None if r.key is None else r.key.decode("utf-8", "replace"),
+            "value": None if r.value is None else r.value.decode("utf-8", "replace")[:100_000],
+        }
+        schema, _, table = r.topic.rpartition(".")
+        ev = ChangeEvent(
+            "u", schema, table, None, raw, 0, 0, 0, r.timestamp, toast=False, headers={"kafka": where}
+        )
+        return Unreadable(ev, err)
+
+    def _assigned(self, tps: set[TP]) -> None:
+        """Inside poll, after a rebalance: each partition starts at the offset the sink stored for it."""
+        stored = {}
+        if self._reload is not None:
+            pos = self._reload()
+            stored = pos.as_dict() if pos is not None else {}
+        for tp in sorted(tps):
+            if tp in stored:
+                self.consumer.seek(*tp, stored[tp])
+                self.next[tp] = self.confirmed[tp] = stored[tp]
+        log.info(
+            "%s: assigned %s",
+            self.cfg.name,
+            ", ".join(f"{t}:{p}@{stored.get((t, p), 'group offset')}" for t, p in sorted(tps)) or "nothing",
+        )
+
+    def _revoked(self, tps: set[TP]) -> None:
+        """Inside poll, before a rebalance: what was read and not committed is abandoned."""
+        if not tps:
+            return
+        if any(self.next.get(tp) != self.confirmed.get(tp) for tp in self.next):
+            self._abandon = True
+        for tp in tps:
+            self.next.pop(tp, None)
+            self.confirmed.pop(tp, None)
+            if tp in self._lag_series:  # no longer this member's to report
+                self._lag_series.discard(tp)
+                self.metrics.kafka_lag.remove(self.cfg.name, tp[0], str(tp[1]))
+        log.info("%s: partitions revoked: %s", self.cfg.name, ", ".join(f"{t}:{p}" for t, p in sorted(tps)))
+
+    def _report_lag(self) -> None:
+        now = time.monotonic()
+        if self.metrics is None or now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        for (topic, partition), lag in self.consumer.lag().items():
+            self.metrics.kafka_lag.labels(self.cfg.name, topic, str(partition)).set(lag)
+            self._lag_series.add((topic, partition))
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
