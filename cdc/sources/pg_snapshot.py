@@ -62,7 +62,7 @@ def _copy_table(
     conn: psycopg.Connection, connector: str, db: str, table: str, point: int, ts_ms: int, seq: int
 ):
     schema, name = table.split(".", 1)
-    names, convs, keys = table_columns(
+    names, convs, keys, types = table_columns(
         conn.execute(COLUMNS_QUERY, (table_regclass(schema, name),)).fetchall()
     )
     query = sql.SQL("SELECT {} FROM {}").format(as_text(names), sql.Identifier(schema, name))
@@ -99,7 +99,7 @@ def _copy_table(
 
 # A source table's columns in order: name, type OID, whether it is part of the primary key (table_columns).
 COLUMNS_QUERY = (
-    "SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false)"
+    "SELECT a.attname, a.atttypid, coalesce(a.attnum = ANY(i.indkey), false), a.atttypmod"
     " FROM pg_attribute a LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary"
     " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
 )
@@ -110,9 +110,15 @@ def table_regclass(schema: str, name: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(name)}"
 
 
-def table_columns(rows: list[tuple]) -> tuple[list[str], list[po.Converter], tuple[str, ...]]:
-    """COLUMNS_QUERY's rows -> (column names, their text converters, the primary key columns)."""
-    return [r[0] for r in rows], [po.converter_for(r[1]) for r in rows], tuple(r[0] for r in rows if r[2])
+def table_columns(rows: list[tuple]) -> tuple[list[str], list[po.Converter], tuple[str, ...], dict]:
+    """COLUMNS_QUERY's rows -> (column names, their text converters, the primary key columns, name -> (type
+    OID, typmod) as ChangeEvent.types)."""
+    return (
+        [r[0] for r in rows],
+        [po.converter_for(r[1]) for r in rows],
+        tuple(r[0] for r in rows if r[2]),
+        {r[0]: (r[1], r[3]) for r in rows},
+    )
 
 
 def as_text(names: list[str]) -> sql.Composed:

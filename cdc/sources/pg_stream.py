@@ -206,6 +206,7 @@ class WalStream:
                     name,
                     rel.key_columns,
                     toast=False,
+                    types=rel.types,
                 )
             elif t is po.Update:
                 if skipping:
@@ -228,6 +229,7 @@ class WalStream:
                     name,
                     rel.key_columns,
                     toast=msg.toasted,
+                    types=rel.types,
                 )
             elif t is po.Delete:
                 if skipping:
@@ -249,6 +251,7 @@ class WalStream:
                     db,
                     name,
                     rel.key_columns,
+                    types=rel.types,
                 )
             elif t is po.Begin:
                 self._in_txn = True
@@ -281,6 +284,7 @@ class WalStream:
                         db,
                         name,
                         rel.key_columns,
+                        types=rel.types,
                     )
             # Relation, Type, Origin and logical messages need nothing more here
 

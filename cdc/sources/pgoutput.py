@@ -241,6 +241,8 @@ class Relation:
     converters: list[Converter] = None  # type: ignore[assignment]
     names: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     cols: tuple[tuple[str, Converter], ...] = field(default=(), init=False, repr=False, compare=False)
+    # column -> (type OID, typmod), shared by the relation's events (ChangeEvent.types)
+    types: dict[str, tuple[int, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.key_columns is None:
@@ -253,6 +255,7 @@ class Relation:
                 f"for {len(self.columns)} columns"
             )
         self.names = tuple(c.name for c in self.columns)
+        self.types = {c.name: (c.type_oid, c.typmod) for c in self.columns}
         self.cols = tuple(zip(self.names, self.converters, strict=True))
 
 

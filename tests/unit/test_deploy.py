@@ -37,6 +37,8 @@ EXPECTED_ALERTS = {
     "CdcConnectorDown",
     "CdcHeldEventsRising",
     "CdcNoCommitsWhileLagging",
+    "CdcKafkaConsumerLagHigh",
+    "CdcKafkaProducerErrors",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # labels every scraped series has besides its own
