@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what pos-cdc and its tests need on a fresh Debian machine, skipping what is already there:
-# Debian's PostgreSQL server (and pgbench), Prometheus' promtool, and the Python package with its extras.
+# Debian's PostgreSQL server (and pgbench), Prometheus' promtool, Java 17 and Maven, Apache Kafka's jars
+# (into .cache/kafka/libs, for the local broker of the tests, the demo and the benchmarks), and the Python
+# package with its extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 
 need=()
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || need+=(postgresql postgresql-contrib)
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
 if [ "${1:-}" = "--with-test-tools" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || need+=(mariadb-server)
@@ -23,8 +27,25 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
+if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql, kafka, crc32c" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
   echo "setup: pip install -e '.[all]'"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[all]'
   mkdir -p .cache && touch .cache/.installed
+fi
+
+# Apache Kafka's broker and tools (scripts/kafka/pom.xml), copied into a fresh dir that replaces the old one
+# only once complete; the .fetched stamp is what cdc/localkafka.py checks. Again when the pom changes.
+KAFKA_LIBS=.cache/kafka/libs
+mkdir -p .cache/kafka
+if [ ! -f "$KAFKA_LIBS/.fetched" ] || [ scripts/kafka/pom.xml -nt "$KAFKA_LIBS/.fetched" ]; then
+  echo "setup: fetching Apache Kafka's jars with Maven into $KAFKA_LIBS"
+  rm -rf "$KAFKA_LIBS.tmp"
+  if ! mvn -q -B -f scripts/kafka/pom.xml -P broker dependency:copy-dependencies \
+      -DoutputDirectory="$PWD/$KAFKA_LIBS.tmp" -DincludeScope=runtime >.cache/kafka-fetch.log 2>&1; then
+    cat .cache/kafka-fetch.log
+    echo "setup: fetching Kafka's jars failed (log above, also in .cache/kafka-fetch.log)"
+    exit 1
+  fi
+  touch "$KAFKA_LIBS.tmp/.fetched"
+  rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
 fi

@@ -1,5 +1,6 @@
 """Real parts for the tests: a throwaway PostgreSQL cluster (Debian's binaries) for the whole session, and a
-fresh POS database and storefront database per test."""
+fresh POS database and storefront database per test; a MariaDB server and an Apache Kafka broker for the
+session, started when a test first asks for them."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def mariadb():
 
     with LocalMariaDB() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    """One Apache Kafka broker (KRaft, single node) for the session; tests use topics and group ids of their
+    own. Never skipped: without the jars it fails with the TerminalError that says to run scripts/setup.sh."""
+    from cdc.localkafka import LocalKafka
+
+    with LocalKafka() as broker:
+        yield broker
 
 
 class Store:
