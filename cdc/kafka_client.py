@@ -92,8 +92,13 @@ class Producer:
         self.sent = 0  # records sent since the last flush
         settings = {"linger_ms": 5, "batch_size": 256 * 1024, **tuning, **(options or {})}
         with kafka_errors(bootstrap, "connecting the producer"):
+            # topics are created by pos-cdc with the configured partitions, never by a broker's default
             self._p = KafkaProducer(
-                bootstrap_servers=_servers(bootstrap), acks="all", enable_idempotence=True, **settings
+                bootstrap_servers=_servers(bootstrap),
+                acks="all",
+                enable_idempotence=True,
+                allow_auto_create_topics=False,
+                **settings,
             )
         self._send = self._p.send
 
@@ -150,7 +155,11 @@ class Consumer:
         }
         with kafka_errors(bootstrap, f"joining consumer group {group}"):
             self._c = KafkaConsumer(
-                bootstrap_servers=_servers(bootstrap), group_id=group, enable_auto_commit=False, **settings
+                bootstrap_servers=_servers(bootstrap),
+                group_id=group,
+                enable_auto_commit=False,
+                allow_auto_create_topics=False,  # a reader must not create a topic with the broker's defaults
+                **settings,
             )
 
         class _Listener(ConsumerRebalanceListener):
@@ -302,7 +311,10 @@ class Admin:
 
             with kafka_errors(self.bootstrap, "connecting"):
                 self._offsets_reader = KafkaConsumer(
-                    bootstrap_servers=_servers(self.bootstrap), enable_auto_commit=False, **self.options
+                    bootstrap_servers=_servers(self.bootstrap),
+                    enable_auto_commit=False,
+                    allow_auto_create_topics=False,
+                    **self.options,
                 )
         return self._offsets_reader
 

@@ -86,7 +86,10 @@ class KafkaSink:
         tp = TopicPartition(s.offsets_topic, 0)
         with kafka_errors(s.bootstrap_servers, f"reading {s.offsets_topic}"):
             reader = KafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers.split(","), enable_auto_commit=False, **s.options
+                bootstrap_servers=s.bootstrap_servers.split(","),
+                enable_auto_commit=False,
+                allow_auto_create_topics=False,
+                **s.options,
             )
             try:
                 reader.assign([tp])

@@ -80,8 +80,13 @@ def wait_synced(env, procs, timeout: float) -> None:
 
 def produce(kafka, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     """Writes raw records (key, value) and waits for their acknowledgement."""
-    from cdc.kafka_client import Producer
+    from cdc.kafka_client import Admin, Producer
 
+    admin = Admin(kafka.bootstrap)
+    try:
+        admin.ensure_topics([topic], partitions=3)
+    finally:
+        admin.close()
     producer = Producer(kafka.bootstrap)
     try:
         for key, value in messages:

@@ -88,7 +88,7 @@ def test_crashes_of_both_connectors_and_a_broker_restart_lose_nothing(env, kafka
     assert pos_prices(env) == store_prices(env), diff(pos_prices(env), store_prices(env))
     assert monitor.decreases == [], f"the watched price went back: {monitor.decreases[:5]}"
     assert monitor.vanished == 0
-    assert len(monitor.values) > 10, "the watched key should have been seen changing"
+    assert len(monitor.values) > 3, "the watched key should have been seen changing"
     assert held_rows(env) == []
 
 
@@ -142,6 +142,7 @@ def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, ka
     hop = Hop(env, kafka)
     with Running(hop.p2k):
         with Running(hop.k2s) as k2s:
+            wait_until(lambda: in_sync(env), timeout=60, what="the snapshot through Kafka", running=k2s)
             env.pos("UPDATE item_price SET price_fen = price_fen + 1 WHERE item_code < 'K0100'")
             env.pos("UPDATE item_price SET price_fen = price_fen + 1 WHERE item_code = %s", WATCHED)
             wait_until(lambda: in_sync(env), timeout=60, what="synced", running=k2s)
@@ -228,7 +229,7 @@ def _dbz_field(mode: str) -> dict:
             "parameters": {"scale": "2", "connect.decimal.precision": "10"},
             "field": "price",
         }
-    return {"type": "string" if mode == "string" else "double", "optional": True, "field": "price"}
+    return {"type": "string" if mode == "string" else "float64", "optional": True, "field": "price"}
 
 
 def _dbz_price(mode: str, price: str | None):
@@ -376,12 +377,13 @@ sink: {{type: sql, url: "@STORE@", table: product, key: [id]}}
         expected += [(base, "13.75", "a"), (base + 1, "99999999.99", "b")]
     with Running(cfg) as r:
         wait_until(
-            lambda: (
-                [(i, str(p), n) for i, p, n in env.store("SELECT id, price, note FROM product ORDER BY id")]
-                == expected
-            ),
+            lambda: [(i, str(p), n) for i, p, n in _product(env)] == expected,
             timeout=60,
             what="Debezium's events applied",
             running=r,
         )
     assert env.store("SELECT count(*) FROM cdc_held")[0][0] == 0
+
+
+def _product(env):
+    return env.store("SELECT id, price, note FROM product ORDER BY id")
