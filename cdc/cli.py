@@ -30,8 +30,11 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
         stream=sys.stderr,
         format="%(asctime)s level=%(levelname)s thread=%(threadName)s logger=%(name)s %(message)s",
     )
-    # kafka-python narrates every connection and rebalance at INFO; pos-cdc says what matters itself
+    # kafka-python narrates every connection and rebalance at INFO, and a topic not created yet, a coordinator
+    # moving or a retried send as errors and warnings; pos-cdc says what matters itself (and retries)
     logging.getLogger("kafka").setLevel(logging.DEBUG if debug else logging.WARNING)
+    for noisy in ("kafka.cluster", "kafka.coordinator", "kafka.producer.sender"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 
 def tune_gc() -> None:
@@ -322,11 +325,12 @@ def replay(
 def demo(
     seconds: float = typer.Option(0, help="stop after this many seconds (0: until Ctrl-C)"),
     rate: float = typer.Option(20, help="simulated price changes per second"),
+    kafka: bool = typer.Option(False, "--kafka", help="over a local Apache Kafka broker (two connectors)"),
 ) -> None:
     """The embedded default: a local POS PostgreSQL, a local storefront, simulated price changes, live lag."""
     from cdc.demo import run_demo
 
-    run_demo(seconds=seconds, rate=rate)
+    run_demo(seconds=seconds, rate=rate, kafka=kafka)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """`cdc demo`: a local POS PostgreSQL, a SQLite storefront, simulated price changes, and live sync and lag.
 
 Everything is made in a temp dir and removed on exit (Ctrl-C included). The connector is the example a DBA
-copies, connectors/pos-to-storefront.yaml (an embedded copy is used when the repo is not at hand).
+copies, connectors/pos-to-storefront.yaml (an embedded copy is used when the repo is not at hand). With
+`--kafka` the same prices travel over a local Apache Kafka broker instead, through the two connectors of a
+Kafka hop: connectors/pos-to-kafka.yaml and connectors/kafka-to-storefront.yaml.
 
 Besides cashier-style reprices, the demo plays two scenes a few seconds in: a promotion on PROMO_SKU that
 starts and ends on its own (the `schedule` stage), and a fat-fingered price on FAT_SKU (a 99 % drop) that the
@@ -10,6 +12,7 @@ starts and ends on its own (the `schedule` stage), and a fat-fingered price on F
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -68,11 +71,11 @@ EFFECTIVE = (
 )
 
 
-def example_config() -> Path:
-    repo = Path(__file__).resolve().parent.parent / "connectors" / "pos-to-storefront.yaml"
+def example_config(name: str = "pos-to-storefront.yaml") -> Path:
+    repo = Path(__file__).resolve().parent.parent / "connectors" / name
     if repo.exists():
         return repo
-    return Path(str(resources.files("cdc") / "pos-to-storefront.yaml"))
+    return Path(str(resources.files("cdc") / name))
 
 
 def store_db(path: str) -> sqlite3.Connection:
@@ -200,27 +203,44 @@ def scene_lines(store_path: str, seen: dict) -> list[str]:
     return out
 
 
-def run_demo(seconds: float = 0, rate: float = 20) -> None:
+def run_demo(seconds: float = 0, rate: float = 20, kafka: bool = False) -> None:
     console = Console(stderr=False)
-    console.print("[bold]pos-cdc demo[/]: starting a local POS PostgreSQL and a SQLite storefront…")
-    with LocalPostgres(tempfile.mkdtemp(prefix="pos-cdc-demo-")) as pg, tempfile.TemporaryDirectory() as tmp:
+    console.print(
+        "[bold]pos-cdc demo[/]: starting a local POS PostgreSQL, "
+        + ("a local Kafka broker, " if kafka else "")
+        + "and a SQLite storefront…"
+    )
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(LocalPostgres(tempfile.mkdtemp(prefix="pos-cdc-demo-")))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
         pos_dsn, store_path = pg.create_database("pos"), os.path.join(tmp, "storefront.db")
         seed(pos_dsn, store_path)
         os.environ["POS_DSN"] = pos_dsn
         os.environ["STORE_URL"] = f"sqlite:///{store_path}"
-        cfg = load_config(example_config())
+        files = ["pos-to-storefront.yaml"]
+        if kafka:
+            from cdc.localkafka import LocalKafka
+
+            broker = stack.enter_context(LocalKafka())
+            os.environ["KAFKA_BOOTSTRAP"] = broker.bootstrap
+            files = ["pos-to-kafka.yaml", "kafka-to-storefront.yaml"]
+            console.print(f"Kafka at {broker.bootstrap}: POS -> pos.public.item_price -> storefront")
+        configs = [load_config(example_config(f)) for f in files]
+        cfg = configs[-1]  # the one that writes the storefront: its lag is the shopper's
         metrics = Metrics()
-        pipeline = Pipeline(cfg, metrics)
+        pipelines = [Pipeline(c, metrics) for c in configs]
         errors: list[BaseException] = []
 
-        def guarded() -> None:
+        def guarded(pipeline: Pipeline) -> None:
             try:
                 pipeline.run()
             except BaseException as e:  # noqa: BLE001 - shown below
                 errors.append(e)
 
-        runner = threading.Thread(target=guarded, name="pipeline")
-        runner.start()
+        runners = [threading.Thread(target=guarded, args=(p,), name=p.cfg.name) for p in pipelines]
+        for t in runners:
+            t.start()
+        runner = _AllAlive(runners)
         wait_for_snapshot(store_path, runner)
         stop = threading.Event()
         made, events, seen = [0], [], {}
@@ -255,9 +275,11 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
         finally:
             stop.set()
             sim.join(5)
-            time.sleep(0.5)  # let the last changes land
-            pipeline.stop()
-            runner.join(30)
+            time.sleep(1.5 if kafka else 0.5)  # let the last changes land
+            for p in pipelines:
+                p.stop()
+            for t in runners:
+                t.join(30)
         if errors:
             raise errors[0]
         for line in news():
@@ -271,7 +293,17 @@ def run_demo(seconds: float = 0, rate: float = 20) -> None:
         console.print("demo finished; the local databases are removed.")
 
 
-def wait_for_snapshot(store_path: str, runner: threading.Thread, timeout: float = 60) -> None:
+class _AllAlive:
+    """`is_alive()` of a set of threads: all of them are (one connector failing ends the demo)."""
+
+    def __init__(self, threads: list[threading.Thread]):
+        self.threads = threads
+
+    def is_alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
+
+
+def wait_for_snapshot(store_path: str, runner, timeout: float = 60) -> None:
     """Until the storefront has the online prices (so the scenes play against a synced storefront)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end and runner.is_alive():

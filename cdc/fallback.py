@@ -52,6 +52,7 @@ class _Table:
     columns: list[str]
     converters: list
     keys: tuple[str, ...]  # primary key
+    types: dict  # column -> (type OID, typmod)
     query: sql.Composed | None = None
 
 
@@ -206,7 +207,18 @@ class PickFallback:
             headers["changed_by"] = row.get(self.changed_by)
         if at is None:
             return ChangeEvent(
-                CREATE, t.schema, t.name, None, row, 0, 0, 0, 0, key_columns=t.keys, headers=headers
+                CREATE,
+                t.schema,
+                t.name,
+                None,
+                row,
+                0,
+                0,
+                0,
+                0,
+                key_columns=t.keys,
+                headers=headers,
+                types=t.types,
             )
         return ChangeEvent(
             CREATE,
@@ -224,6 +236,7 @@ class PickFallback:
             at.connector_name,
             t.keys,
             headers=headers,
+            types=t.types,
         )
 
     # --- what the pick and the pipeline call -------------------------------------------------------------

@@ -31,6 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import zlib
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -57,6 +58,9 @@ class Record(NamedTuple):
     topic: str
     key: bytes | None
     value: bytes | None
+    # CRC-32 of the key's payload JSON (the same with or without schemas): all records of one key go to one
+    # partition (its value modulo the partition count); None for a record without a key
+    spread: int | None = None
 
 
 class EncodeError(HoldError):
@@ -193,13 +197,13 @@ class EnvelopeEncoder:
     def _records(self, ev: ChangeEvent, op: str, before: dict | None, after: dict | None) -> list[Record]:
         rel = self._relation(ev)
         layout = self._layout(rel, ev, before, after)
-        key = None
+        key = spread = None
         if op != TRUNCATE and layout.key_fields:
-            key = self._key(layout, before if op == DELETE else after, ev)
+            key, spread = self._key(layout, before if op == DELETE else after, ev)
         value = self._value(rel, layout, ev, op, before, after)
-        out = [Record(rel.topic, key, value)]
+        out = [Record(rel.topic, key, value, spread)]
         if op == DELETE and self.tombstones and key is not None:
-            out.append(Record(rel.topic, key, None))
+            out.append(Record(rel.topic, key, None, spread))
         return out
 
     def _key_changed(self, ev: ChangeEvent) -> bool:
@@ -209,7 +213,7 @@ class EnvelopeEncoder:
     def _key_change(self, ev: ChangeEvent) -> list[Record]:
         return self._records(ev, DELETE, ev.before, None) + self._records(ev, CREATE, None, ev.after)
 
-    def _key(self, layout: _Layout, row: dict | None, ev: ChangeEvent) -> bytes:
+    def _key(self, layout: _Layout, row: dict | None, ev: ChangeEvent) -> tuple[bytes, int]:
         row = row or {}
         payload = {}
         for name, conv in layout.key_fields:
@@ -218,9 +222,10 @@ class EnvelopeEncoder:
                 raise ValueMismatch(f"key column {name!r} has no value in the {ev.op!r} event")
             payload[name] = conv(v)
         text = _dumps(payload)
+        spread = zlib.crc32(text.encode())
         if layout.key_schema is not None:
             text = f"{layout.key_schema}{text}}}"
-        return text.encode()
+        return text.encode(), spread
 
     def _row(self, layout: _Layout, row: dict | None) -> str:
         if row is None:

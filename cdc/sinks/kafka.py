@@ -47,6 +47,7 @@ class KafkaSink:
         self.producer: Producer | None = None
         self.admin: Admin | None = None
         self._topics: set[str] = set()
+        self._partitions: dict[str, int] = {}  # topic -> partition count
         self.last_commit_time: str | None = None  # as stored with the newest position (load_offsets)
         self._held: Counter[str] = Counter()  # held since the last commit
         self._committed_held: Counter[str] = Counter()
@@ -124,16 +125,20 @@ class KafkaSink:
         except HoldError as e:
             self.hold(ev, e)
             return
-        send = self.producer.send
-        for topic, key, value in records:
-            if topic not in self._topics:
-                self._create(topic)
-            send(topic, key, value)
+        send, partitions = self.producer.send, self._partitions
+        for topic, key, value, spread in records:
+            n = partitions.get(topic) or self._create(topic)
+            send(topic, key, value, None if spread is None else spread % n)
 
-    def _create(self, topic: str) -> None:
+    def _create(self, topic: str) -> int:
+        """Creates the topic if it does not exist; its partition count (records of a key go to partition
+        crc32(key payload) % count, so the count is read once per topic)."""
         s = self.scfg
-        self.admin.ensure_topics([topic], partitions=s.partitions, rf=s.replication_factor)
-        self._topics.add(topic)
+        if topic not in self._topics:
+            self.admin.ensure_topics([topic], partitions=s.partitions, rf=s.replication_factor)
+            self._topics.add(topic)
+        n = self._partitions[topic] = self.admin.partition_count(topic)
+        return n
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
         record = {

@@ -13,7 +13,12 @@ EXAMPLES = sorted((ROOT / "connectors").glob("*.yaml"))
 
 
 def cdc(*args, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "POS_DSN": "host=pos.internal dbname=pos", "STORE_URL": "sqlite:///shop.db"}
+    env = {
+        **os.environ,
+        "POS_DSN": "host=pos.internal dbname=pos",
+        "STORE_URL": "sqlite:///shop.db",
+        "KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092",
+    }
     return subprocess.run(
         [sys.executable, "-m", "cdc.cli", *map(str, args)],
         capture_output=True,
@@ -31,6 +36,8 @@ def test_every_example_connector_is_valid():
         "per-store-online.yaml",
         "promotions.yaml",
         "fat-finger-guard.yaml",
+        "pos-to-kafka.yaml",
+        "kafka-to-storefront.yaml",
     } <= names
     for path in EXAMPLES:
         out = cdc("validate", path)
@@ -47,4 +54,15 @@ def test_demo_plays_a_promotion_and_a_quarantine():
     assert "promotion on SKU-00001 starts" in text and "promotion on SKU-00001 ends" in text, text
     assert "quarantined SKU-00002" in text, text
     assert text.index("starts") < text.index("ends")
+    assert "demo finished" in text
+
+
+def test_demo_over_kafka_plays_the_same_scenes():
+    """`cdc demo --kafka`: the same prices through the two connectors of a Kafka hop and a local broker."""
+    out = cdc("demo", "--seconds", "8", "--kafka", timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "Kafka at 127.0.0.1:" in text
+    assert "quarantined SKU-00002" in text, text
+    assert "promotion on SKU-00001 starts" in text and "promotion on SKU-00001 ends" in text, text
     assert "demo finished" in text
