@@ -56,11 +56,11 @@ STORE_TABLE = (
 P2K = """
 name: bench-p2k
 source: {{type: postgres, dsn: "{pos}", tables: [public.item_price], snapshot: never, heartbeat_interval_s: 0}}
-sink: {{type: kafka, bootstrap_servers: "{kafka}", topic_prefix: bench, partitions: {partitions}}}
+sink: {{type: kafka, bootstrap_servers: "{kafka}", topic_prefix: bench, partitions: {partitions}, client: {client}, schemas: {schemas}}}
 """
 K2S = """
 name: bench-k2s
-source: {{type: kafka, bootstrap_servers: "{kafka}", topics: [bench.public.item_price], group: bench}}
+source: {{type: kafka, bootstrap_servers: "{kafka}", topics: [bench.public.item_price], group: bench, client: {client}}}
 transforms:
   - {{type: rename, fields: {{item_code: sku, price_fen: price}}}}
   - {{type: money, field: price, divide_by: 100, scale: 2}}
@@ -122,13 +122,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--partitions", type=int, default=3)
+    ap.add_argument("--client", choices=["kafka-python", "confluent-kafka"], default="kafka-python")
+    ap.add_argument("--schemas", choices=["true", "false"], default="true", help="the Kafka sink's schemas")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--keep-logs", help="a directory for the connectors' logs")
     args = ap.parse_args()
     n, parts = args.rows, args.partitions
     logs = Path(args.keep_logs or tempfile.mkdtemp(prefix="pos-cdc-kafka-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
-    figures: dict = {"rows": n, "partitions": parts}
+    figures: dict = {"rows": n, "partitions": parts, "client": args.client, "schemas": args.schemas == "true"}
     procs: list[Connector] = []
     with LocalPostgres(settings={"autovacuum": "off"}) as pg, LocalKafka() as kafka:
         pos = pg.create_database("pos")
@@ -136,8 +138,12 @@ def main() -> None:
         pg.execute(POS_TABLE, "pos")
         pg.execute(STORE_TABLE, "store")
         p2k, k2s = logs / "p2k.yaml", logs / "k2s.yaml"
-        p2k.write_text(P2K.format(pos=pos, kafka=kafka.bootstrap, partitions=parts))
-        k2s.write_text(K2S.format(kafka=kafka.bootstrap, store=pg.url("store")))
+        p2k.write_text(
+            P2K.format(
+                pos=pos, kafka=kafka.bootstrap, partitions=parts, client=args.client, schemas=args.schemas
+            )
+        )
+        k2s.write_text(K2S.format(kafka=kafka.bootstrap, store=pg.url("store"), client=args.client))
         admin = Admin(kafka.bootstrap)
         try:
             producer = Connector(p2k, logs / "p2k.log")
@@ -200,7 +206,10 @@ def main() -> None:
     figures["producer_vs_java"] = round(
         figures["producer"]["changes_per_s"] / figures["java_producer"]["msgs_per_s"], 3
     )
-    print(f"POS -> Kafka -> storefront, {n} changes, {parts} partitions, one local broker:")
+    print(
+        f"POS -> Kafka -> storefront, {n} changes, {parts} partitions, one local broker, client {args.client},"
+        f" schemas {args.schemas}:"
+    )
     for key, label in (
         ("producer", "producer (POS -> Kafka)"),
         ("consumer", "consumer (Kafka -> storefront)"),

@@ -27,7 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql, kafka, crc32c" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
+if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql, kafka, crc32c, confluent_kafka" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
   echo "setup: pip install -e '.[all]'"
   "$PY" -m pip install -q --disable-pip-version-check -e '.[all]'
   mkdir -p .cache && touch .cache/.installed

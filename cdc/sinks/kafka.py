@@ -25,7 +25,7 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import ChangeEvent, jsonable
-from cdc.kafka_client import Admin, Producer, kafka_errors
+from cdc.kafka_client import Admin, kafka_errors, open_producer
 from cdc.sinks.envelope import EnvelopeEncoder
 
 log = logging.getLogger("cdc.sink.kafka")
@@ -44,7 +44,7 @@ class KafkaSink:
             tombstones=self.scfg.tombstones,
         )
         self.caught_up = False
-        self.producer: Producer | None = None
+        self.producer = None  # cdc.kafka_client.Producer or its confluent-kafka twin
         self.admin: Admin | None = None
         self._topics: set[str] = set()
         self._partitions: dict[str, int] = {}  # topic -> partition count
@@ -64,7 +64,8 @@ class KafkaSink:
         self.admin.ensure_topics([s.offsets_topic], partitions=1, compact=True, rf=s.replication_factor)
         self.admin.ensure_topics([s.held_topic], partitions=1, rf=s.replication_factor)
         self._topics = self.admin.topics()
-        self.producer = Producer(s.bootstrap_servers, s.options)
+        self.producer = open_producer(s.client, s.bootstrap_servers, s.options)
+        log.info("%s: Kafka client %s", self.name, s.client)
 
     def start_folding(self) -> None:
         pass

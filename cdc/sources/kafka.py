@@ -35,7 +35,7 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
-from cdc.kafka_client import TP, Admin, Consumer, Record
+from cdc.kafka_client import TP, Admin, Record, open_consumer
 from cdc.sources.debezium import DecodeError, EnvelopeDecoder
 
 log = logging.getLogger("cdc.source.kafka")
@@ -87,7 +87,7 @@ class KafkaSource:
         self.scfg = cfg.source
         self.decoder = EnvelopeDecoder(heartbeat_prefix=self.scfg.heartbeat_topic_prefix)
         self.metrics = metrics
-        self.consumer: Consumer | None = None
+        self.consumer = None  # cdc.kafka_client.Consumer or its confluent-kafka twin
         self.next: dict[TP, int] = {}  # next offset of each partition, as far as yielded
         self.confirmed: dict[TP, int] = {}  # as far as committed downstream
         self._reload: Callable[[], KafkaPosition | None] | None = None
@@ -151,7 +151,8 @@ class KafkaSource:
     def read(self, resume: KafkaPosition | None, reload=None) -> Iterator[Any]:
         s = self.scfg
         self._reload = reload
-        self.consumer = Consumer(
+        self.consumer = open_consumer(
+            s.client,
             s.bootstrap_servers,
             s.group,
             s.options,
@@ -160,6 +161,7 @@ class KafkaSource:
             auto_offset_reset=s.start,
             max_poll_records=s.poll_max_records,
         )
+        log.info("%s: Kafka client %s", self.cfg.name, s.client)
         self.consumer.subscribe(s.topics or None, s.topic_pattern)
         log.info(
             "%s: reading %s as a member of group %s",
@@ -210,21 +212,22 @@ class KafkaSource:
         )
         return Unreadable(ev, err)
 
-    def _assigned(self, tps: set[TP]) -> None:
-        """Inside poll, after a rebalance: each partition starts at the offset the sink stored for it."""
+    def _assigned(self, tps: set[TP]) -> dict[TP, int]:
+        """Inside poll, after a rebalance: each partition starts at the offset the sink stored for it (the
+        group's committed offset where the sink has none)."""
         stored = {}
         if self._reload is not None:
             pos = self._reload()
             stored = pos.as_dict() if pos is not None else {}
-        for tp in sorted(tps):
-            if tp in stored:
-                self.consumer.seek(*tp, stored[tp])
-                self.next[tp] = self.confirmed[tp] = stored[tp]
+        starts = {tp: stored[tp] for tp in tps if tp in stored}
+        for tp, offset in starts.items():
+            self.next[tp] = self.confirmed[tp] = offset
         log.info(
             "%s: assigned %s",
             self.cfg.name,
             ", ".join(f"{t}:{p}@{stored.get((t, p), 'group offset')}" for t, p in sorted(tps)) or "nothing",
         )
+        return starts
 
     def _revoked(self, tps: set[TP]) -> None:
         """Inside poll, before a rebalance: what was read and not committed is abandoned."""

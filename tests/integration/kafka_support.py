@@ -14,12 +14,12 @@ from tests.integration.support import ROOT, in_sync
 P2K = """
 name: @NAME@-p2k
 source: {type: postgres, dsn: "@POS@", tables: [public.item_price]}
-sink: {type: kafka, bootstrap_servers: "@KAFKA@", topic_prefix: @PREFIX@, partitions: 3@P2K_EXTRA@}
+sink: {type: kafka, bootstrap_servers: "@KAFKA@", topic_prefix: @PREFIX@, partitions: 3, client: @CLIENT@@P2K_EXTRA@}
 """
 
 K2S = """
 name: @NAME@-k2s
-source: {type: kafka, bootstrap_servers: "@KAFKA@", topics: [@PREFIX@.public.item_price], group: @NAME@-g}
+source: {type: kafka, bootstrap_servers: "@KAFKA@", topics: [@PREFIX@.public.item_price], group: @NAME@-g, client: @CLIENT@}
 transforms:
   - {type: rename, fields: {item_code: sku, price_fen: price}}
   - {type: money, field: price, divide_by: 100, scale: 2}
@@ -30,7 +30,7 @@ sink: {type: sql, url: "@STORE@", table: product_price, key: [sku], batch_size: 
 class Hop:
     """The config files of one test's Kafka hop; topics get a prefix of their own."""
 
-    def __init__(self, env, kafka, p2k_extra: str = ""):
+    def __init__(self, env, kafka, p2k_extra: str = "", client: str = "kafka-python"):
         self.env, self.kafka = env, kafka
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.topic = f"{self.prefix}.public.item_price"
@@ -40,6 +40,7 @@ class Hop:
                 text.replace("@KAFKA@", kafka.bootstrap)
                 .replace("@PREFIX@", self.prefix)
                 .replace("@P2K_EXTRA@", p2k_extra)
+                .replace("@CLIENT@", client)
             )
 
         self.p2k = env.write_config(body(P2K), "p2k.yaml")

@@ -93,8 +93,9 @@ def test_crashes_of_both_connectors_and_a_broker_restart_lose_nothing(env, kafka
 
 
 def test_two_sink_connectors_share_the_partitions_through_rebalances(env, kafka, tmp_path):
+    """On confluent-kafka (librdkafka's group protocol; the crash test above runs kafka-python's)."""
     setup(env)
-    hop = Hop(env, kafka)
+    hop = Hop(env, kafka, client="confluent-kafka")
     writer = Writer(env.pos_dsn, total_changes=6_000, nkeys=2000, rate=500, watched=WATCHED, seed=7)
     monitor = Monitor(env.store_dsn, WATCHED, interval=0.02)
     one = CdcProcess(hop.k2s, tmp_path / "k2s-1.log")
@@ -137,9 +138,10 @@ def _members(kafka, group: str) -> int:
         admin.close()
 
 
-def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, kafka):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, kafka, client):
     setup(env, nkeys=300)
-    hop = Hop(env, kafka)
+    hop = Hop(env, kafka, client=client)
     with Running(hop.p2k):
         with Running(hop.k2s) as k2s:
             wait_until(lambda: in_sync(env), timeout=60, what="the snapshot through Kafka", running=k2s)
@@ -190,9 +192,10 @@ def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, ka
     assert rc == 1 and "cannot be rewound" in err and "--resnapshot" in err
 
 
-def test_malformed_messages_are_dead_lettered_while_the_rest_flows(env, kafka):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
+def test_malformed_messages_are_dead_lettered_while_the_rest_flows(env, kafka, client):
     setup(env, nkeys=10)
-    hop = Hop(env, kafka)
+    hop = Hop(env, kafka, client=client)
     with Running(hop.p2k), Running(hop.k2s) as k2s:
         wait_until(lambda: in_sync(env), timeout=60, what="synced", running=k2s)
         produce(
