@@ -162,7 +162,9 @@ _PROTECTED = (
     "allow_auto_create_topics",
 )
 # in kafka-python's spelling and in librdkafka's (confluent-kafka)
-PROTECTED_KAFKA_OPTIONS = frozenset([*_PROTECTED, *(p.replace("_", ".") for p in _PROTECTED), "request.required.acks"])
+PROTECTED_KAFKA_OPTIONS = frozenset(
+    [*_PROTECTED, *(p.replace("_", ".") for p in _PROTECTED), "request.required.acks"]
+)
 
 
 class KafkaSink(KafkaClientOptions):

@@ -257,6 +257,30 @@ def open_consumer(client: str, bootstrap: str, group: str, options: dict[str, An
     return Consumer(bootstrap, group, options, **kw)
 
 
+# librdkafka's names of the connection settings -> kafka-python's, for the admin calls of a connector whose
+# producer or consumer is confluent-kafka (its `options` are in librdkafka's names)
+_LIBRDKAFKA_TO_KAFKA_PYTHON = {
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_plain_username",
+    "sasl.password": "sasl_plain_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+    "ssl.key.password": "ssl_password",
+    "client.id": "client_id",
+}
+
+
+def admin_options(client: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """A connector's client options as the admin calls (always kafka-python) take them."""
+    options = options or {}
+    if client != "confluent-kafka":
+        return options
+    return {_LIBRDKAFKA_TO_KAFKA_PYTHON[k]: v for k, v in options.items() if k in _LIBRDKAFKA_TO_KAFKA_PYTHON}
+
+
 class Admin:
     def __init__(self, bootstrap: str, options: dict[str, Any] | None = None):
         from kafka import KafkaAdminClient

@@ -40,7 +40,9 @@ def classify(err: Any, bootstrap: str, what: str) -> Exception:
         return TerminalError(f"Kafka error ({what}): {name}: {text}")
     if "AUTHORIZATION" in name or "AUTHENTICATION" in name or "SASL" in name:
         return TerminalError(f"Kafka at {bootstrap} refused pos-cdc ({what}): {name}: {text}")
-    if not hasattr(kerr, "retriable") or kerr.retriable() or name.startswith("_"):  # _TRANSPORT, _MSG_TIMED_OUT
+    if (
+        not hasattr(kerr, "retriable") or kerr.retriable() or name.startswith("_")
+    ):  # _TRANSPORT, _MSG_TIMED_OUT
         return TransientError(f"Kafka at {bootstrap} unavailable ({what}): {name}: {text}")
     return TerminalError(f"Kafka error ({what}): {name}: {text}")
 
@@ -87,7 +89,9 @@ class ConfluentProducer:
             except BufferError:  # the local queue is full: let librdkafka send some, then try again
                 self._p.poll(0.1)
         else:
-            raise TransientError(f"Kafka at {self.bootstrap} takes no records: the producer's queue stayed full")
+            raise TransientError(
+                f"Kafka at {self.bootstrap} takes no records: the producer's queue stayed full"
+            )
         self.sent += 1
         if not self.sent & 0x3FFF:
             self._p.poll(0)  # serve delivery reports now and then, not only at flush
@@ -174,7 +178,10 @@ class ConfluentConsumer:
         for m in messages:
             err = m.error()
             if err is not None:
-                if err.code() in (self._ck.KafkaError._PARTITION_EOF, self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART):
+                if err.code() in (
+                    self._ck.KafkaError._PARTITION_EOF,
+                    self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART,
+                ):
                     continue  # the end of a partition; a topic not created yet (waited for, as kafka-python)
                 raise classify(err, self.bootstrap, "reading")
             out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1]))

@@ -34,6 +34,10 @@ def who() -> str:
 
 
 def list_held(cfg: ConnectorConfig, kind: str, status: str | None = "held") -> list[dict]:
+    if cfg.sink.type == "kafka":
+        from cdc.sinks.kafka import read_held
+
+        return [r for r in read_held(cfg) if r["kind"] == kind]
     sink = SqlSink(cfg)
     sink.open()
     try:
@@ -80,6 +84,13 @@ def event_from_held(row) -> ChangeEvent:
 
 def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str | None = None) -> Outcome:
     """apply=True: approve (quarantine) / retry (dead letter); False: reject / drop."""
+    if cfg.sink.type == "kafka":
+        raise CdcError(
+            f"{cfg.name} writes to Kafka: what it held is kept in topic {cfg.sink.held_topic} to read "
+            f"(`cdc {kind.replace('_', '')} {cfg.path or 'CONFIG'} list`); fix the cause (usually a stage's "
+            "config) and the next change of the row goes through, or put the stage in the connector that "
+            "writes the storefront, where held changes can be approved and retried"
+        )
     by = by or who()
     sink = SqlSink(cfg)
     sink.open()

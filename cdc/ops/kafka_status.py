@@ -8,7 +8,7 @@ import re
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
-from cdc.kafka_client import TP, Admin
+from cdc.kafka_client import TP, Admin, admin_options
 
 
 def topic_partitions(admin: Admin, cfg: ConnectorConfig) -> list[TP]:
@@ -26,7 +26,7 @@ def kafka_source_side(cfg: ConnectorConfig, stored: dict[str, int] | None) -> di
     s = cfg.source
     stored = stored or {}
     try:
-        admin = Admin(s.bootstrap_servers, s.options)
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
     except CdcError as e:
         return {"group": s.group, "source_error": str(e), "state": "unreachable"}
     try:

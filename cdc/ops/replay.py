@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError
-from cdc.kafka_client import TP, Admin
+from cdc.kafka_client import TP, Admin, admin_options
 from cdc.ops.kafka_status import topic_partitions
 
 _DURATION = re.compile(
@@ -160,7 +160,7 @@ def replay(cfg: ConnectorConfig, how: str, arg, execute: bool) -> tuple[list[Mov
     s = cfg.source
     sink = build_sink(cfg)
     sink.open()
-    admin = Admin(s.bootstrap_servers, s.options)
+    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
     try:
         moves = plan(cfg, admin, stored_offsets(sink.load_offsets()), how, arg)
         if not execute:

@@ -25,10 +25,51 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import ChangeEvent, jsonable
-from cdc.kafka_client import Admin, kafka_errors, open_producer
+from cdc.kafka_client import Admin, admin_options, kafka_errors, open_producer
 from cdc.sinks.envelope import EnvelopeEncoder
 
 log = logging.getLogger("cdc.sink.kafka")
+
+
+def read_held(cfg: ConnectorConfig) -> list[dict]:
+    """The held topic's entries of this connector, as `cdc deadletter list` shows them (id: the offset)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    s = cfg.sink
+    tp, out = TopicPartition(s.held_topic, 0), []
+    with kafka_errors(s.bootstrap_servers, f"reading {s.held_topic}"):
+        reader = KafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers.split(","),
+            enable_auto_commit=False,
+            allow_auto_create_topics=False,
+            **admin_options(s.client, s.options),
+        )
+        try:
+            if tp.topic not in reader.topics():
+                return []
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            while reader.position(tp) < end:
+                for records in reader.poll(timeout_ms=1000).values():
+                    for r in records:
+                        entry = json.loads(r.value)
+                        if r.key == cfg.name.encode() and entry.get("connector") == cfg.name:
+                            position = entry.get("position", "0#0")
+                            commit, _, seq = position.partition("#")
+                            out.append(
+                                {
+                                    "id": r.offset,
+                                    "row_key": None,
+                                    "status": "held",
+                                    "commit_lsn": commit,
+                                    "seq": seq,
+                                    **entry,
+                                }
+                            )
+        finally:
+            reader.close()
+    return out
 
 
 class KafkaSink:
@@ -60,7 +101,7 @@ class KafkaSink:
 
     def open(self) -> None:
         s = self.scfg
-        self.admin = Admin(s.bootstrap_servers, s.options)
+        self.admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
         self.admin.ensure_topics([s.offsets_topic], partitions=1, compact=True, rf=s.replication_factor)
         self.admin.ensure_topics([s.held_topic], partitions=1, rf=s.replication_factor)
         self._topics = self.admin.topics()
@@ -91,7 +132,7 @@ class KafkaSink:
                 bootstrap_servers=s.bootstrap_servers.split(","),
                 enable_auto_commit=False,
                 allow_auto_create_topics=False,
-                **s.options,
+                **admin_options(s.client, s.options),
             )
             try:
                 reader.assign([tp])

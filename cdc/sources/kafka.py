@@ -35,7 +35,7 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
-from cdc.kafka_client import TP, Admin, Record, open_consumer
+from cdc.kafka_client import TP, Admin, Record, admin_options, open_consumer
 from cdc.sources.debezium import DecodeError, EnvelopeDecoder
 
 log = logging.getLogger("cdc.source.kafka")
@@ -101,7 +101,7 @@ class KafkaSource:
         """The brokers answer; topics named in the config that do not exist yet are reported (the consumer
         waits for them: the connector that writes them may not have started)."""
         s = self.scfg
-        admin = Admin(s.bootstrap_servers, s.options)
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
         try:
             missing = sorted(set(s.topics) - admin.topics())
         finally:

@@ -390,3 +390,41 @@ sink: {{type: sql, url: "@STORE@", table: product, key: [id]}}
 
 def _product(env):
     return env.store("SELECT id, price, note FROM product ORDER BY id")
+
+
+def test_status_and_held_changes_on_both_sides_of_the_hop(env, kafka):
+    """`cdc status` of each connector: the stored position (an LSN, or offsets per partition), the group and
+    each partition's lag; a change a stage holds before Kafka is listed from the held topic."""
+    setup(env, nkeys=20)
+    env.pos("ALTER TABLE item_price ADD COLUMN note text")
+    env.pos("INSERT INTO item_price VALUES ('BAD', 5, 'not a number')")
+    # the POS connector runs a money stage on `note`: the BAD row is held, the others flow
+    hop = Hop(env, kafka, p2k_extra="}\ntransforms: [{type: money, field: note, divide_by: 1, scale: 2}]\n#")
+    with Running(hop.p2k) as p2k, Running(hop.k2s) as k2s:
+        wait_until(lambda: len(store_prices(env)) == 21, timeout=60, what="all but BAD", running=k2s)
+        wait_until(
+            lambda: _status(hop.k2s).get("kafka_lag_records") == 0, timeout=30, what="lag 0", running=p2k
+        )
+        source_side = _status(hop.p2k)
+        assert source_side["state"] == "running" and source_side["position"]["commit_lsn"].count("/") == 1
+        sink_side = _status(hop.k2s)
+    assert sink_side["group"] == hop.group and sink_side["group_members"] == 1
+    parts = sink_side["partitions"]
+    assert {p["partition"] for p in parts} == {0, 1, 2} and all(p["lag"] == 0 for p in parts)
+    assert sum(p["stored"] for p in parts) == sum(p["end"] for p in parts) >= 21
+    assert set(sink_side["position"]) == {f"{hop.topic}:{p}" for p in range(3)}
+    held = json.loads(cdc("deadletter", hop.p2k, "list", "--json").stdout)
+    assert [(h["kind"], h["rule"], h["source_table"]) for h in held] == [
+        ("dead_letter", "money#1", "public.item_price")
+    ]
+    assert "not a number" in json.dumps(held[0]["event"])
+    refused = cdc("deadletter", hop.p2k, "retry", str(held[0]["id"]))
+    assert refused.returncode == 1 and "writes to Kafka" in refused.stderr
+    stopped = _status(hop.k2s)
+    assert stopped["state"] == "stopped" and stopped["group_members"] == 0
+
+
+def _status(config) -> dict:
+    res = cdc("status", config, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
