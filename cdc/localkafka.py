@@ -39,12 +39,14 @@ FETCHED_STAMP = ".fetched"  # written by scripts/setup.sh once the whole classpa
 REQUIRED_JARS = (f"kafka_2.13-{KAFKA_VERSION}.jar", f"kafka-tools-{KAFKA_VERSION}.jar")
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
+PROBE_GROUP = "pos-cdc-localkafka-probe"  # never joined: start() asks the coordinator for its offsets
 JVM_OPTS = ["-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"]
 
 # One node, so every internal topic has one replica; tests and the demo want a group's first join to be
 # immediate rather than after Kafka's 3 s wait for more members. After a SIGKILL the restarted controller
 # keeps the dead broker's registration until its session times out (9 s by default) before it takes the
-# new one: a 5 s session (1 s heartbeats, on loopback) shortens that wait. Flushing is left to the OS
+# new one: a 5 s session (1 s heartbeats, on loopback) shortens that wait. One partition for committed
+# offsets, so that start() can tell with one probe when the group coordinator is ready. Flushing is left to the OS
 # (Kafka's default): an acknowledged message is in the page cache, which a killed broker process does not
 # take with it; only a machine crash would need `log.flush.interval.messages=1`.
 SETTINGS = {
@@ -57,7 +59,7 @@ SETTINGS = {
     "default.replication.factor": "1",
     "min.insync.replicas": "1",
     "offsets.topic.replication.factor": "1",
-    "offsets.topic.num.partitions": "4",
+    "offsets.topic.num.partitions": "1",
     "transaction.state.log.replication.factor": "1",
     "transaction.state.log.min.isr": "1",
     "transaction.state.log.num.partitions": "4",
@@ -233,9 +235,13 @@ class LocalKafka:
 
     def _wait_ready(self, deadline: float) -> None:
         """Waits until the broker answers a metadata request naming itself, unfenced (it then takes produce,
-        fetch and group requests, and its controller takes topic creation). Its client listener opens only
-        at the end of its start, so a plain connect is tried first: a kafka-python client made before that
-        would sit in its own 30 s bootstrap wait."""
+        fetch and topic creation), and until its group coordinator has loaded the committed offsets: after a
+        restart it first answers offset requests with COORDINATOR_LOAD_IN_PROGRESS, which kafka-python's
+        admin client raises instead of retrying (a test reading offsets right after restart() would fail).
+        One __consumer_offsets partition (SETTINGS), so one probe group covers every group.
+
+        The client listener opens only at the end of the broker's start, so a plain connect is tried
+        first: a kafka-python client made before that would sit in its own 30 s bootstrap wait."""
         last = "no answer"
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
@@ -253,6 +259,7 @@ class LocalKafka:
             try:
                 brokers = admin.describe_cluster().get("brokers") or []
                 if any(b.get("port") == self.port and not b.get("is_fenced") for b in brokers):
+                    admin.list_group_offsets(PROBE_GROUP)  # raises while the coordinator loads
                     return
                 last = f"metadata lists brokers {brokers}"
             except Exception as e:  # noqa: BLE001 - starting up
