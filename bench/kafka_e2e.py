@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import psycopg  # noqa: E402
 from kafka_client import java_produce  # noqa: E402  (bench/kafka_client.py)
 
-from cdc.kafka_client import Admin  # noqa: E402
+from cdc.kafka_admin import Admin  # noqa: E402
 from cdc.localkafka import LocalKafka  # noqa: E402
 from cdc.localpg import LocalPostgres  # noqa: E402
 

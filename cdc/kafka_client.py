@@ -12,15 +12,16 @@ The admin calls (topics, groups, offsets by time) are not on the hot path and al
   its source before that.
 - `Consumer`: a member of a consumer group, manual offsets (no auto-commit): it reads, the caller stores the
   offsets in the sink database and then commits them to the group.
-- `Admin`: topics, a group's state, members and committed offsets, partition end offsets and offsets by time
-  (`cdc replay`, `cdc status`).
+- `Admin` (cdc/kafka_admin.py): topics, a group's state, members and committed offsets, partition end offsets
+  and offsets by time (`cdc replay`, `cdc status`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,7 @@ from cdc.errors import TerminalError, TransientError
 log = logging.getLogger("cdc.kafka")
 
 TP = tuple[str, int]  # (topic, partition)
+JOIN_STUCK_S = 20.0  # a consumer not in a stable group for this long is made anew (Consumer._check_joined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +161,22 @@ class Consumer:
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
             **(options or {}),
         }
-        with kafka_errors(bootstrap, f"joining consumer group {group}"):
-            self._c = KafkaConsumer(
-                bootstrap_servers=_servers(bootstrap),
-                group_id=group,
-                enable_auto_commit=False,
-                allow_auto_create_topics=False,  # a reader must not create a topic with the broker's defaults
-                **settings,
-            )
 
-        consumer = self._c
+        def make() -> KafkaConsumer:
+            with kafka_errors(bootstrap, f"joining consumer group {group}"):
+                return KafkaConsumer(
+                    bootstrap_servers=_servers(bootstrap),
+                    group_id=group,
+                    enable_auto_commit=False,
+                    allow_auto_create_topics=False,  # a reader must not create a topic with the broker's defaults
+                    **settings,
+                )
+
+        self._make = make
+        self._c = make()
+        self._subscription: tuple = ()
+        self._unjoined_since: float | None = None
+        outer = self
 
         class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked):
@@ -180,11 +188,12 @@ class Consumer:
                     starts = on_assigned({(tp.topic, tp.partition) for tp in assigned})
                     for tp in assigned:
                         if (tp.topic, tp.partition) in starts:
-                            consumer.seek(tp, starts[(tp.topic, tp.partition)])
+                            outer._c.seek(tp, starts[(tp.topic, tp.partition)])
 
         self._listener = _Listener()
 
     def subscribe(self, topics: list[str] | None = None, pattern: str | None = None) -> None:
+        self._subscription = (topics, pattern)
         with kafka_errors(self.bootstrap, "subscribing"):
             if pattern:
                 self._c.subscribe(pattern=pattern, listener=self._listener)
@@ -195,6 +204,8 @@ class Consumer:
         """The next records, each partition's in offset order."""
         with kafka_errors(self.bootstrap, "reading"):
             batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        if not batches:
+            self._check_joined()
         out: list[Record] = []
         for tp, records in batches.items():
             t, p = tp.topic, tp.partition
@@ -203,6 +214,32 @@ class Consumer:
 
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self._c.assignment()}
+
+    def _check_joined(self) -> None:
+        """kafka-python 3.0.12 now and then loses a group join whose reply comes between two polls: the
+        broker counts the member in, the client never gets its partitions nor heartbeats, and the broker
+        drops it later, without a word (tests/integration/test_kafka_broker.py shows it). A member neither
+        assigned nor in a stable group for JOIN_STUCK_S is closed (out of the group) and made anew; an idle
+        member of a stable group (more members than partitions) is left alone."""
+        coordinator = getattr(self._c, "_coordinator", None)
+        stable = getattr(coordinator, "generation_if_stable", lambda: True)() is not None
+        if stable or self._c.assignment() or not self._subscription:
+            self._unjoined_since = None
+            return
+        now = time.monotonic()
+        self._unjoined_since = self._unjoined_since or now
+        if now - self._unjoined_since < JOIN_STUCK_S:
+            return
+        log.warning(
+            "consumer group %s: no partitions after %.0f s of joining (a join kafka-python lost); joining again",
+            self.group,
+            now - self._unjoined_since,
+        )
+        self._unjoined_since = None
+        with contextlib.suppress(Exception):
+            self._c.close(autocommit=False)
+        self._c = self._make()
+        self.subscribe(*self._subscription)
 
     def commit(self, offsets: dict[TP, int]) -> None:
         """Commits the next offsets to read to the group, without waiting (the sink database has them)."""
@@ -255,147 +292,3 @@ def open_consumer(client: str, bootstrap: str, group: str, options: dict[str, An
 
         return ConfluentConsumer(bootstrap, group, options, **kw)
     return Consumer(bootstrap, group, options, **kw)
-
-
-# librdkafka's names of the connection settings -> kafka-python's, for the admin calls of a connector whose
-# producer or consumer is confluent-kafka (its `options` are in librdkafka's names)
-_LIBRDKAFKA_TO_KAFKA_PYTHON = {
-    "security.protocol": "security_protocol",
-    "sasl.mechanism": "sasl_mechanism",
-    "sasl.mechanisms": "sasl_mechanism",
-    "sasl.username": "sasl_plain_username",
-    "sasl.password": "sasl_plain_password",
-    "ssl.ca.location": "ssl_cafile",
-    "ssl.certificate.location": "ssl_certfile",
-    "ssl.key.location": "ssl_keyfile",
-    "ssl.key.password": "ssl_password",
-    "client.id": "client_id",
-}
-
-
-def admin_options(client: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """A connector's client options as the admin calls (always kafka-python) take them."""
-    options = options or {}
-    if client != "confluent-kafka":
-        return options
-    return {_LIBRDKAFKA_TO_KAFKA_PYTHON[k]: v for k, v in options.items() if k in _LIBRDKAFKA_TO_KAFKA_PYTHON}
-
-
-class Admin:
-    def __init__(self, bootstrap: str, options: dict[str, Any] | None = None):
-        from kafka import KafkaAdminClient
-
-        self.bootstrap = bootstrap
-        self.options = options or {}
-        with kafka_errors(bootstrap, "connecting"):
-            self._a = KafkaAdminClient(bootstrap_servers=_servers(bootstrap), **self.options)
-        self._offsets_reader = None
-
-    def topics(self) -> set[str]:
-        with kafka_errors(self.bootstrap, "listing topics"):
-            return set(self._a.list_topics())
-
-    def ensure_topics(
-        self, names: Iterable[str], partitions: int = 1, compact: bool = False, rf: int = -1
-    ) -> None:
-        """Creates the topics that do not exist yet (another process creating one meanwhile is fine)."""
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
-        want = sorted(set(names) - self.topics())
-        if not want:
-            return
-        configs = {"cleanup.policy": "compact"} if compact else {}
-        for name in want:
-            try:
-                with kafka_errors(self.bootstrap, f"creating topic {name}"):
-                    self._a.create_topics([NewTopic(name, partitions, rf, topic_configs=configs)])
-                log.info(
-                    "created Kafka topic %s (%d partitions%s)",
-                    name,
-                    partitions,
-                    ", compacted" if compact else "",
-                )
-            except TerminalError as e:
-                if not isinstance(e.__cause__, TopicAlreadyExistsError):
-                    raise
-        with kafka_errors(self.bootstrap, f"waiting for the leaders of {', '.join(want)}"):
-            self._a.wait_for_topics(want, timeout_ms=30_000)  # a new topic takes writes once it has leaders
-
-    def partition_count(self, topic: str) -> int:
-        return len(self.partitions(topic))
-
-    def partitions(self, topic: str) -> list[int]:
-        with kafka_errors(self.bootstrap, f"describing topic {topic}"):
-            (desc,) = self._a.describe_topics([topic])
-        if desc.get("error_code"):
-            raise TerminalError(f"Kafka topic {topic} does not exist (or cannot be described)")
-        return sorted(p["partition_index"] for p in desc["partitions"])
-
-    def group(self, group: str) -> tuple[str, int]:
-        """(state, number of members) of a consumer group: 'Dead' or 'Empty' with 0 members when idle."""
-        with kafka_errors(self.bootstrap, f"describing group {group}"):
-            info = self._a.describe_groups([group])[group]
-        return info["group_state"], len(info["members"])
-
-    def group_offsets(self, group: str) -> dict[TP, int]:
-        with kafka_errors(self.bootstrap, f"reading group {group}'s offsets"):
-            got = self._a.list_group_offsets(group).get(group, {})
-        return {(tp.topic, tp.partition): om.offset for tp, om in got.items() if om.offset >= 0}
-
-    def set_group_offsets(self, group: str, offsets: dict[TP, int]) -> None:
-        """Sets the group's committed offsets; refused by the broker while the group has members."""
-        from kafka import OffsetAndMetadata, TopicPartition
-
-        todo = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        with kafka_errors(self.bootstrap, f"setting group {group}'s offsets"):
-            result = self._a.alter_group_offsets(group, todo)
-        bad = {
-            f"{tp.topic}:{tp.partition}": err.__name__
-            for tp, err in result.items()
-            if err.__name__ != "NoError"
-        }
-        if bad:
-            raise TerminalError(f"Kafka refused the new offsets of group {group}: {bad}")
-
-    def _reader(self):
-        if self._offsets_reader is None:
-            from kafka import KafkaConsumer
-
-            with kafka_errors(self.bootstrap, "connecting"):
-                self._offsets_reader = KafkaConsumer(
-                    bootstrap_servers=_servers(self.bootstrap),
-                    enable_auto_commit=False,
-                    allow_auto_create_topics=False,
-                    **self.options,
-                )
-        return self._offsets_reader
-
-    def end_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
-        from kafka import TopicPartition
-
-        with kafka_errors(self.bootstrap, "reading end offsets"):
-            got = self._reader().end_offsets([TopicPartition(t, p) for t, p in tps])
-        return {(tp.topic, tp.partition): o for tp, o in got.items()}
-
-    def beginning_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
-        from kafka import TopicPartition
-
-        with kafka_errors(self.bootstrap, "reading beginning offsets"):
-            got = self._reader().beginning_offsets([TopicPartition(t, p) for t, p in tps])
-        return {(tp.topic, tp.partition): o for tp, o in got.items()}
-
-    def offsets_for_time(self, tps: Iterable[TP], ts_ms: int) -> dict[TP, int | None]:
-        """The first offset at or after `ts_ms` per partition (None: no record that late)."""
-        from kafka import TopicPartition
-
-        with kafka_errors(self.bootstrap, "looking up offsets by time"):
-            got = self._reader().offsets_for_times({TopicPartition(t, p): ts_ms for t, p in tps})
-        return {(tp.topic, tp.partition): (None if v is None else v.offset) for tp, v in got.items()}
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._a.close()
-        if self._offsets_reader is not None:
-            with contextlib.suppress(Exception):
-                self._offsets_reader.close()

@@ -8,7 +8,8 @@ import re
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
-from cdc.kafka_client import TP, Admin, admin_options
+from cdc.kafka_admin import Admin, admin_options
+from cdc.kafka_client import TP
 
 
 def topic_partitions(admin: Admin, cfg: ConnectorConfig) -> list[TP]:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError
-from cdc.kafka_client import TP, Admin, admin_options
+from cdc.kafka_admin import Admin, admin_options
+from cdc.kafka_client import TP
 from cdc.ops.kafka_status import topic_partitions
 
 _DURATION = re.compile(

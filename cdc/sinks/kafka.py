@@ -25,7 +25,8 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import ChangeEvent, jsonable
-from cdc.kafka_client import Admin, admin_options, kafka_errors, open_producer
+from cdc.kafka_admin import Admin, admin_options
+from cdc.kafka_client import kafka_errors, open_producer
 from cdc.sinks.envelope import EnvelopeEncoder
 
 log = logging.getLogger("cdc.sink.kafka")

@@ -35,7 +35,8 @@ from typing import Any
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
-from cdc.kafka_client import TP, Admin, Record, admin_options, open_consumer
+from cdc.kafka_admin import Admin, admin_options
+from cdc.kafka_client import TP, Record, open_consumer
 from cdc.sources.debezium import DecodeError, EnvelopeDecoder
 
 log = logging.getLogger("cdc.source.kafka")

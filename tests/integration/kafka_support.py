@@ -81,7 +81,8 @@ def wait_synced(env, procs, timeout: float) -> None:
 
 def produce(kafka, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     """Writes raw records (key, value) and waits for their acknowledgement."""
-    from cdc.kafka_client import Admin, Producer
+    from cdc.kafka_admin import Admin
+    from cdc.kafka_client import Producer
 
     admin = Admin(kafka.bootstrap)
     try:

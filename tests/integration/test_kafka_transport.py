@@ -129,7 +129,7 @@ def test_two_sink_connectors_share_the_partitions_through_rebalances(env, kafka,
 
 
 def _members(kafka, group: str) -> int:
-    from cdc.kafka_client import Admin
+    from cdc.kafka_admin import Admin
 
     admin = Admin(kafka.bootstrap)
     try:
