@@ -56,7 +56,7 @@ STORE_TABLE = (
 P2K = """
 name: bench-p2k
 source: {{type: postgres, dsn: "{pos}", tables: [public.item_price], snapshot: never, heartbeat_interval_s: 0}}
-sink: {{type: kafka, bootstrap_servers: "{kafka}", topic_prefix: bench, partitions: {partitions}, client: {client}, schemas: {schemas}}}
+sink: {{type: kafka, bootstrap_servers: "{kafka}", topic_prefix: bench, partitions: {partitions}, client: {client}, schemas: {schemas}, decimal_handling: {decimals}}}
 """
 K2S = """
 name: bench-k2s
@@ -140,7 +140,12 @@ def main() -> None:
         p2k, k2s = logs / "p2k.yaml", logs / "k2s.yaml"
         p2k.write_text(
             P2K.format(
-                pos=pos, kafka=kafka.bootstrap, partitions=parts, client=args.client, schemas=args.schemas
+                pos=pos,
+                kafka=kafka.bootstrap,
+                partitions=parts,
+                client=args.client,
+                schemas=args.schemas,
+                decimals="precise" if args.schemas == "true" else "string",
             )
         )
         k2s.write_text(K2S.format(kafka=kafka.bootstrap, store=pg.url("store"), client=args.client))

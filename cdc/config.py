@@ -200,6 +200,16 @@ class KafkaSink(KafkaClientOptions):
         200, ge=1, description="longest a change waits before its batch is acknowledged"
     )
 
+    @model_validator(mode="after")
+    def _readable_decimals(self) -> KafkaSink:
+        if not self.schemas and self.decimal_handling == "precise":
+            raise ValueError(
+                "decimal_handling: precise writes a decimal as its unscaled digits in base64 and leaves the scale "
+                "to the schema, which schemas: false leaves out, so no consumer can read the price: use "
+                "decimal_handling: string (exact) with schemas: false, or keep schemas: true"
+            )
+        return self
+
 
 class KafkaSource(KafkaClientOptions):
     """Reads change events (pos-cdc's or Debezium's) from Kafka topics as a member of a consumer group."""
