@@ -234,3 +234,60 @@ def test_run_with_missing_storefront_table_exits_1_with_one_clear_line(env):
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "product_price" in errors[0] and "does not exist" in errors[0], proc.stderr
+
+
+KAFKA_HOP = """\
+name: pos-to-kafka
+source:
+  type: postgres
+  dsn: host=127.0.0.1 dbname=pos
+  tables: [public.item_price]
+transforms:
+  - {type: guard, field: price_fen, min: 1, max_change_pct: 50}
+  - {type: schedule, field: price_fen, value: promo_price_fen, valid_from: promo_from, valid_to: promo_to}
+sink:
+  type: kafka
+  bootstrap_servers: [kafka-1:9092, kafka-2:9092]
+  topic_prefix: pos
+  schemas: false
+  options: {acks: 1, security_protocol: SSL}
+"""
+
+
+def test_kafka_configs_say_what_belongs_on_which_side(tmp_path):
+    """Stages that need the storefront refused before Kafka, a pick's fallback (the POS) refused after it,
+    pos-cdc's own delivery settings protected, precise decimals without a schema refused, topics xor pattern."""
+    _, found = validate_bad(tmp_path, KAFKA_HOP)
+    assert where(found) == {(14, "sink.options")}, found  # a field's own problems first
+    assert "acks cannot be set" in found[0][2]
+    _, found = validate_bad(tmp_path, KAFKA_HOP.replace("acks: 1, ", ""))
+    assert where(found) == {(9, "sink")}, found
+    assert "decimal_handling: string" in found[0][2]
+    _, found = validate_bad(
+        tmp_path, KAFKA_HOP.replace("acks: 1, ", "").replace("schemas: false", "schemas: true")
+    )
+    assert where(found) == {(7, "transforms.0.max_change_pct"), (8, "transforms.1.type")}, found
+    assert all("connector that reads the topics and writes the storefront" in m for _, _, m in found)
+    reader = KAFKA_HOP.replace(
+        """source:
+  type: postgres
+  dsn: host=127.0.0.1 dbname=pos
+  tables: [public.item_price]""",
+        """source:
+  type: kafka
+  bootstrap_servers: kafka-1:9092
+  topics: [pos.public.item_price]
+  topic_pattern: "pos[.].*"
+  group: shop""",
+    ).split("sink:")[0]
+    reader = reader.replace(
+        """  - {type: guard, field: price_fen, min: 1, max_change_pct: 50}
+  - {type: schedule, field: price_fen, value: promo_price_fen, valid_from: promo_from, valid_to: promo_to}""",
+        """  - {type: pick, key: [item_code], store_field: store_id, store: 900, fallback_store: 1}""",
+    )
+    reader += "sink: {type: sql, url: 'sqlite:///shop.db', table: product_price, key: [item_code]}\n"
+    _, found = validate_bad(tmp_path, reader)
+    assert where(found) == {(2, "source")} and "either topics" in found[0][2], found
+    _, found = validate_bad(tmp_path, reader.replace('  topic_pattern: "pos[.].*"\n', ""))
+    assert where(found) == {(8, "transforms.0.fallback_store")}, found
+    assert "reads the POS" in found[0][2]
