@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cdc.errors import TerminalError
-from cdc.kafka_client import TP, _servers, kafka_errors
+from cdc.kafka_client import TP, Record, _servers, kafka_errors
 
 log = logging.getLogger("cdc.kafka")
 
@@ -150,6 +150,24 @@ class Admin:
         with kafka_errors(self.bootstrap, "looking up offsets by time"):
             got = self._reader().offsets_for_times({TopicPartition(t, p): ts_ms for t, p in tps})
         return {(tp.topic, tp.partition): (None if v is None else v.offset) for tp, v in got.items()}
+
+    def read_all(self, topic: str, partition: int = 0) -> Iterator[Record]:
+        """Every record of one partition, from its beginning to its end as of now (the offsets and held
+        topics); nothing when the topic does not exist."""
+        from kafka import TopicPartition
+
+        if topic not in self.topics():
+            return
+        tp = TopicPartition(topic, partition)
+        with kafka_errors(self.bootstrap, f"reading {topic}"):
+            reader = self._reader()
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            while reader.position(tp) < end:
+                for records in reader.poll(timeout_ms=1000).values():
+                    for r in records:
+                        yield Record(topic, partition, r.offset, r.key, r.value, r.timestamp)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

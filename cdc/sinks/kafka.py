@@ -26,7 +26,7 @@ from cdc.config import ConnectorConfig
 from cdc.errors import HoldError
 from cdc.events import ChangeEvent, jsonable
 from cdc.kafka_admin import Admin, admin_options
-from cdc.kafka_client import kafka_errors, open_producer
+from cdc.kafka_client import open_producer
 from cdc.sinks.envelope import EnvelopeEncoder
 
 log = logging.getLogger("cdc.sink.kafka")
@@ -34,42 +34,25 @@ log = logging.getLogger("cdc.sink.kafka")
 
 def read_held(cfg: ConnectorConfig) -> list[dict]:
     """The held topic's entries of this connector, as `cdc deadletter list` shows them (id: the offset)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    s = cfg.sink
-    tp, out = TopicPartition(s.held_topic, 0), []
-    with kafka_errors(s.bootstrap_servers, f"reading {s.held_topic}"):
-        reader = KafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers.split(","),
-            enable_auto_commit=False,
-            allow_auto_create_topics=False,
-            **admin_options(s.client, s.options),
-        )
-        try:
-            if tp.topic not in reader.topics():
-                return []
-            reader.assign([tp])
-            reader.seek_to_beginning(tp)
-            end = reader.end_offsets([tp])[tp]
-            while reader.position(tp) < end:
-                for records in reader.poll(timeout_ms=1000).values():
-                    for r in records:
-                        entry = json.loads(r.value)
-                        if r.key == cfg.name.encode() and entry.get("connector") == cfg.name:
-                            position = entry.get("position", "0#0")
-                            commit, _, seq = position.partition("#")
-                            out.append(
-                                {
-                                    "id": r.offset,
-                                    "row_key": None,
-                                    "status": "held",
-                                    "commit_lsn": commit,
-                                    "seq": seq,
-                                    **entry,
-                                }
-                            )
-        finally:
-            reader.close()
+    s, out = cfg.sink, []
+    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+    try:
+        for r in admin.read_all(s.held_topic):
+            entry = json.loads(r.value)
+            if r.key == cfg.name.encode() and entry.get("connector") == cfg.name:
+                commit, _, seq = entry.get("position", "0#0").partition("#")
+                out.append(
+                    {
+                        "id": r.offset,
+                        "row_key": None,
+                        "status": "held",
+                        "commit_lsn": commit,
+                        "seq": seq,
+                        **entry,
+                    }
+                )
+    finally:
+        admin.close()
     return out
 
 
@@ -124,29 +107,16 @@ class KafkaSink:
 
     def load_offsets(self) -> dict[str, str]:
         """The newest position stored for this connector in the offsets topic ({} when none)."""
-        from kafka import KafkaConsumer, TopicPartition
-
         s, key = self.scfg, self.name.encode()
-        tp = TopicPartition(s.offsets_topic, 0)
-        with kafka_errors(s.bootstrap_servers, f"reading {s.offsets_topic}"):
-            reader = KafkaConsumer(
-                bootstrap_servers=s.bootstrap_servers.split(","),
-                enable_auto_commit=False,
-                allow_auto_create_topics=False,
-                **admin_options(s.client, s.options),
-            )
-            try:
-                reader.assign([tp])
-                reader.seek_to_beginning(tp)
-                end = reader.end_offsets([tp])[tp]
-                latest: bytes | None = None
-                while reader.position(tp) < end:
-                    for records in reader.poll(timeout_ms=1000).values():
-                        for r in records:
-                            if r.key == key:
-                                latest = r.value
-            finally:
-                reader.close()
+        admin = self.admin or Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        try:
+            latest = None
+            for r in admin.read_all(s.offsets_topic):
+                if r.key == key:
+                    latest = r.value  # the newest wins; a tombstone (forget_offsets) forgets
+        finally:
+            if admin is not self.admin:
+                admin.close()
         if not latest:
             return {}
         stored = json.loads(latest)
