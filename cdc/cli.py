@@ -183,6 +183,8 @@ def _held_command(
     kind: str,
     apply_word: str,
     drop_word: str,
+    key: str | None = None,
+    show_all: bool = False,
 ) -> None:
     import json
 
@@ -193,23 +195,29 @@ def _held_command(
 
     (cfg,) = load_all([config])
     if action == "list":
-        rows = list_held(cfg, kind)
+        rows = list_held(cfg, kind, status=None if show_all else "held", key=key)
         if as_json:
             typer.echo(json.dumps(rows, default=str))
             return
-        table = Table(title=f"{kind.replace('_', ' ')}: {cfg.name}")
-        for col in ("id", "key", "source", "position", "rule", "reason", "held at"):
+        table = Table(title=f"{kind.replace('_', ' ')}: {cfg.name}" + (" (all)" if show_all else ""))
+        cols = ["id", "key", "source", "position", "rule", "reason", "held at"]
+        if show_all:
+            cols += ["status", "decided by", "decided at"]
+        for col in cols:
             table.add_column(col)
         for r in rows:
-            table.add_row(
+            cells = [
                 str(r["id"]),
                 str(r["row_key"]),
                 r["source_table"],
-                f"{r['commit_lsn']}#{r['seq']}",
+                r["position"],
                 r["rule"] or "",
                 r["reason"],
                 str(r["held_at"]),
-            )
+            ]
+            if show_all:
+                cells += [r["status"], r.get("resolved_by") or "", str(r.get("resolved_at") or "")]
+            table.add_row(*cells)
         Console().print(table)
         return
     if action not in (apply_word, drop_word) or entry is None:
@@ -228,9 +236,11 @@ def quarantine(
     entry: int | None = typer.Argument(None, help="entry id (approve, reject)"),
     as_json: bool = typer.Option(False, "--json"),
     by: str | None = typer.Option(None, "--by", help="who decides (default: the OS user)"),
+    key: str | None = typer.Option(None, "--key", help="list: only this storefront key"),
+    show_all: bool = typer.Option(False, "--all", help="list: decided entries too (approved, rejected, ...)"),
 ) -> None:
     """Changes held by a guard: list, approve (apply unless a newer change landed since), reject."""
-    _held_command(config, action, entry, as_json, by, "quarantine", "approve", "reject")
+    _held_command(config, action, entry, as_json, by, "quarantine", "approve", "reject", key, show_all)
 
 
 @app.command()
@@ -240,9 +250,11 @@ def deadletter(
     entry: int | None = typer.Argument(None, help="entry id (retry, drop)"),
     as_json: bool = typer.Option(False, "--json"),
     by: str | None = typer.Option(None, "--by", help="who decides (default: the OS user)"),
+    key: str | None = typer.Option(None, "--key", help="list: only this storefront key"),
+    show_all: bool = typer.Option(False, "--all", help="list: decided entries too (retried, dropped, ...)"),
 ) -> None:
     """Changes the pipeline or the storefront refused: list, retry (after fixing the cause), drop."""
-    _held_command(config, action, entry, as_json, by, "dead_letter", "retry", "drop")
+    _held_command(config, action, entry, as_json, by, "dead_letter", "retry", "drop", key, show_all)
 
 
 @app.command()

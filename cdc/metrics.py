@@ -40,6 +40,9 @@ class Metrics:
         self.events = Counter(
             "cdc_events_total", "changes read from the source", c + ["table", "op"], registry=r
         )
+        self.filtered = Counter(
+            "cdc_events_filtered_total", "changes a stage left out (a filter, a pick)", c + ["stage"], registry=r
+        )
         self.held = Counter(
             "cdc_events_held_total", "changes held back (quarantine, dead letter)", c + ["reason"], registry=r
         )

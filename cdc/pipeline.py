@@ -285,3 +285,8 @@ class Pipeline:
         for (schema, table, op), n in self._counts.items():
             self.metrics.events.labels(self.cfg.name, f"{schema}.{table}", op).inc(n)
         self._counts.clear()
+        runner = self.runner
+        if runner is not None and runner.filtered:
+            for stage, n in runner.filtered.items():
+                self.metrics.filtered.labels(self.cfg.name, stage).inc(n)
+            runner.filtered.clear()

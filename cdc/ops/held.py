@@ -11,6 +11,7 @@ retry:<who>.
 
 from __future__ import annotations
 
+import datetime as dt
 import getpass
 import json
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import sqlalchemy as sa
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
-from cdc.events import ChangeEvent
+from cdc.events import ChangeEvent, Position
 from cdc.sinks.sql import SqlSink
 from cdc.sinks.sql.bookkeeping import held_table, utcnow
 from cdc.stages import apply_stages, build_stages
@@ -33,17 +34,26 @@ def who() -> str:
         return "unknown"
 
 
-def list_held(cfg: ConnectorConfig, kind: str, status: str | None = "held") -> list[dict]:
+def list_held(
+    cfg: ConnectorConfig, kind: str | None, status: str | None = "held", key: str | None = None
+) -> list[dict]:
+    """Held entries of `kind` (None: both kinds) in `status` (None: decided ones too), of one key or all;
+    each with its position as PostgreSQL spells it (`position`: 0/16B3748#3) and aware times."""
     if cfg.sink.type == "kafka":
         from cdc.sinks.kafka import read_held
 
-        return [r for r in read_held(cfg) if r["kind"] == kind]
+        return [r for r in read_held(cfg) if kind is None or r["kind"] == kind]
     sink = SqlSink(cfg)
     sink.open()
     try:
-        q = sa.select(held_table).where(held_table.c.connector == cfg.name, held_table.c.kind == kind)
+        h = held_table
+        q = sa.select(h).where(h.c.connector == cfg.name)
+        if kind:
+            q = q.where(h.c.kind == kind)
         if status:
-            q = q.where(held_table.c.status == status)
+            q = q.where(h.c.status == status)
+        if key is not None:
+            q = q.where(h.c.row_key == key)
         with sink.store.engine.connect() as c:
             rows = [dict(r._mapping) for r in c.execute(q.order_by(held_table.c.id))]
     finally:
@@ -51,7 +61,16 @@ def list_held(cfg: ConnectorConfig, kind: str, status: str | None = "held") -> l
     for r in rows:
         r["details"] = json.loads(r["details"]) if r["details"] else {}
         r["event"] = json.loads(r["event"])
+        r["position"] = str(Position(r["commit_lsn"] or 0, r["seq"] or 0))
+        for t in ("held_at", "resolved_at"):
+            if r.get(t) is not None:
+                r[t] = aware(r[t])
     return rows
+
+
+def aware(t: dt.datetime) -> dt.datetime:
+    """A stored time with its zone (SQLite and MariaDB give naive UTC back)."""
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 @dataclass

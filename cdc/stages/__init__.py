@@ -99,9 +99,12 @@ def snapshot(ev: ChangeEvent | None) -> dict[str, Any] | None:
 
 
 def apply_stages(
-    stages: list[Stage], ev: ChangeEvent, trace: list[tuple[str, dict[str, Any] | None]] | None = None
+    stages: list[Stage],
+    ev: ChangeEvent,
+    trace: list[tuple[str, dict[str, Any] | None]] | None = None,
+    dropped: dict[str, int] | None = None,
 ) -> ChangeEvent | None:
-    """Run `ev` through `stages`; None when a stage drops it.
+    """Run `ev` through `stages`; None when a stage drops it (counted in `dropped` by stage name, if given).
 
     A HoldError from a stage propagates as it is, and so do TransientError and TerminalError (from a lookup the
     pipeline injected, e.g. the storefront being away); any other exception from a stage becomes a HoldError
@@ -114,12 +117,16 @@ def apply_stages(
             for stage in stages:
                 ev = stage(ev)  # type: ignore[assignment]
                 if ev is None:
+                    if dropped is not None:
+                        dropped[stage.name] = dropped.get(stage.name, 0) + 1
                     return None
             return ev
         for stage in stages:
             ev = stage(ev)  # type: ignore[assignment]
             trace.append((stage.name, snapshot(ev)))
             if ev is None:
+                if dropped is not None:
+                    dropped[stage.name] = dropped.get(stage.name, 0) + 1
                 return None
         return ev
     except HoldError as exc:

@@ -36,6 +36,7 @@ class StageRunner:
             None,
         )
         self.run: list[ChangeEvent] = []  # changes waiting for the lookahead run
+        self.filtered: dict[str, int] = {}  # changes a stage left out, by stage name (for metrics)
 
     def push(self, ev: ChangeEvent) -> None:
         """Runs `ev` through the stages (or queues it for the lookahead run, which goes once full)."""
@@ -53,7 +54,7 @@ class StageRunner:
 
     def _apply(self, ev: ChangeEvent, stages: list[Stage]) -> None:
         try:
-            out = apply_stages(stages, ev)
+            out = apply_stages(stages, ev, dropped=self.filtered)
             if out is not None:
                 self.sink.add(out)
         except HoldError as e:
@@ -78,7 +79,7 @@ class StageRunner:
         staged: list[tuple[ChangeEvent, ChangeEvent | None]] = []
         for item in run:
             try:
-                ev = apply_stages(pre, item)
+                ev = apply_stages(pre, item, dropped=self.filtered)
             except HoldError as e:
                 self._hold(item, e)
                 continue

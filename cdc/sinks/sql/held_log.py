@@ -56,6 +56,15 @@ class HeldLog:
         if kind == "quarantine" and row_key is not None:
             self.held_keys[row_key] = max(self.held_keys.get(row_key, (-1, -1)), (ev.commit_lsn, ev.seq))
         self._uncommitted[kind] += 1
+        log.warning(
+            "%s: %s of %s at %s (%s): %s",
+            self.connector,
+            kind.replace("_", " "),
+            row_key if row_key is not None else f"{ev.schema}.{ev.table} (no key)",
+            ev.position,
+            err.rule or "?",
+            err.reason,
+        )
         return {
             "connector": self.connector,
             "kind": kind,
