@@ -41,7 +41,10 @@ class Metrics:
             "cdc_events_total", "changes read from the source", c + ["table", "op"], registry=r
         )
         self.filtered = Counter(
-            "cdc_events_filtered_total", "changes a stage left out (a filter, a pick)", c + ["stage"], registry=r
+            "cdc_events_filtered_total",
+            "changes a stage left out (a filter, a pick)",
+            c + ["stage"],
+            registry=r,
         )
         self.held = Counter(
             "cdc_events_held_total", "changes held back (quarantine, dead letter)", c + ["reason"], registry=r
