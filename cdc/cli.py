@@ -33,7 +33,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
     # kafka-python narrates every connection and rebalance at INFO, and a topic not created yet, a coordinator
     # moving or a retried send as errors and warnings; pos-cdc says what matters itself (and retries)
     logging.getLogger("kafka").setLevel(logging.DEBUG if debug else logging.WARNING)
-    for noisy in ("kafka.cluster", "kafka.coordinator", "kafka.producer.sender"):
+    for noisy in ("kafka.cluster", "kafka.coordinator", "kafka.producer.sender", "kafka.librdkafka"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.CRITICAL)
 
 

@@ -160,6 +160,8 @@ _PROTECTED = (
     "value_deserializer",
     "transactional_id",
     "allow_auto_create_topics",
+    "partition_assignment_strategy",  # eager assignment: a rebalance revokes all (the open batch is abandoned)
+    "group_protocol",
 )
 # in kafka-python's spelling and in librdkafka's (confluent-kafka)
 PROTECTED_KAFKA_OPTIONS = frozenset(

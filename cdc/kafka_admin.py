@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from cdc.errors import TerminalError
+from cdc.errors import TerminalError, TransientError
 from cdc.kafka_client import TP, Record, _servers, kafka_errors
 
 log = logging.getLogger("cdc.kafka")
+
+READ_ALL_S = 60.0  # longest a whole-partition read (offsets and held topics) may take
 
 
 # librdkafka's names of the connection settings -> kafka-python's, for the admin calls of a connector whose
@@ -159,12 +162,17 @@ class Admin:
         if topic not in self.topics():
             return
         tp = TopicPartition(topic, partition)
+        deadline = time.monotonic() + READ_ALL_S
         with kafka_errors(self.bootstrap, f"reading {topic}"):
             reader = self._reader()
             reader.assign([tp])
             reader.seek_to_beginning(tp)
             end = reader.end_offsets([tp])[tp]
             while reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TransientError(
+                        f"Kafka at {self.bootstrap}: {topic} not read to its end in {READ_ALL_S:.0f}s"
+                    )
                 for records in reader.poll(timeout_ms=1000).values():
                     for r in records:
                         yield Record(topic, partition, r.offset, r.key, r.value, r.timestamp)

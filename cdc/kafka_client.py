@@ -89,6 +89,22 @@ def _servers(bootstrap: str) -> list[str]:
     return [s.strip() for s in bootstrap.split(",") if s.strip()]
 
 
+def reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Raises TransientError unless some broker of `bootstrap` accepts a connection. kafka-python's own
+    metadata calls wait forever for a broker that is gone, and its poll() just returns nothing: without this
+    a Kafka source would look idle and caught up while its brokers are down."""
+    import socket
+
+    for server in _servers(bootstrap):
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError):
+            continue
+    raise TransientError(f"Kafka at {bootstrap} unavailable: no broker accepts a connection")
+
+
 class Producer:
     def __init__(self, bootstrap: str, options: dict[str, Any] | None = None, **tuning: Any):
         from kafka import KafkaProducer
@@ -176,19 +192,29 @@ class Consumer:
         self._c = make()
         self._subscription: tuple = ()
         self._unjoined_since: float | None = None
+        self._listener_error: BaseException | None = None
         outer = self
 
         class _Listener(ConsumerRebalanceListener):
+            # kafka-python runs these on its IO thread and turns what they raise into a KafkaError that hides
+            # it (a storefront away during a rebalance would read as a terminal Kafka error): the error is
+            # kept and raised by poll() as it is
             def on_partitions_revoked(self, revoked):
-                if on_revoked is not None:
-                    on_revoked({(tp.topic, tp.partition) for tp in revoked})
+                try:
+                    if on_revoked is not None:
+                        on_revoked({(tp.topic, tp.partition) for tp in revoked})
+                except BaseException as e:  # noqa: BLE001 - re-raised by poll()
+                    outer._listener_error = e
 
             def on_partitions_assigned(self, assigned):
-                if on_assigned is not None:
-                    starts = on_assigned({(tp.topic, tp.partition) for tp in assigned})
-                    for tp in assigned:
-                        if (tp.topic, tp.partition) in starts:
-                            outer._c.seek(tp, starts[(tp.topic, tp.partition)])
+                try:
+                    if on_assigned is not None:
+                        starts = on_assigned({(tp.topic, tp.partition) for tp in assigned})
+                        for tp in assigned:
+                            if (tp.topic, tp.partition) in starts:
+                                outer._c.seek(tp, starts[(tp.topic, tp.partition)])
+                except BaseException as e:  # noqa: BLE001 - re-raised by poll()
+                    outer._listener_error = e
 
         self._listener = _Listener()
 
@@ -202,8 +228,13 @@ class Consumer:
 
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
         """The next records, each partition's in offset order."""
-        with kafka_errors(self.bootstrap, "reading"):
-            batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        try:
+            with kafka_errors(self.bootstrap, "reading"):
+                batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)
+        finally:
+            error, self._listener_error = self._listener_error, None
+            if error is not None:
+                raise error
         if not batches:
             self._check_joined()
         out: list[Record] = []
@@ -215,15 +246,19 @@ class Consumer:
     def assignment(self) -> set[TP]:
         return {(tp.topic, tp.partition) for tp in self._c.assignment()}
 
+    def check_alive(self) -> None:
+        reachable(self.bootstrap)
+
     def _check_joined(self) -> None:
         """kafka-python 3.0.12 now and then loses a group join whose reply comes between two polls: the
         broker counts the member in, the client never gets its partitions nor heartbeats, and the broker
-        drops it later, without a word (tests/integration/test_kafka_broker.py shows it). A member neither
-        assigned nor in a stable group for JOIN_STUCK_S is closed (out of the group) and made anew; an idle
-        member of a stable group (more members than partitions) is left alone."""
+        drops it later, without a word (tests/integration/test_kafka_broker.py shows it). A member not in a
+        stable group for JOIN_STUCK_S is closed (out of the group) and made anew (its partitions may still be
+        listed then: eager revocation keeps them, unfetched, until the join completes); an idle member of a
+        stable group (more members than partitions) is left alone."""
         coordinator = getattr(self._c, "_coordinator", None)
         stable = getattr(coordinator, "generation_if_stable", lambda: True)() is not None
-        if stable or self._c.assignment() or not self._subscription:
+        if stable or not self._subscription:
             self._unjoined_since = None
             return
         now = time.monotonic()

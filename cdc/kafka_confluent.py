@@ -17,6 +17,7 @@ from cdc.errors import TerminalError, TransientError
 from cdc.kafka_client import TP, Record
 
 log = logging.getLogger("cdc.kafka")
+LIBRDKAFKA_LOG = logging.getLogger("kafka.librdkafka")  # its own log lines (else printed to stderr)
 
 
 def _module():
@@ -40,11 +41,34 @@ def classify(err: Any, bootstrap: str, what: str) -> Exception:
         return TerminalError(f"Kafka error ({what}): {name}: {text}")
     if "AUTHORIZATION" in name or "AUTHENTICATION" in name or "SASL" in name:
         return TerminalError(f"Kafka at {bootstrap} refused pos-cdc ({what}): {name}: {text}")
-    if (
-        not hasattr(kerr, "retriable") or kerr.retriable() or name.startswith("_")
-    ):  # _TRANSPORT, _MSG_TIMED_OUT
+    if name in ("MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE"):
+        return TerminalError(
+            f"Kafka refused a record as too large ({what}): raise the topic's max.message.bytes (and the "
+            "producer's message.max.bytes in options), or leave the large column out with a drop stage"
+        )
+    if name in _TRANSIENT_LOCAL or (hasattr(kerr, "retriable") and kerr.retriable()):
         return TransientError(f"Kafka at {bootstrap} unavailable ({what}): {name}: {text}")
     return TerminalError(f"Kafka error ({what}): {name}: {text}")
+
+
+# librdkafka's local errors that mean the brokers are away or slow (the others: a setting to fix)
+_TRANSIENT_LOCAL = frozenset(
+    (
+        "_TRANSPORT",
+        "_ALL_BROKERS_DOWN",
+        "_MSG_TIMED_OUT",
+        "_TIMED_OUT",
+        "_TIMED_OUT_QUEUE",
+        "_RESOLVE",
+        "_WAIT_COORD",
+        "_DESTROY",
+        "_IN_PROGRESS",
+        "_PREV_IN_PROGRESS",
+        "_UNKNOWN_PARTITION",
+        "_UNKNOWN_TOPIC",
+        "_NOENT",
+    )
+)
 
 
 class ConfluentProducer:
@@ -64,6 +88,7 @@ class ConfluentProducer:
             "on_delivery": self._delivered,
             "delivery.report.only.error": True,  # the callback runs for failures only
             "error_cb": self._error,
+            "logger": LIBRDKAFKA_LOG,
         }
         try:
             self._p = ck.Producer(conf)
@@ -88,6 +113,8 @@ class ConfluentProducer:
                 break
             except BufferError:  # the local queue is full: let librdkafka send some, then try again
                 self._p.poll(0.1)
+            except _module().KafkaException as e:  # e.g. larger than message.max.bytes
+                raise classify(e, self.bootstrap, f"sending to {topic}") from e
         else:
             raise TransientError(
                 f"Kafka at {self.bootstrap} takes no records: the producer's queue stayed full"
@@ -138,10 +165,12 @@ class ConfluentConsumer:
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
             **(options or {}),
             "group.id": group,
+            "partition.assignment.strategy": "range",  # eager: a rebalance revokes everything (Abandon)
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "allow.auto.create.topics": False,
             "error_cb": lambda err: log.debug("Kafka client error (librdkafka retries): %s", err),
+            "logger": LIBRDKAFKA_LOG,
         }
         try:
             self._c = ck.Consumer(conf)
@@ -189,6 +218,14 @@ class ConfluentConsumer:
 
     def assignment(self) -> set[TP]:
         return {(p.topic, p.partition) for p in self._c.assignment()}
+
+    def check_alive(self) -> None:
+        """Raises TransientError unless the cluster answers a metadata request (librdkafka retries quietly
+        while brokers are down: consume() just returns nothing)."""
+        try:
+            self._c.list_topics(timeout=10)
+        except self._ck.KafkaException as e:
+            raise classify(e, self.bootstrap, "checking the brokers") from e
 
     def commit(self, offsets: dict[TP, int]) -> None:
         mine = self.assignment()

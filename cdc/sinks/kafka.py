@@ -75,6 +75,7 @@ class KafkaSink:
         self._partitions: dict[str, int] = {}  # topic -> partition count
         self.last_commit_time: str | None = None  # as stored with the newest position (load_offsets)
         self._held: Counter[str] = Counter()  # held since the last commit
+        self._held_records: list[bytes] = []  # their held-topic records, sent at commit
         self._committed_held: Counter[str] = Counter()
         self._m_errors = self._m_unconfirmed = None
         if metrics is not None:
@@ -127,7 +128,7 @@ class KafkaSink:
         pass
 
     def forget_offsets(self) -> None:
-        self.producer.send(self.scfg.offsets_topic, self.name.encode(), None)
+        self.producer.send(self.scfg.offsets_topic, self.name.encode(), None, 0)
         self.producer.flush()
 
     # --- the data path --------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ class KafkaSink:
             "event": ev.to_envelope(),
             "held_at": dt.datetime.now(dt.UTC).isoformat(),
         }
-        self.producer.send(self.scfg.held_topic, self.name.encode(), json.dumps(record).encode())
+        self._held_records.append(json.dumps(record).encode())  # sent with the batch, at commit
         self._held[kind] += 1
         log.warning("%s: change at %s held (%s, %s): %s", self.name, ev.position, kind, err.rule, err.reason)
 
@@ -175,26 +176,35 @@ class KafkaSink:
             self._m_unconfirmed.set(self.producer.sent)
 
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
-        """The position after the batch's records, then wait until Kafka acknowledged them all."""
-        if positions:
-            stored = {"positions": positions, "at": dt.datetime.now(dt.UTC).isoformat()}
-            self.producer.send(self.scfg.offsets_topic, self.name.encode(), json.dumps(stored).encode())
+        """Waits until Kafka acknowledged every record of the batch (and what it held), and only then sends
+        the position and waits for it too: a position must never be durable while a record it covers is not
+        (records on other partitions are acknowledged independently, so one flush for both would not do)."""
+        name = self.name.encode()
+        for record in self._held_records:
+            self.producer.send(self.scfg.held_topic, name, record, 0)
         if self._m_unconfirmed is not None:
             self._m_unconfirmed.set(self.producer.sent)
         try:
             self.producer.flush()
+            if positions:
+                stored = {"positions": positions, "at": dt.datetime.now(dt.UTC).isoformat()}
+                self.producer.send(self.scfg.offsets_topic, name, json.dumps(stored).encode(), 0)
+                self.producer.flush()
         except Exception:
             if self._m_errors is not None:
                 self._m_errors.inc()
             raise
+        self._held_records.clear()
         self._committed_held.update(self._held)
         self._held.clear()
         if self._m_unconfirmed is not None:
             self._m_unconfirmed.set(0)
 
     def rollback(self) -> None:
-        """What was sent stays sent (see the module's docstring); the held count of the batch is dropped."""
+        """What was sent stays sent (see the module's docstring); what the batch held is dropped (held again
+        when the batch is read again)."""
         self._held.clear()
+        self._held_records.clear()
 
     def drain_held(self) -> dict[str, int]:
         out, self._committed_held = dict(self._committed_held), Counter()

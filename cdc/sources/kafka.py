@@ -42,6 +42,7 @@ from cdc.sources.debezium import DecodeError, EnvelopeDecoder
 log = logging.getLogger("cdc.source.kafka")
 
 POLL_MS = 100  # how long a poll waits for records before the source reports Idle
+LIVENESS_S = 15.0  # with no records for this long, the brokers are asked whether they are still there
 LAG_EVERY_S = 1.0
 PREFIX = "kafka:"
 
@@ -93,6 +94,7 @@ class KafkaSource:
         self.confirmed: dict[TP, int] = {}  # as far as committed downstream
         self._reload: Callable[[], KafkaPosition | None] | None = None
         self._abandon = False
+        self._heard_at = time.monotonic()  # when records (or an answer to check_alive) last came
         self._lag_at = 0.0
         self._lag_series: set[TP] = set()  # partitions whose lag this member reports
 
@@ -176,10 +178,15 @@ class KafkaSource:
             if self._abandon:
                 self._abandon = False
                 yield Abandon()
+            now = time.monotonic()
             if not records:
+                if now - self._heard_at >= LIVENESS_S:  # nothing for a while: do the brokers still answer?
+                    self.consumer.check_alive()
+                    self._heard_at = now
                 self._report_lag()
                 yield Idle()
                 continue
+            self._heard_at = now
             ts_ms = 0
             for r in records:
                 self.next[(r.topic, r.partition)] = r.offset + 1
@@ -187,6 +194,9 @@ class KafkaSource:
                     ev = decode(r.topic, r.key, r.value)
                 except DecodeError as e:
                     yield self._unreadable(r, e)
+                    continue
+                except Exception as e:  # noqa: BLE001 - a message no rule foresaw must not stop the stream
+                    yield self._unreadable(r, DecodeError(f"cannot decode: {type(e).__name__}: {e}"))
                     continue
                 if ev is None:
                     continue  # a tombstone, a heartbeat, transaction metadata

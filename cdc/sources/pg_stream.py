@@ -121,8 +121,12 @@ class WalStream:
             f"START_REPLICATION SLOT {quote_ident(self.cfg.slot)} LOGICAL {lsn_to_str(start_lsn)} "
             f"(proto_version '1', publication_names {pubs}, messages 'true')"
         )
-        conn.send_query(cmd.encode())
-        res = conn.get_result()
+        try:
+            conn.send_query(cmd.encode())
+            res = conn.get_result()
+        except psycopg.Error as e:
+            conn.finish()
+            raise TransientError(f"cannot start replication: {str(e).strip().splitlines()[0]}") from e
         if res is None or res.status != pq.ExecStatus.COPY_BOTH:
             msg = ((res.error_message if res else b"") or conn.error_message).decode(errors="replace").strip()
             conn.finish()
@@ -133,6 +137,8 @@ class WalStream:
         log.info("streaming from slot %s at %s", self.cfg.slot, lsn_to_str(start_lsn))
         try:
             yield from self.read_loop(conn, skip_through)
+        except psycopg.Error as e:  # libpq raises for a connection lost while reading or sending status
+            raise TransientError(f"replication connection lost: {str(e).strip().splitlines()[0]}") from e
         finally:
             self._repl = None
             conn.finish()
@@ -302,7 +308,11 @@ class WalStream:
     def _send_status(self, conn: pq.PGconn) -> None:
         lsn = self.confirmed
         msg = STATUS.pack(b"r", lsn, lsn, lsn, now_pg_us(), 0)
-        if conn.put_copy_data(msg) != 1 or conn.flush() < 0:
+        try:
+            sent = conn.put_copy_data(msg) == 1 and conn.flush() >= 0
+        except psycopg.Error:
+            sent = False
+        if not sent:
             raise TransientError(
                 f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
             )

@@ -1,10 +1,12 @@
-"""The SQL sink's buffer of changes not yet written: the last change per storefront key wins.
+"""The SQL sink's buffer of changes not yet written: the newest change per storefront key wins.
 
 A change becomes a `Pending` upsert or remove under its key (the configured key columns of the row as the
-stages left it). An update that did not resend an unchanged TOASTed value inherits the value buffered for the
-key; with history, each replaced change is kept on the one that replaced it, so each gets its history row. A
-key change moves the row (a remove under the old key, an upsert under the new one). A source TRUNCATE empties
-the buffer and remembers its position: the writer empties the table first.
+stages left it); an older change that arrives after a newer one of the same key (a Kafka source reads
+partitions side by side) leaves the newer one buffered. An update that did not resend an unchanged TOASTed
+value inherits the value buffered for the key; with history, each replaced change is kept on the one that
+replaced it, so each gets its history row. A key change moves the row (a remove under the old key, an upsert
+under the new one). A source TRUNCATE empties the buffer and remembers its position: the writer empties the
+table first.
 
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
 """
@@ -80,6 +82,8 @@ class KeyBuffer:
                 self.pending.clear()
                 self.truncate_first = ev.position  # what was held before it is superseded by it
             return
+        if self.truncate_first is not None and ev.position < self.truncate_first:
+            return  # older than a truncate buffered after it (another Kafka partition): the truncate wins
         if op == DELETE:
             self._put(self.key(ev.before), REMOVE, ev.before, ev)
             return
@@ -99,6 +103,8 @@ class KeyBuffer:
 
     def _put(self, key: tuple, op: str, row: dict, ev: ChangeEvent) -> None:
         prev = self.pending.get(key)
+        if prev is not None and (prev.ev.commit_lsn, prev.ev.seq) > (ev.commit_lsn, ev.seq):
+            return  # an older change arriving after a newer one (another Kafka partition): the newer stays
         if (
             prev is not None
             and op == UPSERT
