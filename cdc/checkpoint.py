@@ -32,14 +32,18 @@ class Checkpointer:
 
     def resume(self) -> Any | None:
         """The stored position (None: nothing stored); the sink learns which changes need no lookup."""
+        self.last = None
         position = self.stored()
-        self.last = position
         self.sink.set_floor(self.source.floor(position))
         return position
 
     def stored(self) -> Any | None:
-        """The position in the sink's offset store now."""
-        return self.source.load_position(self.sink.load_offsets())
+        """The position in the sink's offset store now (a Kafka source asks at every assignment; what it reads
+        is what later commits must not go behind: `cdc replay` may have moved it while this process waited)."""
+        position = self.source.load_position(self.sink.load_offsets())
+        if position is not None:
+            self.last = position if self.last is None else position.after(self.last)
+        return position
 
     def commit(self, position: Any) -> None:
         """Sink commit with `position`, then confirm it to the source."""
@@ -49,7 +53,7 @@ class Checkpointer:
                 "(was the slot or the topic replaced under a running connector? `cdc status` shows both)"
             )
         self.sink.commit(self.source.dump_position(position), self.source.floor(position))
-        self.last = position
+        self.last = position if self.last is None else position.after(self.last)
         self.source.confirm(position)
 
     def confirm(self, position: Any) -> None:

@@ -249,6 +249,22 @@ class Consumer:
     def check_alive(self) -> None:
         reachable(self.bootstrap)
 
+    def bounds(self, tps: set[TP]) -> dict[TP, tuple[int, int]]:
+        """(first offset Kafka still has, end offset) of each partition."""
+        from kafka import TopicPartition
+
+        parts = [TopicPartition(t, p) for t, p in tps]
+        with kafka_errors(self.bootstrap, "reading partition bounds"):
+            low, high = self._c.beginning_offsets(parts), self._c.end_offsets(parts)
+        return {(tp.topic, tp.partition): (low[tp], high[tp]) for tp in parts}
+
+    def start_offset(self, tp: TP) -> int:
+        """The offset the consumer reads `tp` from (the group's committed offset, or its reset policy)."""
+        from kafka import TopicPartition
+
+        with kafka_errors(self.bootstrap, f"resolving where {tp[0]}:{tp[1]} starts"):
+            return self._c.position(TopicPartition(*tp))
+
     def _check_joined(self) -> None:
         """kafka-python 3.0.12 now and then loses a group join whose reply comes between two polls: the
         broker counts the member in, the client never gets its partitions nor heartbeats, and the broker

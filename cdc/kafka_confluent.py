@@ -157,6 +157,7 @@ class ConfluentConsumer:
         ck = self._ck = _module()
         self.bootstrap, self.group = bootstrap, group
         self.max_records = max_poll_records
+        self.auto_offset_reset = auto_offset_reset
         self._on_assigned, self._on_revoked = on_assigned, on_revoked
         conf = {
             "bootstrap.servers": bootstrap,
@@ -218,6 +219,30 @@ class ConfluentConsumer:
 
     def assignment(self) -> set[TP]:
         return {(p.topic, p.partition) for p in self._c.assignment()}
+
+    def bounds(self, tps: set[TP]) -> dict[TP, tuple[int, int]]:
+        out = {}
+        for t, p in tps:
+            try:
+                out[(t, p)] = self._c.get_watermark_offsets(self._ck.TopicPartition(t, p), timeout=10)
+            except self._ck.KafkaException as e:
+                raise classify(e, self.bootstrap, "reading partition bounds") from e
+        return out
+
+    def start_offset(self, tp: TP) -> int:
+        """The group's committed offset, else the end `auto.offset.reset` picks."""
+        ck = self._ck
+        try:
+            (now,) = self._c.position([ck.TopicPartition(*tp)])
+            if now.offset >= 0:  # where it is already reading
+                return now.offset
+            (got,) = self._c.committed([ck.TopicPartition(*tp)], timeout=10)
+            if got.offset >= 0:
+                return got.offset
+            low, high = self._c.get_watermark_offsets(ck.TopicPartition(*tp), timeout=10)
+        except ck.KafkaException as e:
+            raise classify(e, self.bootstrap, f"resolving where {tp[0]}:{tp[1]} starts") from e
+        return low if self.auto_offset_reset == "earliest" else high
 
     def check_alive(self) -> None:
         """Raises TransientError unless the cluster answers a metadata request (librdkafka retries quietly

@@ -168,8 +168,22 @@ def replay(cfg: ConnectorConfig, how: str, arg, execute: bool) -> tuple[list[Mov
             return moves, False
         refuse_while_active(admin, s.group)
         new = {(m.topic, m.partition): m.new for m in moves}
-        admin.set_group_offsets(s.group, new)  # the broker refuses this too if a member joined meanwhile
+        # the stored positions first (the authority, written under the connector's lock), then the group's
+        # (refused by the broker if a member joined meanwhile); a member that joined during the replay may
+        # have read the old positions: said, not left silent
         sink.commit(KafkaSource(cfg).dump_position(KafkaPosition.of(new)))
+        try:
+            admin.set_group_offsets(s.group, new)
+        except TerminalError as e:
+            raise TerminalError(
+                f"the stored positions were rewound, but the group's offsets were not ({e}): a connector of "
+                f"group {s.group} started during the replay; stop it and run the same cdc replay again"
+            ) from e
+        if admin.group(s.group)[1]:
+            raise TerminalError(
+                f"the replay was applied, but a connector of group {s.group} joined while it ran and may have "
+                "read the positions from before it: stop it and run the same cdc replay again"
+            )
         return moves, True
     finally:
         admin.close()

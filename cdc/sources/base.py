@@ -22,9 +22,12 @@ from cdc.events import ChangeEvent, Idle, TxnEnd
 @runtime_checkable
 class SourcePosition(Protocol):
     """A source's position. `regresses(last)`: whether storing it after `last` would move any part of the
-    stored position backwards (the checkpointer refuses that)."""
+    stored position backwards (the checkpointer refuses that); `after(last)`: the stored position once it is
+    stored on top of `last` (a Kafka position covers only the partitions it moved)."""
 
     def regresses(self, last: Any) -> bool: ...
+
+    def after(self, last: Any) -> Any: ...
 
 
 class Source(Protocol):

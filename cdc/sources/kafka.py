@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.config import ConnectorConfig
-from cdc.errors import HoldError
+from cdc.errors import HoldError, TerminalError
 from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
 from cdc.kafka_admin import Admin, admin_options
 from cdc.kafka_client import TP, Record, open_consumer
@@ -63,6 +63,9 @@ class KafkaPosition:
     def regresses(self, last: KafkaPosition) -> bool:
         before = last.as_dict()
         return any(o < before.get((t, p), o) for t, p, o in self.offsets)
+
+    def after(self, last: KafkaPosition) -> KafkaPosition:
+        return KafkaPosition.of({**last.as_dict(), **self.as_dict()})
 
     def __str__(self) -> str:
         return ",".join(f"{t}:{p}:{o}" for t, p, o in self.offsets) or "(none)"
@@ -94,6 +97,7 @@ class KafkaSource:
         self.confirmed: dict[TP, int] = {}  # as far as committed downstream
         self._reload: Callable[[], KafkaPosition | None] | None = None
         self._abandon = False
+        self._new: set[TP] = set()  # assigned in the last poll, not settled yet
         self._heard_at = time.monotonic()  # when records (or an answer to check_alive) last came
         self._lag_at = 0.0
         self._lag_series: set[TP] = set()  # partitions whose lag this member reports
@@ -178,7 +182,11 @@ class KafkaSource:
             if self._abandon:
                 self._abandon = False
                 yield Abandon()
+            if self._new:
+                self._settle()
             now = time.monotonic()
+            if not records and self._unstored():
+                yield TxnEnd(KafkaPosition.of(self._unstored()), int(time.time() * 1000))  # store the starts
             if not records:
                 if now - self._heard_at >= LIVENESS_S:  # nothing for a while: do the brokers still answer?
                     self.consumer.check_alive()
@@ -203,10 +211,40 @@ class KafkaSource:
                 ev.headers["kafka"] = f"{r.topic}:{r.partition}:{r.offset}"
                 ts_ms = max(ts_ms, ev.ts_ms)
                 yield ev
-            advanced = {tp: o for tp, o in self.next.items() if self.confirmed.get(tp) != o}
+            advanced = self._unstored()
             if advanced:
                 yield TxnEnd(KafkaPosition.of(advanced), ts_ms or int(time.time() * 1000))
             self._report_lag()
+
+    def _unstored(self) -> dict[TP, int]:
+        """The partitions whose next offset is not the one stored (read since, or a start never stored)."""
+        return {tp: o for tp, o in self.next.items() if self.confirmed.get(tp) != o}
+
+    def _settle(self) -> None:
+        """After an assignment (on this thread, where blocking calls are allowed): a stored offset outside what
+        Kafka still has stops the connector (the changes in between are gone: say so); a partition with no
+        stored offset gets the one the consumer starts at (the group's, or `start`) stored at the next
+        commit, so a rebalance or a restart before the first record resumes there and loses nothing."""
+        tps, self._new = self._new, set()
+        bounds = self.consumer.bounds(tps)
+        for tp in sorted(tps):
+            low, high = bounds[tp]
+            if tp in self.confirmed:  # a stored offset
+                stored = self.confirmed[tp]
+                if not low <= stored <= high:
+                    raise TerminalError(
+                        f"{self.cfg.name}: {tp[0]}:{tp[1]}: the stored offset {stored} is outside what Kafka "
+                        f"holds ({low}..{high}): "
+                        + (
+                            "retention deleted records this connector never read, so changes were lost; "
+                            if stored < low
+                            else "the topic was recreated; "
+                        )
+                        + "copy the POS anew (cdc run <the POS connector> --resnapshot) and move this connector "
+                        "to the new records (cdc replay CONFIG --to-earliest --execute)"
+                    )
+            else:
+                self.next[tp] = self.consumer.start_offset(tp)
 
     def _unreadable(self, r: Record, err: HoldError) -> Unreadable:
         where = f"{r.topic}:{r.partition}:{r.offset}"
@@ -233,6 +271,7 @@ class KafkaSource:
         starts = {tp: stored[tp] for tp in tps if tp in stored}
         for tp, offset in starts.items():
             self.next[tp] = self.confirmed[tp] = offset
+        self._new |= tps  # settled by read() once poll returns
         log.info(
             "%s: assigned %s",
             self.cfg.name,

@@ -46,6 +46,9 @@ class WalPosition:
     def regresses(self, last: WalPosition) -> bool:
         return self.end_lsn < last.end_lsn
 
+    def after(self, last: WalPosition) -> WalPosition:
+        return self
+
     def __str__(self) -> str:
         return f"{lsn_to_str(self.commit_lsn)} (end {lsn_to_str(self.end_lsn)})"
 

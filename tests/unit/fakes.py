@@ -38,6 +38,9 @@ class Pos:
     def regresses(self, last: Pos) -> bool:
         return self.lsn < last.lsn
 
+    def after(self, last: Pos) -> Pos:
+        return self
+
     def __str__(self) -> str:
         return f"fake@{self.lsn}"
 
