@@ -221,7 +221,9 @@ class KafkaSource(KafkaClientOptions):
         default_factory=list, description="topics to read, e.g. [pos.public.item_price]"
     )
     topic_pattern: str | None = Field(
-        None, description="a regular expression of topics to read, instead of topics"
+        None,
+        description="a regular expression of topics to read, instead of topics; matched from the start of a "
+        "name, as Kafka's clients match it (end it with $ to match whole names)",
     )
     group: str = Field(
         pattern=TOPIC_RE, description="consumer group; connectors sharing it share the partitions"

@@ -119,6 +119,18 @@ class Admin:
         if bad:
             raise TerminalError(f"Kafka refused the new offsets of group {group}: {bad}")
 
+    def forget_group(self, group: str) -> None:
+        """Deletes a consumer group and its committed offsets (refused by the broker while it has members)."""
+        with kafka_errors(self.bootstrap, f"deleting group {group}"):
+            result = self._a.delete_groups([group])
+        bad = [
+            f"{g}: {err.__name__}"
+            for g, err in result
+            if err.__name__ not in ("NoError", "GroupIdNotFoundError")
+        ]
+        if bad:
+            raise TerminalError(f"Kafka refused to delete group {group}: {', '.join(bad)}")
+
     def _reader(self):
         if self._offsets_reader is None:
             from kafka import KafkaConsumer

@@ -76,21 +76,20 @@ class Pipeline:
         self.stopping = True
 
     def reset(self) -> None:
-        """For a re-snapshot: forget the stored positions and the source's progress (the slot)."""
+        """For a re-snapshot: forget the source's progress (the slot; a Kafka group's offsets), then the stored
+        positions."""
+        source = self.make_source(self.cfg, self.metrics)
+        try:
+            source.reset()
+        finally:
+            source.close()
         sink = self.make_sink(self.cfg, self.metrics)
         sink.open()
         try:
             sink.forget_offsets()
         finally:
             sink.close()
-        source = self.make_source(self.cfg, self.metrics)
-        try:
-            source.reset()
-        finally:
-            source.close()
-        log.info(
-            "%s: positions forgotten and slot dropped; the next start takes a new snapshot", self.cfg.name
-        )
+        log.info("%s: positions forgotten; the next start reads the source anew", self.cfg.name)
 
     # --- supervision ----------------------------------------------------------------------------------
 
@@ -219,6 +218,7 @@ class Pipeline:
                     return
             elif type(item) is Abandon:  # the source no longer stands behind the open batch
                 sink.rollback()
+                self._counts.clear()  # (its changes are read again, and counted then)
                 last_end, in_txn, first_at, n_buffered = None, False, 0.0, 0
                 log.info(
                     "%s: the open batch was abandoned (%s); reading it again", self.cfg.name, "rebalance"

@@ -17,7 +17,7 @@ def topic_partitions(admin: Admin, cfg: ConnectorConfig) -> list[TP]:
     s = cfg.source
     existing = admin.topics()
     if s.topic_pattern:
-        topics = sorted(t for t in existing if re.fullmatch(s.topic_pattern, t))
+        topics = sorted(t for t in existing if re.match(s.topic_pattern, t))  # as the clients match
     else:
         topics = [t for t in s.topics if t in existing]
     return [(t, p) for t in topics for p in admin.partitions(t)]

@@ -130,7 +130,20 @@ class KafkaSource:
         """The running source sets the lag per partition itself (from its fetches); nothing to probe."""
 
     def reset(self) -> None:
-        pass  # the stored positions, forgotten by the sink, are the Kafka source's only progress
+        """For `cdc run --resnapshot`: the sink forgets its stored positions; the group's committed offsets go
+        too, so the topics are read again from `start` (refused while a member of the group runs)."""
+        s = self.scfg
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        try:
+            state, members = admin.group(s.group)
+            if members:
+                raise TerminalError(
+                    f"consumer group {s.group} has {members} active member(s) ({state}): stop every process of "
+                    "the connector before --resnapshot"
+                )
+            admin.forget_group(s.group)
+        finally:
+            admin.close()
 
     # --- positions ------------------------------------------------------------------------------------
 

@@ -23,14 +23,14 @@ source: {type: kafka, bootstrap_servers: "@KAFKA@", topics: [@PREFIX@.public.ite
 transforms:
   - {type: rename, fields: {item_code: sku, price_fen: price}}
   - {type: money, field: price, divide_by: 100, scale: 2}
-sink: {type: sql, url: "@STORE@", table: product_price, key: [sku], batch_size: 500}
+sink: {type: sql, url: "@STORE@", table: product_price, key: [sku], batch_size: 500@K2S_EXTRA@}
 """
 
 
 class Hop:
     """The config files of one test's Kafka hop; topics get a prefix of their own."""
 
-    def __init__(self, env, kafka, p2k_extra: str = "", client: str = "kafka-python"):
+    def __init__(self, env, kafka, p2k_extra: str = "", client: str = "kafka-python", k2s_extra: str = ""):
         self.env, self.kafka = env, kafka
         self.prefix = f"t{uuid.uuid4().hex[:8]}"
         self.topic = f"{self.prefix}.public.item_price"
@@ -41,6 +41,7 @@ class Hop:
                 .replace("@PREFIX@", self.prefix)
                 .replace("@P2K_EXTRA@", p2k_extra)
                 .replace("@CLIENT@", client)
+                .replace("@K2S_EXTRA@", k2s_extra)
             )
 
         self.p2k = env.write_config(body(P2K), "p2k.yaml")

@@ -141,7 +141,7 @@ def _members(kafka, group: str) -> int:
 @pytest.mark.parametrize("client", ["kafka-python", "confluent-kafka"])
 def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, kafka, client):
     setup(env, nkeys=300)
-    hop = Hop(env, kafka, client=client)
+    hop = Hop(env, kafka, client=client, k2s_extra=", history: true")
     with Running(hop.p2k):
         with Running(hop.k2s) as k2s:
             wait_until(lambda: in_sync(env), timeout=60, what="the snapshot through Kafka", running=k2s)
@@ -180,6 +180,9 @@ def test_replay_restores_a_damaged_storefront_and_never_moves_a_row_back(env, ka
         finally:
             monitor.stop()
         assert monitor.decreases == [], "the replay moved the watched price back"
+        # the changes replayed are in the price history once, not again
+        dup = "SELECT row_key, commit_lsn, seq FROM cdc_price_history GROUP BY 1, 2, 3 HAVING count(*) > 1"
+        assert env.store(dup) == []
         env.pos("UPDATE item_price SET price_fen = 1 WHERE item_code = 'K0001'")  # the hop still flows
         with Running(hop.k2s) as k2s:
             wait_until(lambda: store_prices(env)["K0001"] == pos_prices(env)["K0001"], running=k2s)
@@ -428,3 +431,52 @@ def _status(config) -> dict:
     res = cdc("status", config, "--json")
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
+
+
+def test_records_lost_to_retention_stop_the_connector_with_the_way_out(env, kafka):
+    """Retention deletes records the storefront connector never read: it refuses to skip them silently, says
+    which partition and offsets, and `cdc replay --to-earliest --execute` is the documented way on."""
+    from kafka import TopicPartition
+
+    setup(env, nkeys=30)
+    hop = Hop(env, kafka)
+    with Running(hop.p2k):
+        with Running(hop.k2s) as k2s:
+            wait_until(lambda: in_sync(env), timeout=60, what="synced", running=k2s)
+        env.pos("UPDATE item_price SET price_fen = price_fen + 5")  # read by nobody yet
+        admin = kafka.admin()
+        try:
+            wait_until(
+                lambda: _end_total(kafka, hop.topic) >= 2 * 31, timeout=30, what="the updates in Kafka"
+            )
+            ends = {TopicPartition(hop.topic, p): o for (t, p), o in _ends(kafka, hop.topic).items()}
+            admin.delete_records(ends)  # as retention would, past what the connector stored
+        finally:
+            admin.close()
+        stopped = Running(hop.k2s).__enter__()
+        try:
+            wait_until(lambda: stopped.error is not None, timeout=60, what="the connector to stop")
+        finally:
+            stopped.pipeline.stop()
+            stopped.thread.join(30)
+        assert "outside what Kafka holds" in str(stopped.error) and "retention" in str(stopped.error)
+        assert "cdc replay" in str(stopped.error)
+        rc, done = replay_json(hop.k2s, "--to-earliest", "--execute")
+        assert rc == 0 and done["executed"], done
+        env.pos("UPDATE item_price SET price_fen = 1 WHERE item_code = 'K0001'")
+        with Running(hop.k2s) as k2s:
+            wait_until(lambda: store_prices(env)["K0001"] == pos_prices(env)["K0001"], running=k2s)
+
+
+def _ends(kafka, topic: str) -> dict:
+    from cdc.kafka_admin import Admin
+
+    admin = Admin(kafka.bootstrap)
+    try:
+        return admin.end_offsets([(topic, p) for p in admin.partitions(topic)])
+    finally:
+        admin.close()
+
+
+def _end_total(kafka, topic: str) -> int:
+    return sum(_ends(kafka, topic).values())

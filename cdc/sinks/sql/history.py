@@ -43,10 +43,13 @@ class History:
         rows = t.stored_rows(conn, [k for k, _ in items], cols)
         return {key_text(tuple(r[k] for k in t.key_cols)): dict(r) for r in rows}
 
-    def record(self, conn: sa.Connection, applied: list, old: dict[str, dict], now: dt.datetime) -> None:
+    def record(
+        self, conn: sa.Connection, applied: list, old: dict[str, dict], now: dt.datetime, again: bool = False
+    ) -> None:
         """One row per change of the applied keys, oldest first; a key's changes that this batch buffered
         together (the buffer keeps the last per key) each get theirs, each from the value the one before
-        left."""
+        left. `again`: the changes may have been applied before (a replay, a redelivery): those already in
+        the history are not written twice."""
         soft = self.target.soft_delete_column
         rows = []
         for kt, last in applied:
@@ -57,9 +60,21 @@ class History:
                 entry, state = self._entry(kt, p, state, now)
                 if entry is not None:
                     rows.append(entry)
+        if rows and again:
+            rows = self._new_only(conn, rows)
         if rows:
             rows.sort(key=lambda r: (r["commit_lsn"], r["seq"]))  # ids in source order
             conn.execute(history_table.insert(), rows)
+
+    def _new_only(self, conn: sa.Connection, rows: list[dict]) -> list[dict]:
+        h, seen = history_table, set()
+        keys = sorted({r["row_key"] for r in rows})
+        for i in range(0, len(keys), 500):
+            q = sa.select(h.c.row_key, h.c.commit_lsn, h.c.seq).where(
+                h.c.connector == self.connector, h.c.row_key.in_(keys[i : i + 500])
+            )
+            seen.update(tuple(r) for r in conn.execute(q))
+        return [r for r in rows if (r["row_key"], r["commit_lsn"], r["seq"]) not in seen]
 
     def _entry(self, kt: str, p, state: dict | None, now: dt.datetime) -> tuple[dict | None, dict | None]:
         """(the history row of change `p` or None when it changes nothing recorded, the row state after

@@ -195,7 +195,8 @@ class Writer:
             if self.schedules.tracking:
                 self.schedules.record(conn, applied, now)
             if self.history:
-                self.history.record(conn, applied, old_rows, now)
+                again = not fresh and self.may_be_stale([(None, p) for _, p in applied])
+                self.history.record(conn, applied, old_rows, now, again=again)
 
     def _apply(
         self,
