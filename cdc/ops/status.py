@@ -16,6 +16,7 @@ from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
 from cdc.sinks.sql.bookkeeping import (
+    LOCK_PARTITION,
     applied_entries,
     held_table,
     offsets_table,
@@ -69,7 +70,7 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
             rows = c.execute(
                 sa.select(
                     offsets_table.c.partition, offsets_table.c.position, offsets_table.c.updated_at
-                ).where(offsets_table.c.connector == cfg.name)
+                ).where(offsets_table.c.connector == cfg.name, offsets_table.c.partition != LOCK_PARTITION)
             ).all()
             applied = _applied(c, cfg.name)
             held = c.execute(

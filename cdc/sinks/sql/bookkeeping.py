@@ -153,8 +153,9 @@ def lock_connector(conn: sa.Connection, connector: str) -> None:
     """Takes the connector's lock for the rest of the transaction. The connector takes it at the start of
     every sink transaction, and `cdc quarantine approve` / `cdc deadletter retry` before they read a key's
     position, so the two never interleave. PostgreSQL: a transaction-level advisory lock (no row to write,
-    and it holds before the connector's first position is stored); MariaDB: its cdc_offsets row; SQLite
-    locks the whole file anyway."""
+    and it holds before the connector's first position is stored); MariaDB: the connector's LOCK_PARTITION
+    row of cdc_offsets (made by ensure_lock_row: a row that exists whatever the source, where a missing row
+    would lock nothing); SQLite locks the whole file anyway."""
     if conn.dialect.name == "postgresql":
         pg = conn.connection.driver_connection
         with pg.pipeline():  # the transaction's BEGIN and the lock in one round trip
@@ -162,8 +163,26 @@ def lock_connector(conn: sa.Connection, connector: str) -> None:
         return
     t = offsets_table
     conn.execute(
-        sa.select(t.c.connector).where(t.c.connector == connector, t.c.partition == "wal").with_for_update()
+        sa.select(t.c.connector)
+        .where(t.c.connector == connector, t.c.partition == LOCK_PARTITION)
+        .with_for_update()
     ).all()
+
+
+LOCK_PARTITION = "lock"  # cdc_offsets' row that MariaDB's connector lock holds (not a position)
+
+
+def ensure_lock_row(conn: sa.Connection, connector: str) -> None:
+    """MariaDB/MySQL: the row lock_connector locks exists (inserted once; a no-op after)."""
+    if conn.dialect.name != "mysql":
+        return
+    from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+    conn.execute(
+        mysql_insert(offsets_table)
+        .values(connector=connector, partition=LOCK_PARTITION, position="{}", updated_at=utcnow())
+        .prefix_with("IGNORE")
+    )
 
 
 def pack_entries(entries: list) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from cdc.events import UNCHANGED_TOAST
-from cdc.sinks.sql.bookkeeping import offsets_table, upsert, utcnow
+from cdc.sinks.sql.bookkeeping import LOCK_PARTITION, offsets_table, upsert, utcnow
 from cdc.sinks.sql.pg_merge import PgMerge
 from cdc.sinks.sql.storefront import Storefront, classify, is_row_error
 from cdc.sinks.sql.writer import Writer
@@ -34,7 +34,9 @@ class Offsets:
         try:
             with self.store.engine.connect() as c:
                 rows = c.execute(
-                    sa.select(t.c.partition, t.c.position).where(t.c.connector == self.connector)
+                    sa.select(t.c.partition, t.c.position).where(
+                        t.c.connector == self.connector, t.c.partition != LOCK_PARTITION
+                    )
                 )
                 return dict(rows.all())
         except Exception as e:

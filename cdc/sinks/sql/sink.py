@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError
 from cdc.events import ChangeEvent
-from cdc.sinks.sql.bookkeeping import applied_table, meta, row_state_table
+from cdc.sinks.sql.bookkeeping import applied_table, ensure_lock_row, meta, row_state_table
 from cdc.sinks.sql.buffer import KeyBuffer
 from cdc.sinks.sql.folding import Folder
 from cdc.sinks.sql.held_log import HeldLog
@@ -98,6 +98,7 @@ class SqlSink:
         with self.store.engine.begin() as c:
             if "typed_event" not in {col["name"] for col in sa.inspect(c).get_columns("cdc_held")}:
                 c.execute(sa.text("ALTER TABLE cdc_held ADD COLUMN typed_event TEXT"))  # an older cdc_held
+            ensure_lock_row(c, self.name)
             self.held.load(c)
             self.schedules.load(c)
             a = applied_table
