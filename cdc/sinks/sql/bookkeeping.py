@@ -44,6 +44,8 @@ row_state_table = sa.Table(
     sa.Column("txid", sa.BigInteger),
     sa.Column("op", sa.String(1), nullable=False),
     sa.Column("applied_at", sa.DateTime(timezone=True)),
+    # how the change came: stream, snapshot, schedule, approve:<who>, retry:<who>, repair, pick_fallback
+    sa.Column("via", sa.String(200)),
 )
 applied_table = sa.Table(  # append-only, no index but the id (insertion order): see fold()
     "cdc_applied",
@@ -53,7 +55,8 @@ applied_table = sa.Table(  # append-only, no index but the id (insertion order):
     ),
     sa.Column("connector", sa.String(200), nullable=False),
     sa.Column("size", sa.Integer, nullable=False),  # how many entries
-    # JSON [[row_key, commit_lsn, seq, ts_ms, txid, op], ...]: one row per written chunk, not per key
+    # JSON [[row_key, commit_lsn, seq, ts_ms, txid, op, via], ...]: one row per written chunk, not per key
+    # (entries written before `via` have six elements: folded with via NULL)
     sa.Column("entries", sa.Text().with_variant(sa.dialects.mysql.LONGTEXT(), "mysql"), nullable=False),
 )
 held_table = sa.Table(
@@ -185,26 +188,33 @@ def ensure_lock_row(conn: sa.Connection, connector: str) -> None:
     )
 
 
+def via_of(ev) -> str | None:
+    """How a change came, as recorded per key (None: the stream, the common case, stored as NULL)."""
+    return ev.headers.get("via") or (None if ev.snapshot == "false" else "snapshot")
+
+
 def pack_entries(entries: list) -> str:
-    """One cdc_applied row's entries: [(row_key, commit_lsn, seq, ts_ms, txid, op), ...] as JSON."""
+    """One cdc_applied row's entries: [(row_key, commit_lsn, seq, ts_ms, txid, op, via), ...] as JSON."""
     return json.dumps(entries, separators=(",", ":"))
 
 
-APPLIED_COLUMNS = ("row_key", "commit_lsn", "seq", "ts_ms", "txid", "op")
+APPLIED_COLUMNS = ("row_key", "commit_lsn", "seq", "ts_ms", "txid", "op", "via")
 
 # cdc_applied's entries as rows (row_key, commit_lsn, seq, ts_ms, txid, op), per dialect's JSON functions
 _ENTRIES_SQL = {
     "postgresql": "SELECT e->>0 AS row_key, (e->>1)::bigint AS commit_lsn, (e->>2)::bigint AS seq,"
-    " (e->>3)::bigint AS ts_ms, (e->>4)::bigint AS txid, e->>5 AS op"
+    " (e->>3)::bigint AS ts_ms, (e->>4)::bigint AS txid, e->>5 AS op, e->>6 AS via"
     " FROM cdc_applied a CROSS JOIN LATERAL json_array_elements(a.entries::json) e"
     " WHERE a.connector = :c AND a.id <= :upto",
-    "mysql": "SELECT j.row_key, j.commit_lsn, j.seq, j.ts_ms, j.txid, j.op FROM cdc_applied a,"
+    "mysql": "SELECT j.row_key, j.commit_lsn, j.seq, j.ts_ms, j.txid, j.op, j.via FROM cdc_applied a,"
     " JSON_TABLE(a.entries, '$[*]' COLUMNS (row_key VARCHAR(500) PATH '$[0]', commit_lsn BIGINT PATH '$[1]',"
-    " seq BIGINT PATH '$[2]', ts_ms BIGINT PATH '$[3]', txid BIGINT PATH '$[4]', op VARCHAR(1) PATH '$[5]')) j"
+    " seq BIGINT PATH '$[2]', ts_ms BIGINT PATH '$[3]', txid BIGINT PATH '$[4]', op VARCHAR(1) PATH '$[5]',"
+    " via VARCHAR(200) PATH '$[6]')) j"
     " WHERE a.connector = :c AND a.id <= :upto",
     "sqlite": "SELECT json_extract(e.value, '$[0]') AS row_key, json_extract(e.value, '$[1]') AS commit_lsn,"
     " json_extract(e.value, '$[2]') AS seq, json_extract(e.value, '$[3]') AS ts_ms,"
-    " json_extract(e.value, '$[4]') AS txid, json_extract(e.value, '$[5]') AS op"
+    " json_extract(e.value, '$[4]') AS txid, json_extract(e.value, '$[5]') AS op,"
+    " json_extract(e.value, '$[6]') AS via"
     " FROM cdc_applied a, json_each(a.entries) e WHERE a.connector = :c AND a.id <= :upto",
 }
 
@@ -216,7 +226,7 @@ def applied_entries(dialect: str, connector: str, upto: int = 2**63 - 1) -> sa.S
     return (
         sa.text(_ENTRIES_SQL[dialect])
         .bindparams(c=connector, upto=upto)
-        .columns(row_key=s, commit_lsn=big, seq=big, ts_ms=big, txid=big, op=sa.String(1))
+        .columns(row_key=s, commit_lsn=big, seq=big, ts_ms=big, txid=big, op=sa.String(1), via=sa.String(200))
         .subquery("applied")
     )
 
@@ -258,7 +268,7 @@ def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
         newer = sa.tuple_(new.commit_lsn, new.seq) > sa.tuple_(rs.c.commit_lsn, rs.c.seq)
         # MySQL applies the assignments left to right, each seeing the ones before: positions go last,
         # commit_lsn after seq, so `newer` holds for every column it decides
-        order = ("ts_ms", "txid", "op", "applied_at", "seq", "commit_lsn")
+        order = ("ts_ms", "txid", "op", "via", "applied_at", "seq", "commit_lsn")
         sets = [(c, sa.func.IF(newer, new[c], rs.c[c])) for c in order]
         stmt = stmt.on_duplicate_key_update(sets)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc.errors import HoldError, TerminalError
-from cdc.sinks.sql.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert
+from cdc.sinks.sql.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert, via_of
 from cdc.sinks.sql.buffer import UPSERT
 from cdc.sinks.sql.target import Target
 
@@ -111,7 +111,7 @@ class CoreMerge:
                 d = {f"k_{k}": adapt(k, v) for k, v in zip(self.target.key_cols, key, strict=True)}
                 d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
                 dels.append(d)
-            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
+            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev)))
         ups_stmt, remove_stmt = self._statements(tuple(cols))
         if ups:
             conn.execute(ups_stmt, ups)

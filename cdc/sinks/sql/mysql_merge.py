@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc.sinks.sql.bookkeeping import pack_entries
+from cdc.sinks.sql.bookkeeping import pack_entries, via_of
 from cdc.sinks.sql.buffer import UPSERT
 from cdc.sinks.sql.core_merge import CoreMerge, ms_to_dt
 
@@ -48,7 +48,7 @@ class MySqlMerge(CoreMerge):
                         d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
                         d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
                         dels.append(d)
-                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op))
+                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev)))
                 if ups:
                     send(up_head + ",".join(ups) + up_tail)
                 send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from psycopg import ClientCursor, pq, sql
 from psycopg.adapt import Dumper
 
-from cdc.sinks.sql.bookkeeping import PG_LOCK, key_text
+from cdc.sinks.sql.bookkeeping import PG_LOCK, key_text, via_of
 from cdc.sinks.sql.buffer import UPSERT
 from cdc.sinks.sql.target import Target
 
@@ -54,7 +54,8 @@ class PgMerge:
         pg.execute(
             "ALTER TABLE cdc_stage ADD COLUMN IF NOT EXISTS __k text, ADD COLUMN IF NOT EXISTS __op char(1),"
             " ADD COLUMN IF NOT EXISTS __lsn bigint, ADD COLUMN IF NOT EXISTS __seq bigint,"
-            " ADD COLUMN IF NOT EXISTS __ts bigint, ADD COLUMN IF NOT EXISTS __tx bigint"
+            " ADD COLUMN IF NOT EXISTS __ts bigint, ADD COLUMN IF NOT EXISTS __tx bigint,"
+            " ADD COLUMN IF NOT EXISTS __via text"
         )
         pg.commit()
         self._copy_cur = pg.cursor()
@@ -156,14 +157,14 @@ class PgMerge:
                 vals = get(row)
             else:
                 vals = tuple([row.get(c) if c in key_cols else None for c in cols])
-            yield vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid)
+            yield vals + (key_text(key), p.op, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, via_of(ev))
 
     def _statements(self, pg, cols: tuple[str, ...], check_stale: bool) -> tuple[bytes, str, str, str]:
         """For these columns: the COPY into the staging table (bytes, as sent), the head and the row of an
         INSERT into it, and the merge statement."""
         key = (cols, check_stale)
         if key not in self._cache:
-            names = [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx"]
+            names = [*cols, "__k", "__op", "__lsn", "__seq", "__ts", "__tx", "__via"]
             stage_cols = sql.SQL(", ").join(map(sql.Identifier, names))
             copy = sql.SQL("COPY cdc_stage ({}) FROM STDIN").format(stage_cols)
             head = sql.SQL("INSERT INTO cdc_stage ({}) VALUES ").format(stage_cols)
@@ -209,7 +210,7 @@ class PgMerge:
             " ON CONFLICT ({keys}) {conflict}),"
             " rm AS ({remove})"
             " INSERT INTO cdc_applied (connector, size, entries)"
-            " SELECT %(c)s, count(*), json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op))::text FROM {src} s"
+            " SELECT %(c)s, count(*), json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op, __via))::text FROM {src} s"
             " HAVING count(*) > 0"
         ).format(
             fresh=fresh,

@@ -96,8 +96,11 @@ class SqlSink:
 
     def _load_bookkeeping(self) -> None:
         with self.store.engine.begin() as c:
-            if "typed_event" not in {col["name"] for col in sa.inspect(c).get_columns("cdc_held")}:
+            insp = sa.inspect(c)
+            if "typed_event" not in {col["name"] for col in insp.get_columns("cdc_held")}:
                 c.execute(sa.text("ALTER TABLE cdc_held ADD COLUMN typed_event TEXT"))  # an older cdc_held
+            if "via" not in {col["name"] for col in insp.get_columns("cdc_row_state")}:
+                c.execute(sa.text("ALTER TABLE cdc_row_state ADD COLUMN via VARCHAR(200)"))  # an older one
             ensure_lock_row(c, self.name)
             self.held.load(c)
             self.schedules.load(c)
