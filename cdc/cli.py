@@ -174,6 +174,29 @@ def status(
     Console().print(table)
 
 
+@app.command()
+def explain(
+    config: Path = typer.Argument(..., help="connector YAML file"),
+    key: str = typer.Argument(..., help="the storefront key (several key columns: a,b)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
+) -> None:
+    """Why the storefront holds what it holds for one key: the POS rows and what each stage did, the
+    storefront row and its last change, held entries, scheduled prices, the connector; then a verdict.
+    Exit 0 in sync, 1 out of sync (the verdict says why), 2 cannot tell."""
+    import json
+
+    from cdc.ops.explain import explain as do_explain
+    from cdc.ops.render import print_explanation
+
+    (cfg,) = load_all([config])
+    info = do_explain(cfg, key)
+    if as_json:
+        typer.echo(json.dumps(info, default=str))
+    else:
+        print_explanation(info)
+    raise typer.Exit(info["exit_code"])
+
+
 def _held_command(
     config: Path,
     action: str,

@@ -425,6 +425,9 @@ def test_status_and_held_changes_on_both_sides_of_the_hop(env, kafka):
     assert refused.returncode == 1 and "writes to Kafka" in refused.stderr
     stopped = _status(hop.k2s)
     assert stopped["state"] == "stopped" and stopped["group_members"] == 0
+    why = cdc("explain", hop.k2s, "K0001", "--json")  # the storefront side, and why not the POS's
+    assert why.returncode == 2 and "reads Kafka" in json.loads(why.stdout)["verdict"]
+    assert json.loads(why.stdout)["storefront"]["last_applied"]["via"] in ("stream", "snapshot")
 
 
 def _status(config) -> dict:
