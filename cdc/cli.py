@@ -136,9 +136,16 @@ def run(
     threads = [threading.Thread(target=guarded, args=(p,), name=p.cfg.name) for p in pipelines]
     for t in threads:
         t.start()
+    from cdc.ops.daily import DailyReconcile
+
+    dailies = [DailyReconcile(c, metrics) for c in cfgs if c.reconcile is not None]
+    for d in dailies:
+        d.start()
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(0.2)
+    for d in dailies:
+        d.stop()
     if errors:
         if state["debug"]:
             raise errors[0]

@@ -257,12 +257,33 @@ class MetricsConfig(Strict):
     host: str = "127.0.0.1"
 
 
+def _zone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (an IANA name, e.g. Asia/Shanghai or UTC)") from None
+    return name
+
+
+class ReconcileConfig(Strict):
+    """The daily full comparison of POS and storefront (`cdc reconcile`), run by `cdc run` beside the stream."""
+
+    at: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$", description="time of day, HH:MM")
+    timezone: Annotated[str, AfterValidator(_zone)] = Field("UTC", description="IANA time zone of `at`")
+    repair: bool = Field(False, description="fix the drift found (as `cdc reconcile --repair`)")
+
+
 class ConnectorConfig(Strict):
     name: str = Field(pattern=NAME_RE, description="unique; metrics label and key of stored offsets")
     source: SourceConfig
     transforms: list[StageConfig] = Field(default_factory=list)
     sink: SinkConfig
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    reconcile: ReconcileConfig | None = Field(
+        None, description="run the full comparison every day at a time (see ReconcileConfig)"
+    )
     path: str = Field("", exclude=True, description="file the config was read from (set by the loader)")
 
     @property

@@ -74,6 +74,18 @@ class Metrics:
             c,
             registry=r,
         )
+        self.reconcile_drift = Gauge(
+            "cdc_reconcile_drift_rows",
+            "drift the last reconcile found (and did not repair), by kind: missing, extra, different",
+            c + ["kind"],
+            registry=r,
+        )
+        self.reconcile_last_run = Gauge(
+            "cdc_reconcile_last_run_timestamp_seconds", "wall time the last reconcile finished", c, registry=r
+        )
+        self.reconcile_duration = Gauge(
+            "cdc_reconcile_duration_seconds", "how long the last reconcile took", c, registry=r
+        )
         self.up = Gauge("cdc_connector_up", "1 running, 0 stopped or failed", c, registry=r)
         self.last_commit = Gauge(
             "cdc_last_commit_timestamp_seconds", "wall time of the last sink commit", c, registry=r
