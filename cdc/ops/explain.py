@@ -325,7 +325,8 @@ def _verdict(cfg: ConnectorConfig, out: dict) -> tuple[str, int]:
     return _behind_or_drift(
         state,
         f"storefront changed behind pos-cdc's back: {there} there, "
-        f"{', '.join(f'{k} {expected[k]}' for k in cols[:3])} from the POS (run cdc reconcile --repair)",
+        f"{', '.join(f'{k} {expected[k]}' for k in cols[:3])} from the POS "
+        f"(run cdc reconcile {cfg.path or 'CONFIG'} --repair)",
         1,
     )
 

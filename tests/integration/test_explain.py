@@ -65,7 +65,7 @@ def test_verdicts_while_the_connector_runs(env):
         code, info = explain(path, "B")
         assert code == 1 and info["verdict"] == (
             "storefront changed behind pos-cdc's back: price 27.00 there, price 5.00 from the POS "
-            "(run cdc reconcile --repair)"
+            f"(run cdc reconcile {path} --repair)"
         ), info
         assert info["connector_state"]["state"] == "running"
     # stopped: a change waits in the slot
