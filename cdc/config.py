@@ -270,7 +270,9 @@ def _zone(name: str) -> str:
 class ReconcileConfig(Strict):
     """The daily full comparison of POS and storefront (`cdc reconcile`), run by `cdc run` beside the stream."""
 
-    at: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$", description="time of day, HH:MM")
+    at: str = Field(
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$", description="time of day, HH:MM"
+    )
     timezone: Annotated[str, AfterValidator(_zone)] = Field("UTC", description="IANA time zone of `at`")
     repair: bool = Field(False, description="fix the drift found (as `cdc reconcile --repair`)")
 
