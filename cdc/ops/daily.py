@@ -75,11 +75,10 @@ class DailyReconcile:
             log.error("%s: the daily full comparison failed: %s", name, e)
             return
         took = time.monotonic() - t0
-        found = report.as_dict()
-        if found.get("exit_code") == 2:
-            log.error("%s: the daily full comparison could not compare: %s", name, found.get("reason"))
+        if report.exit_code == 2:
+            log.error("%s: the daily full comparison could not compare: %s", name, report.reason)
             return
-        left = drift_left(found)
+        left = report.left_by_kind()
         for kind in KINDS:
             m.reconcile_drift.labels(name, kind).set(left[kind])
         m.reconcile_last_run.labels(name).set(time.time())
@@ -88,17 +87,6 @@ class DailyReconcile:
             "%s: daily full comparison in %.1f s: %s",
             name,
             took,
-            ", ".join(f"{k} {v}" for k, v in left.items()) + (" left" if any(left.values()) else " (in sync)"),
+            ", ".join(f"{k} {v}" for k, v in left.items())
+            + (" left" if any(left.values()) else " (in sync)"),
         )
-
-
-def drift_left(found: dict) -> dict[str, int]:
-    """Per kind, the drift a reconcile report found and did not repair."""
-    repaired = found.get("repaired") or {}
-    out = {}
-    for kind in KINDS:
-        n = found.get(kind)
-        n = n if isinstance(n, int) else len(n or ())
-        fixed = repaired.get(kind, 0) if isinstance(repaired, dict) else 0
-        out[kind] = max(0, n - (fixed if isinstance(fixed, int) else len(fixed)))
-    return out

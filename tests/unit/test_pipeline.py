@@ -686,16 +686,3 @@ def test_the_sql_buffer_keeps_the_newest_change_of_a_key_whatever_arrives_last()
     truncated.add(change(250, "before the truncate"))  # older than the truncate it came after: dropped
     truncated.add(change(350, "after"))
     assert [p.row["price"] for p in truncated.pending.values()] == ["after"]
-
-
-def test_the_daily_reconcile_runs_at_the_next_wall_clock_time_in_its_zone():
-    import datetime as dt
-
-    from cdc.ops.daily import drift_left, next_run
-
-    now = dt.datetime(2026, 12, 3, 18, 30, tzinfo=dt.UTC)  # 02:30 the next day in Shanghai
-    assert next_run("03:00", "Asia/Shanghai", now).isoformat() == "2026-12-04T03:00:00+08:00"
-    assert next_run("02:00", "Asia/Shanghai", now).isoformat() == "2026-12-05T02:00:00+08:00"
-    assert next_run("18:30:01", "UTC", now).isoformat() == "2026-12-03T18:30:01+00:00"
-    found = {"missing": ["a", "b"], "extra": 3, "different": [], "repaired": {"missing": 2, "extra": 1}}
-    assert drift_left(found) == {"missing": 0, "extra": 2, "different": 0}

@@ -1,0 +1,139 @@
+"""The pure parts of cdc reconcile: merging key-ordered streams, chunk boundaries, value comparison, the
+report's arithmetic, and the daily schedule."""
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cdc.ops.chunks import (
+    OrderError,
+    boundaries,
+    chunk_of,
+    chunk_plan,
+    differing_chunks,
+    merge_sorted,
+    number_text,
+    same_value,
+)
+from cdc.ops.daily import next_run
+from cdc.ops.reconcile_repair import Candidate
+from cdc.ops.reconcile_report import EXIT_DRIFT, EXIT_IN_SYNC, ReconcileReport
+
+
+def test_merge_groups_source_rows_of_a_key_and_pairs_them_with_the_storefront_row():
+    source = [("a", 1), ("b", 2), ("b", 3), ("d", 4)]
+    store = [("b", "B"), ("c", "C"), ("d", "D")]
+    assert list(merge_sorted(source, store)) == [
+        ("a", [1], None),
+        ("b", [2, 3], "B"),
+        ("c", [], "C"),
+        ("d", [4], "D"),
+    ]
+    assert list(merge_sorted([], [])) == []
+
+
+def test_merge_refuses_a_stream_out_of_bytewise_order_instead_of_reporting_false_drift():
+    with pytest.raises(OrderError, match="POS rows do not come in the bytewise order"):
+        list(merge_sorted([("b", 1), ("a", 2)], []))
+    with pytest.raises(OrderError, match="storefront rows"):
+        list(merge_sorted([], [("a", 1), ("a", 2)]))  # one storefront row per key
+
+
+@given(
+    st.lists(st.text(min_size=1, max_size=4), max_size=30),
+    st.lists(st.text(min_size=1, max_size=4), max_size=30, unique=True),
+)
+def test_merge_sees_every_key_of_either_side_once_in_order(src_keys, store_keys):
+    source = [(k, i) for i, k in enumerate(sorted(src_keys))]
+    store = [(k, k) for k in sorted(store_keys)]
+    out = list(merge_sorted(source, store))
+    keys = [k for k, _, _ in out]
+    assert keys == sorted(set(src_keys) | set(store_keys))
+    for k, group, stored in out:
+        assert len(group) == src_keys.count(k)
+        assert stored == (k if k in store_keys else None)
+
+
+@given(st.lists(st.text(max_size=6), min_size=1, max_size=200), st.integers(1, 40))
+def test_chunk_boundaries_increase_and_number_keys_as_width_bucket_does(keys, chunks):
+    bounds = boundaries(keys, chunks)
+    assert bounds == sorted(set(bounds)) and len(bounds) <= chunks - 1
+    for k in keys:
+        c = chunk_of(k, bounds)
+        assert 0 <= c <= len(bounds)
+        assert c == 0 or bounds[c - 1] <= k
+        assert c == len(bounds) or k < bounds[c]
+
+
+def test_chunk_plan_scales_with_the_table_and_samples_a_few_keys_per_chunk():
+    assert chunk_plan(10) == (1, 0.0)
+    chunks, fraction = chunk_plan(1_000_000)
+    assert chunks == 1000 and fraction == pytest.approx(0.004)
+    assert chunk_plan(10**9)[0] == 20_000  # bounded
+
+
+def test_differing_chunks_include_a_chunk_only_one_side_has():
+    assert differing_chunks({0: (2, 10), 1: (3, 7)}, {0: (2, 10), 1: (3, 8), 2: (1, 1)}) == [1, 2]
+    assert differing_chunks({0: (2, 10)}, {0: (2, 10)}) == []
+
+
+def test_numbers_compare_exactly_whatever_the_scale_or_spelling():
+    assert number_text(Decimal("12.50")) == "12.5" and number_text(Decimal("-0.00")) == "0"
+    assert number_text(Decimal("1.2E+3")) == "1200" and number_text("abc") is None
+    assert same_value(Decimal("12.5"), Decimal("12.50"))
+    assert same_value(Decimal("12.50"), "12.5")  # SQLite's exact decimal text
+    assert not same_value(Decimal("12.50"), Decimal("12.51"))
+    assert same_value(True, 1) and not same_value(True, 0)
+    assert not same_value(Decimal("0.1"), 0.1000000001)
+
+
+def test_other_types_compare_as_each_storefront_keeps_them():
+    aware = dt.datetime(2026, 12, 4, 3, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
+    assert same_value(aware, dt.datetime(2026, 12, 3, 19, 0))  # naive storefront value taken as UTC
+    assert same_value(aware, "2026-12-03 19:00:00")
+    assert same_value(dt.date(2026, 12, 4), "2026-12-04")
+    u = uuid.uuid4()
+    assert same_value(u, str(u))
+    assert same_value(None, None) and not same_value(None, "") and not same_value("", None)
+    assert not same_value("A", "a")  # two strings compare exactly
+
+
+def test_the_report_counts_drift_left_after_a_repair_per_kind():
+    found = ReconcileReport("c")
+    found.found(Candidate("a", "missing", out=None))
+    found.found(Candidate("b", "extra", stored={"sku": "b", "price": Decimal("5")}))
+    found.finish()
+    assert found.exit_code == EXIT_DRIFT
+    assert found.left_by_kind() == {"missing": 1, "extra": 1, "different": 0}
+    assert found.as_dict()["examples"][1] == {
+        "kind": "extra",
+        "key": "b",
+        "columns": [],
+        "pos": None,
+        "storefront": {"price": "5", "sku": "b"},
+    }
+
+    repaired = ReconcileReport("c", repair=True)
+    for key, kind in (("a", "missing"), ("b", "extra"), ("c", "different")):
+        repaired.found(Candidate(key, kind))
+    repaired.repaired.update(upserted=1, deleted=1, refused=1)
+    repaired.refused.append("c")
+    repaired.finish()
+    assert repaired.exit_code == EXIT_DRIFT and repaired.left == 1
+    assert repaired.left_by_kind() == {"missing": 0, "extra": 0, "different": 1}
+    repaired.refused.clear()
+    repaired.repaired.update(upserted=2, refused=0)
+    repaired.finish()
+    assert repaired.exit_code == EXIT_IN_SYNC
+    assert "verdict: repaired" in repaired.summary()
+
+
+def test_the_daily_reconcile_runs_at_the_next_wall_clock_time_in_its_zone():
+    now = dt.datetime(2026, 12, 3, 18, 30, tzinfo=dt.UTC)  # 02:30 the next day in Shanghai
+    assert next_run("03:00", "Asia/Shanghai", now).isoformat() == "2026-12-04T03:00:00+08:00"
+    assert next_run("02:00", "Asia/Shanghai", now).isoformat() == "2026-12-05T02:00:00+08:00"
+    assert next_run("18:30:01", "UTC", now).isoformat() == "2026-12-03T18:30:01+00:00"
