@@ -39,6 +39,8 @@ EXPECTED_ALERTS = {
     "CdcNoCommitsWhileLagging",
     "CdcKafkaConsumerLagHigh",
     "CdcKafkaProducerErrors",
+    "CdcReconcileDriftLeft",
+    "CdcReconcileNotRun",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # labels every scraped series has besides its own
@@ -301,6 +303,14 @@ def test_alert_rules_are_complete():
     exprs = {r["alert"]: [x["expr"] for x in rules if x["alert"] == r["alert"]] for r in rules}
     assert any(re.search(r"\babsent\(\s*cdc_connector_up\b", e) for e in exprs["CdcConnectorDown"])
     assert any(re.search(r"\bcdc_connector_up\b[^()]*==\s*0", e) for e in exprs["CdcConnectorDown"])
+    assert any(
+        re.search(r"\bsum\b(?:\s+by\s*\([^)]*\))?\s*\(\s*cdc_reconcile_drift_rows\s*\)\s*>\s*0", e)
+        for e in exprs["CdcReconcileDriftLeft"]
+    )
+    assert any(
+        re.search(r"time\(\)\s*-\s*cdc_reconcile_last_run_timestamp_seconds\s*>\s*26\s*\*\s*3600", e)
+        for e in exprs["CdcReconcileNotRun"]
+    )
     for r in rules:
         name = r["alert"]
         assert r["labels"]["severity"] in ("warning", "critical"), name
@@ -401,6 +411,54 @@ def cli_commands() -> dict:
     from cdc.cli import app
 
     return typer.main.get_command(app).commands
+
+
+CODE_SPAN_RE = re.compile(r"`([^`\n]+)`")
+CDC_CALL_RE = re.compile(r"(?<![\w@/.-])cdc\s+([a-z][a-z-]*)([^'`;|]*)")
+
+
+def operator_texts() -> list[tuple[str, str]]:
+    """(where, text) of everything that tells on-call what to run: alert annotations, dashboard panel
+    descriptions, deploy/README.md (its code spans and its shell blocks)."""
+    out = [(f"alert:{r['alert']}:{k}", v) for r in alert_rules() for k, v in r["annotations"].items()]
+    out += [(f"dashboard:{p['title']}", p.get("description", "")) for p in all_panels(load_dashboard())]
+    prose, block = [], None  # block: the language of the fenced block we are in
+    for line in (DEPLOY / "README.md").read_text().splitlines():
+        if line.lstrip().startswith("```"):
+            block = None if block is not None else line.lstrip()[3:].strip()
+        elif block is None:
+            prose.append(line)
+        elif block in ("", "sh", "bash") and line.split("#")[0].strip():
+            out.append(("README.md (shell)", "`" + line.split("#")[0].strip() + "`"))
+    out.append(("README.md", "\n".join(prose)))
+    return out
+
+
+def test_operator_texts_name_real_commands_and_flags():
+    """Every `cdc COMMAND ...` the alerts, the dashboard and deploy/README.md tell on-call to run is a command
+    of the CLI, with its options and (quarantine, deadletter) its actions."""
+    commands = cli_commands()
+    calls = 0
+    for where, text in operator_texts():
+        for span in CODE_SPAN_RE.findall(text):
+            span = re.sub(r"\{\{.*?\}\}", "X", span)  # alert templates: {{ $labels.connector }}
+            for name, rest in CDC_CALL_RE.findall(span):
+                calls += 1
+                assert name in commands, f"{where}: `cdc {name}` is no command ({sorted(commands)}): {span!r}"
+                params = commands[name].params
+                opts = {o for p in params for o in p.opts if o.startswith("-")} | {"--help"}
+                words = [w.strip("[]") for w in rest.split()]
+                for w in words:
+                    if w.startswith("--"):
+                        assert w.split("=")[0] in opts, f"{where}: `cdc {name}` has no option {w}: {span!r}"
+                action = next((p for p in params if p.name == "action"), None)
+                positional = [w for w in words if w and not w.startswith("-")]
+                if action is not None and len(positional) > 1 and positional[1] not in ("...", "ACTION"):
+                    allowed = {a.strip() for a in (action.help or "").split("|")}
+                    assert positional[1] in allowed, (
+                        f"{where}: `cdc {name}` has no action {positional[1]!r}: {span!r}"
+                    )
+    assert calls, "no `cdc ...` call found in the operator texts"
 
 
 def test_systemd_unit():
