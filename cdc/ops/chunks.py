@@ -11,6 +11,7 @@ when one does not (a key type whose text sorts differently in a database), rathe
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,11 +20,9 @@ from typing import Any
 
 _END = object()
 
-# chunks: about this many rows each (fewer chunks than MAX_CHUNKS), boundaries from a sample of the keys with
-# SAMPLE_PER_CHUNK sampled keys per chunk
-CHUNK_ROWS = 1000
-MAX_CHUNKS = 20_000
-SAMPLE_PER_CHUNK = 4
+# checksum buckets: about this many rows each, at most MAX_BUCKETS (their counts and sums cross the network)
+ROWS_PER_BUCKET = 16
+MAX_BUCKETS = 200_000
 
 
 class OrderError(Exception):
@@ -81,52 +80,46 @@ def _next_store(sto: Iterator, key: str) -> Any:
     return nxt
 
 
-# --- chunks -----------------------------------------------------------------------------------------------
+# --- checksum buckets -----------------------------------------------------------------------------------------------
 
 
-def chunk_plan(estimate: int) -> tuple[int, float]:
-    """(how many chunks, the fraction of rows to sample for their boundaries) for a table of about
-    `estimate` rows."""
-    chunks = max(1, min(MAX_CHUNKS, estimate // CHUNK_ROWS))
-    if chunks == 1:
-        return 1, 0.0
-    return chunks, min(1.0, chunks * SAMPLE_PER_CHUNK / max(estimate, 1))
+def bucket_count(estimate: int) -> int:
+    """How many hash buckets the checksums of a table of about `estimate` rows go into: about ROWS_PER_BUCKET
+    rows each, so that a scattered 1 % of changed rows leaves most buckets equal, and at most MAX_BUCKETS."""
+    return max(1, min(MAX_BUCKETS, estimate // ROWS_PER_BUCKET))
 
 
-def boundaries(sample: Iterable[str], chunks: int) -> list[str]:
-    """Up to chunks - 1 increasing key texts that cut the sampled keys into `chunks` parts of about the same
-    size: chunk 0 holds the keys below the first boundary, chunk i those from boundary i on (width_bucket's
-    numbering)."""
-    keys = sorted(set(sample))
-    if chunks <= 1 or not keys:
-        return []
-    step = len(keys) / chunks
-    out: list[str] = []
-    for i in range(1, chunks):
-        k = keys[min(len(keys) - 1, int(i * step))]
-        if not out or k > out[-1]:
-            out.append(k)
-    return out
+def bucket_of(key: str, buckets: int) -> int:
+    """The bucket of a key text, as both databases compute it in SQL (reconcile_checksum.BUCKET): the first
+    32 bits of the md5 of its UTF-8 bytes, modulo the bucket count."""
+    return int(hashlib.md5(key.encode()).hexdigest()[:8], 16) % buckets
 
 
-def chunk_of(key: str, bounds: list[str]) -> int:
-    """The chunk of `key` (as PostgreSQL's width_bucket(key, bounds) numbers it)."""
-    lo, hi = 0, len(bounds)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if bounds[mid] <= key:
-            lo = mid + 1
+def differing_buckets(
+    source: Iterable[tuple[int, int, Any]], store: Iterable[tuple[int, int, Any]]
+) -> tuple[list[int], int, int]:
+    """Two streams of (bucket, row count, checksum) in bucket order -> (the buckets that differ, a bucket one
+    side lacks included, in order; the rows counted on each side). Holds only the differing buckets."""
+    differ: list[int] = []
+    rows = [0, 0]
+    src, sto = iter(source), iter(store)
+    s, t = next(src, None), next(sto, None)
+    while s is not None or t is not None:
+        if t is None or (s is not None and s[0] < t[0]):
+            differ.append(s[0])
+            rows[0] += s[1]
+            s = next(src, None)
+        elif s is None or t[0] < s[0]:
+            differ.append(t[0])
+            rows[1] += t[1]
+            t = next(sto, None)
         else:
-            hi = mid
-    return lo
-
-
-def differing_chunks(
-    source: Mapping[int, tuple[int, Any]], store: Mapping[int, tuple[int, Any]]
-) -> list[int]:
-    """The chunks whose (row count, checksum) differ between the two sides (a chunk one side lacks
-    differs), in order."""
-    return sorted(c for c in set(source) | set(store) if source.get(c) != store.get(c))
+            if (s[1], s[2]) != (t[1], t[2]):
+                differ.append(s[0])
+            rows[0] += s[1]
+            rows[1] += t[1]
+            s, t = next(src, None), next(sto, None)
+    return differ, rows[0], rows[1]
 
 
 # --- values -----------------------------------------------------------------------------------------------

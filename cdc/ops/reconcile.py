@@ -16,8 +16,8 @@ in storefront terms, and its repair.
    is `held`, None is `filtered`; several POS rows of one key are judged together, as a pick with a fallback
    store needs), and are compared with the storefront's visible row on the columns the sink writes (the
    stages' output columns the table has), type-tolerantly (chunks.same_value). When both ends are PostgreSQL
-   and the stages only rename and drop, both databases compute per key-range chunk a row count and a
-   checksum in SQL, and only the chunks that differ are read and compared row by row (`method`
+   and the stages only rename and drop, both databases compute per bucket of the key's hash a row count
+   and a checksum in SQL (cdc/ops/reconcile_checksum.py), and only the rows that differ are compared (`method`
    'checksum'); otherwise every row is compared as it streams by (`method` 'rows'). The POS side is ordered
    by the source columns the storefront key comes from (renames undone, cdc/stages/lineage.py); a key that
    a stage computes cannot be ordered so, and the run stops with exit 2 saying so.
@@ -37,29 +37,18 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-
-from psycopg import sql
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
-from cdc.ops.chunks import OrderError, boundaries, chunk_plan, differing_chunks, merge_sorted
-from cdc.ops.reconcile_checksum import (
-    PgStore,
-    checksum_plan,
-    chunk_query,
-    drill_query,
-    pg_store_types,
-    store_ident,
-)
+from cdc.ops.chunks import OrderError, merge_sorted
+from cdc.ops.reconcile_checksum import PgStore, checksum_plan, compare_by_checksums, pg_store_types
 from cdc.ops.reconcile_judge import Judge
 from cdc.ops.reconcile_repair import Resolver
 from cdc.ops.reconcile_report import EXIT_CANNOT, EXIT_DRIFT, EXIT_IN_SYNC, KINDS, ReconcileReport
 from cdc.ops.reconcile_sides import PosSnapshot, StoreReader
 from cdc.progress import Progress
 from cdc.sinks.sql import SqlSink
-from cdc.sources.pg_snapshot import as_text
 from cdc.stages import build_stages
 from cdc.stages.lineage import Untraceable, source_column
 
@@ -165,7 +154,7 @@ class _Run:
             try:
                 if plan is not None:
                     report.method = "checksum"
-                    self._checksums(plan)
+                    compare_by_checksums(self, plan)
                 else:
                     report.method = "rows"
                     self._rows()
@@ -271,68 +260,6 @@ class _Run:
         for item in items:
             self._store_seen += 1
             yield item
-
-    def _checksums(self, plan) -> None:
-        """Chunk checksums in SQL on both sides; the rows of the differing chunks compared in Python."""
-        pos, report, t = self.pos, self.report, plan.source
-        store = PgStore(self.reader.engine)
-        try:
-            where = t.filter_sql()
-            chunks, fraction = chunk_plan(t.estimate)
-            bounds: list[str] = []
-            if chunks > 1:
-                sample = pos.fetch(
-                    sql.SQL("SELECT {} FROM {}{} {} random() < %s").format(
-                        plan.src_key, t.ident, where, sql.SQL("AND" if t.where else "WHERE")
-                    ),
-                    (fraction,),
-                )
-                bounds = boundaries([r[0] for r in sample], chunks)
-            report.chunks = len(bounds) + 1
-            soft = self.sink.target.soft_delete_column
-            store_where = sql.SQL(" WHERE {} IS NULL").format(sql.Identifier(soft)) if soft else sql.SQL("")
-            table = store_ident(self.sink.target.table)
-            params = {"b": bounds}
-            with ThreadPoolExecutor(2) as ex:
-                a = ex.submit(pos.fetch, chunk_query(plan.src_key, plan.src_row, t.ident, where), params)
-                b = ex.submit(
-                    store.fetch, chunk_query(plan.store_key, plan.store_row, table, store_where), params
-                )
-                src_sums = {c: (n, s) for c, n, s in a.result()}
-                store_sums = {c: (n, s) for c, n, s in b.result()}
-            report.source_rows = sum(n for n, _ in src_sums.values())
-            report.storefront_rows = sum(n for n, _ in store_sums.values())
-            self.progress.advance(report.source_rows)
-            differ = differing_chunks(src_sums, store_sums)
-            report.chunks_differing = len(differ)
-            if not differ:
-                return
-            params = {"b": bounds, "c": differ}
-            src = (
-                (r[0], (r[1], (t, r[2:])))
-                for r in pos.stream(
-                    drill_query(plan.src_key, plan.src_row, as_text(t.names), t.ident, where),
-                    params,
-                    "cdc_rec_drill",
-                )
-            )
-            cols = self.reader.columns
-            payload = sql.SQL(", ").join(map(sql.Identifier, cols))
-            sto = (
-                (r[0], (r[1], dict(zip(cols, r[2:], strict=True))))
-                for r in store.stream(
-                    drill_query(plan.store_key, plan.store_row, payload, table, store_where),
-                    params,
-                    "cdc_rec_drill",
-                )
-            )
-            judge = self.judge
-            for key, group, stored in merge_sorted(src, sto):
-                if len(group) == 1 and stored is not None and group[0][0] == stored[0]:
-                    continue  # the same row (checksum)
-                judge(key, [g[1] for g in group], None if stored is None else stored[1])
-        finally:
-            store.close()
 
 
 def _stored_lsn(sink: SqlSink) -> int | None:

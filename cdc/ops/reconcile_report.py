@@ -43,8 +43,8 @@ class ReconcileReport:
     snapshot_position: str | None = None  # X, as PostgreSQL spells an LSN
     settled: str | None = None  # how the storefront was known to hold everything before X
     method: str | None = None  # checksum | rows
-    chunks: int = 0
-    chunks_differing: int = 0
+    buckets: int = 0  # checksum buckets (method checksum)
+    buckets_differing: int = 0
     examples: int = 10
     details: list[dict] = field(default_factory=list)  # the first `examples` of each kind, with values
     # seconds: waiting for the connector to pass the snapshot point; the comparison (with what follows);
@@ -128,7 +128,7 @@ class ReconcileReport:
             "snapshot_position": self.snapshot_position,
             "settled": self.settled,
             "method": self.method,
-            "chunks": {"total": self.chunks, "differing": self.chunks_differing},
+            "buckets": {"total": self.buckets, "differing": self.buckets_differing},
             "examples": self.details,
             "phases": {k: round(v, 3) for k, v in self.phases.items()},
         }

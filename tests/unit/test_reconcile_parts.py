@@ -1,4 +1,4 @@
-"""The pure parts of cdc reconcile: merging key-ordered streams, chunk boundaries, value comparison, the
+"""The pure parts of cdc reconcile: merging key-ordered streams, checksum buckets, value comparison, the
 report's arithmetic, and the daily schedule."""
 
 import datetime as dt
@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 
 from cdc.ops.chunks import (
     OrderError,
-    boundaries,
-    chunk_of,
-    chunk_plan,
-    differing_chunks,
+    bucket_count,
+    bucket_of,
+    differing_buckets,
     merge_sorted,
     number_text,
     same_value,
@@ -58,27 +57,27 @@ def test_merge_sees_every_key_of_either_side_once_in_order(src_keys, store_keys)
         assert stored == (k if k in store_keys else None)
 
 
-@given(st.lists(st.text(max_size=6), min_size=1, max_size=200), st.integers(1, 40))
-def test_chunk_boundaries_increase_and_number_keys_as_width_bucket_does(keys, chunks):
-    bounds = boundaries(keys, chunks)
-    assert bounds == sorted(set(bounds)) and len(bounds) <= chunks - 1
-    for k in keys:
-        c = chunk_of(k, bounds)
-        assert 0 <= c <= len(bounds)
-        assert c == 0 or bounds[c - 1] <= k
-        assert c == len(bounds) or k < bounds[c]
+def test_bucket_counts_scale_with_the_table_and_are_bounded():
+    assert bucket_count(10) == 1
+    assert bucket_count(1_000_000) == 62_500
+    assert bucket_count(10**9) == 200_000
 
 
-def test_chunk_plan_scales_with_the_table_and_samples_a_few_keys_per_chunk():
-    assert chunk_plan(10) == (1, 0.0)
-    chunks, fraction = chunk_plan(1_000_000)
-    assert chunks == 1000 and fraction == pytest.approx(0.004)
-    assert chunk_plan(10**9)[0] == 20_000  # bounded
+def test_a_keys_bucket_is_the_md5_of_its_text_as_the_databases_compute_it():
+    import hashlib
+
+    assert bucket_of("SKU0000001", 1) == 0
+    digest = hashlib.md5(b"SKU0000001").hexdigest()
+    assert bucket_of("SKU0000001", 62_500) == int(digest[:8], 16) % 62_500
+    assert bucket_of("价格", 7) == int(hashlib.md5("价格".encode()).hexdigest()[:8], 16) % 7
 
 
-def test_differing_chunks_include_a_chunk_only_one_side_has():
-    assert differing_chunks({0: (2, 10), 1: (3, 7)}, {0: (2, 10), 1: (3, 8), 2: (1, 1)}) == [1, 2]
-    assert differing_chunks({0: (2, 10)}, {0: (2, 10)}) == []
+def test_differing_buckets_include_a_bucket_only_one_side_has_and_count_rows():
+    source = [(0, 2, 10), (1, 3, 7), (4, 1, 5)]
+    store = [(0, 2, 10), (1, 3, 8), (2, 1, 1), (4, 1, 5)]
+    assert differing_buckets(source, store) == ([1, 2], 6, 7)
+    assert differing_buckets([(0, 2, 10)], [(0, 2, 10)]) == ([], 2, 2)
+    assert differing_buckets([], [(3, 1, 1)]) == ([3], 0, 1)
 
 
 def test_numbers_compare_exactly_whatever_the_scale_or_spelling():
