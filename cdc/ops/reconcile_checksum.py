@@ -44,6 +44,7 @@ class ChecksumPlan:
     columns: dict[str, str]  # storefront column -> the source column it comes from (the compared ones)
     store_types: dict[str, str]  # storefront column -> its type as format_type spells it
     key: tuple[str, ...]  # the storefront key columns
+    same: frozenset[str] = frozenset()  # storefront columns of exactly their source column's type
     src_key: sql.Composable = field(init=False)
     src_row: sql.Composable = field(init=False)
     store_key: sql.Composable = field(init=False)
@@ -64,7 +65,7 @@ class ChecksumPlan:
     def _as_store(self, src: str, col: str) -> sql.Composable:
         """The source column's value as the storefront column's type renders it."""
         t = self.store_types[col]
-        if t == "text" or t.startswith("character varying"):
+        if col in self.same or t == "text" or t.startswith("character varying"):
             return sql.SQL("({})::text").format(sql.Identifier(src))
         return sql.SQL("((({})::text)::{})::text").format(sql.Identifier(src), sql.SQL(t))
 
@@ -76,7 +77,7 @@ def _joined(parts: list[sql.Composable]) -> sql.Composable:
 
 
 def checksum_plan(
-    stages: list, source: SourceTable, target: Target, store_types: dict[str, tuple[str, int]]
+    stages: list, source: SourceTable, target: Target, store_types: dict[str, tuple[str, int, int]]
 ) -> tuple[ChecksumPlan | None, str]:
     """A ChecksumPlan when the checksums can be computed in SQL on both sides, else (None, why not)."""
     names = {n: n for n in source.names}
@@ -99,25 +100,26 @@ def checksum_plan(
     for k in target.key_cols:
         if store_types[k][1] not in _KEY_TYPES or source.types[cols[k]][0] not in _KEY_TYPES:
             return None, f"key column {k} has a type the checksums do not cover"
-    return ChecksumPlan(source, cols, {c: t for c, (t, _) in store_types.items()}, target.key_cols), ""
+    same = frozenset(c for c, src in cols.items() if source.types[src] == store_types[c][1:])
+    return ChecksumPlan(source, cols, {c: t[0] for c, t in store_types.items()}, target.key_cols, same), ""
 
 
-def pg_store_types(conn: psycopg.Connection, table: sa.Table) -> dict[str, tuple[str, int]]:
-    """column -> (format_type, type OID) of a PostgreSQL storefront table."""
+def pg_store_types(conn: psycopg.Connection, table: sa.Table) -> dict[str, tuple[str, int, int]]:
+    """column -> (format_type, type OID, typmod) of a PostgreSQL storefront table."""
     reg = (
         f"{quote_ident(table.schema)}.{quote_ident(table.name)}" if table.schema else quote_ident(table.name)
     )
     return column_types(conn, reg)
 
 
-def column_types(conn: psycopg.Connection, reg: str) -> dict[str, tuple[str, int]]:
-    """column -> (format_type, type OID) of a table (`reg`: its regclass text)."""
+def column_types(conn: psycopg.Connection, reg: str) -> dict[str, tuple[str, int, int]]:
+    """column -> (format_type, type OID, typmod) of a table (`reg`: its regclass text)."""
     rows = conn.execute(
-        "SELECT attname, format_type(atttypid, atttypmod), atttypid FROM pg_attribute"
+        "SELECT attname, format_type(atttypid, atttypmod), atttypid, atttypmod FROM pg_attribute"
         " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (reg,),
     ).fetchall()
-    return {n: (t, oid) for n, t, oid in rows}
+    return {n: (t, oid, mod) for n, t, oid, mod in rows}
 
 
 _HASH = sql.SQL("('x' || substr(md5({}), 1, 15))::bit(60)::bigint")
