@@ -31,6 +31,7 @@ log = logging.getLogger("cdc.kafka")
 
 TP = tuple[str, int]  # (topic, partition)
 JOIN_STUCK_S = 20.0  # a consumer not in a stable group for this long is made anew (Consumer._check_joined)
+TOPIC_CHECK_S = 1.0  # how often a consumer waiting for its topics to exist looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +192,8 @@ class Consumer:
         self._make = make
         self._c = make()
         self._subscription: tuple = ()
+        self._missing: set[str] = set()  # subscribed topics that do not exist yet (Consumer.subscribe)
+        self._missing_checked = 0.0
         self._unjoined_since: float | None = None
         self._listener_error: BaseException | None = None
         outer = self
@@ -219,15 +222,50 @@ class Consumer:
         self._listener = _Listener()
 
     def subscribe(self, topics: list[str] | None = None, pattern: str | None = None) -> None:
+        """Joins the group for `topics` (or a `pattern`). A named topic that does not exist yet is waited for
+        (poll returns nothing meanwhile) and the group joined once all exist: kafka-python 3.0.12's
+        subscription metadata creates a missing topic with the broker's defaults (one partition, when the
+        broker allows auto-creation) whatever allow_auto_create_topics says, and the connector writing it
+        would then find it made with the wrong partition count."""
         self._subscription = (topics, pattern)
+        if not pattern:
+            self._missing = set(topics or ()) - self._existing()
+            self._missing_checked = time.monotonic()
+            if self._missing:
+                return
+        self._join()
+
+    def _existing(self) -> set[str]:
+        with kafka_errors(self.bootstrap, "listing topics"):
+            return set(self._c.topics())
+
+    def _join(self) -> None:
+        topics, pattern = self._subscription
         with kafka_errors(self.bootstrap, "subscribing"):
             if pattern:
                 self._c.subscribe(pattern=pattern, listener=self._listener)
             else:
                 self._c.subscribe(topics, listener=self._listener)
 
+    def _topics_ready(self, timeout_ms: int) -> bool:
+        """Whether the subscribed topics all exist (joining the group when the last one appears); waits up
+        to `timeout_ms` otherwise."""
+        if not self._missing:
+            return True
+        now = time.monotonic()
+        if now - self._missing_checked >= TOPIC_CHECK_S:
+            self._missing_checked = now
+            self._missing -= self._existing()
+            if not self._missing:
+                self._join()
+                return True
+        time.sleep(min(timeout_ms / 1000, TOPIC_CHECK_S))
+        return False
+
     def poll(self, timeout_ms: int, max_records: int | None = None) -> list[Record]:
         """The next records, each partition's in offset order."""
+        if not self._topics_ready(timeout_ms):
+            return []
         try:
             with kafka_errors(self.bootstrap, "reading"):
                 batches = self._c.poll(timeout_ms=timeout_ms, max_records=max_records)

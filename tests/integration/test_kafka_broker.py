@@ -384,3 +384,27 @@ def test_a_join_that_completes_between_polls_is_lost(kafka):
     finally:
         admin.close()
         consumer.close()
+
+
+def test_a_consumer_waiting_for_its_topic_never_creates_it(kafka):
+    """kafka-python 3.0.12's subscription creates a missing topic with the broker's defaults (one partition)
+    whatever allow_auto_create_topics says; pos-cdc's Consumer waits for the topic instead, so the connector
+    that writes it creates it with the partitions it wants, and the consumer then gets all of them."""
+    from cdc.kafka_client import Consumer
+
+    topic = _name("later")
+    consumer = Consumer(kafka.bootstrap, _name("g"))
+    try:
+        consumer.subscribe([topic])
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3:
+            assert consumer.poll(200) == []
+        with kafka.admin() as admin:
+            assert topic not in admin.list_topics()
+        kafka.create_topic(topic, partitions=3)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(consumer.assignment()) < 3:
+            consumer.poll(200)
+        assert consumer.assignment() == {(topic, p) for p in range(3)}
+    finally:
+        consumer.close()

