@@ -445,3 +445,35 @@ def test_dead_letter_retry_after_schema_fix_and_drop(env, store):
     assert resolved[0][:2] == ("LATE", "superseded") and resolved[1] == ("LONG", "applied", "dba-anna")
     out = cdc_cli("deadletter", path, "drop", ids["LONG"])
     assert out.returncode == 1 and "already applied" in out.stderr
+
+
+def test_connectors_starting_at_once_on_a_fresh_storefront_all_create_the_bookkeeping(store):
+    """Several connectors (one systemd unit each) starting at the same moment on a fresh storefront: before,
+    all but one died on `duplicate key value violates unique constraint "pg_type_typname_nsp_index"`."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from cdc.sinks.sql.bookkeeping import create_bookkeeping, meta
+
+    errors: list[BaseException] = []
+    engines = [sa.create_engine(store.url, poolclass=sa.pool.NullPool) for _ in range(4)]
+    go = threading.Barrier(len(engines))
+
+    def start(engine) -> None:
+        try:
+            go.wait()
+            create_bookkeeping(engine)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [], errors
+    names = set(sa.inspect(engines[0]).get_table_names())
+    assert set(meta.tables) <= names, set(meta.tables) - names
+    for e in engines:
+        e.dispose()

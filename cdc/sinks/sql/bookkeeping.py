@@ -219,6 +219,43 @@ _ENTRIES_SQL = {
 }
 
 
+BOOKKEEPING_LOCK = (
+    "pos_cdc_bookkeeping"  # MariaDB GET_LOCK name; PostgreSQL: its hashtext as advisory lock key
+)
+
+
+def create_bookkeeping(engine: sa.Engine) -> None:
+    """Creates the bookkeeping tables that are missing. Connectors started at the same moment on a fresh
+    storefront would race (each sees a table missing; one then fails on the catalog's unique index, e.g.
+    PostgreSQL's pg_type_typname_nsp_index): they take turns under a lock of the database (PostgreSQL's
+    advisory lock, MariaDB's GET_LOCK), and the one that waited finds the tables made. SQLite has no such
+    lock; a table another process made meanwhile ("already exists") is tried again there."""
+    dialect = engine.dialect.name
+    for attempt in range(3):
+        try:
+            with engine.connect() as conn:
+                if dialect == "postgresql":
+                    with conn.begin():
+                        conn.execute(
+                            sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": BOOKKEEPING_LOCK}
+                        )
+                        meta.create_all(conn, checkfirst=True)
+                elif dialect == "mysql":
+                    conn.execute(sa.text("SELECT GET_LOCK(:k, 120)"), {"k": BOOKKEEPING_LOCK})
+                    try:
+                        meta.create_all(conn, checkfirst=True)
+                        conn.commit()
+                    finally:
+                        conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": BOOKKEEPING_LOCK})
+                else:
+                    meta.create_all(conn, checkfirst=True)
+                    conn.commit()
+            return
+        except sa.exc.DBAPIError as e:
+            if attempt == 2 or "already exists" not in str(e.orig):
+                raise
+
+
 def applied_entries(dialect: str, connector: str, upto: int = 2**63 - 1) -> sa.Subquery:
     """The connector's not yet folded entries (of the cdc_applied rows up to id `upto`) as a subquery with
     APPLIED_COLUMNS."""

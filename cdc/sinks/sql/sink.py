@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError
 from cdc.events import ChangeEvent
-from cdc.sinks.sql.bookkeeping import applied_table, ensure_lock_row, meta, row_state_table
+from cdc.sinks.sql.bookkeeping import applied_table, create_bookkeeping, ensure_lock_row, row_state_table
 from cdc.sinks.sql.buffer import KeyBuffer
 from cdc.sinks.sql.folding import Folder
 from cdc.sinks.sql.held_log import HeldLog
@@ -72,7 +72,7 @@ class SqlSink:
         store = self.store
         try:
             store.open()
-            meta.create_all(store.engine, checkfirst=True)
+            create_bookkeeping(store.engine)
             self.folder = Folder(store.engine, store.dialect, self.name)
             self.writer = Writer(
                 store,
