@@ -183,7 +183,7 @@ def decoder_for(schema: dict[str, Any]) -> Callable[[Any], Any]:
     if t in ("int8", "int16", "int32", "int64"):
         what = f"an integer ({t})"
         return lambda v: v if type(v) is int else _need(v, (int,), what)
-    if t in ("float64", "float32"):
+    if t in ("double", "float", "float64", "float32"):  # JsonConverter writes double/float
         return _float
     if t == "boolean":
         return lambda v: _need(v, (bool,), "true or false")

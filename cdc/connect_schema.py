@@ -126,7 +126,7 @@ def _numeric(typmod: int, mode: str) -> FieldSchema:
     if mode == "string":
         return STRING
     if mode == "double":
-        return FieldSchema("float64")
+        return FieldSchema("double")
     if typmod < 0:  # unconstrained numeric: the scale varies per value
         return FieldSchema("struct", VARIABLE_DECIMAL, 1)
     raw = typmod - 4  # VARHDRSZ; PostgreSQL's numeric_typmod_precision / numeric_typmod_scale
@@ -151,8 +151,8 @@ _TYPES: dict[int, tuple[Callable[[int, str], FieldSchema], tuple[type, ...]]] = 
     26: (lambda t, m: INT64, (int,)),
     114: (lambda t, m: FieldSchema("string", JSON, 1), (str,)),
     142: (lambda t, m: FieldSchema("string", XML, 1), (str,)),
-    700: (lambda t, m: FieldSchema("float32"), (float,)),
-    701: (lambda t, m: FieldSchema("float64"), (float,)),
+    700: (lambda t, m: FieldSchema("float"), (float,)),
+    701: (lambda t, m: FieldSchema("double"), (float,)),
     1042: (lambda t, m: STRING, (str,)),
     1043: (lambda t, m: STRING, (str,)),
     1082: (lambda t, m: FieldSchema("int32", DATE, 1), (dt.date,)),
@@ -223,9 +223,9 @@ def infer_schema(value: Any, mode: str) -> FieldSchema:
             if not value.is_finite():
                 return decimal_schema(0)  # the encoder refuses it, with the reason
             return decimal_schema(-value.as_tuple().exponent)
-        return STRING if mode == "string" else FieldSchema("float64")
+        return STRING if mode == "string" else FieldSchema("double")
     if t is float:
-        return FieldSchema("float64")
+        return FieldSchema("double")
     if t is dt.datetime:
         if value.tzinfo is None:
             return FieldSchema("int64", MICRO_TIMESTAMP, 1)
@@ -335,7 +335,7 @@ def encoder(schema: FieldSchema, mode: str) -> Callable[[Any], Any]:
         return lambda v: _zoned_time(v) if type(v) is dt.time else str(v)
     if t == "bytes":
         return lambda v: base64.b64encode(v).decode("ascii")
-    if t in ("float64", "float32"):
+    if t in ("double", "float"):
         return lambda v: _float_json(float(v))
     if t == "int64":
         return _check_int64

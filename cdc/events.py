@@ -39,6 +39,10 @@ class _UnchangedToast:
 
 UNCHANGED_TOAST = _UnchangedToast()
 
+# ChangeEvent.headers key: a source's note on why the storefront may refuse this change's values (e.g. a record
+# without a schema); the SQL sink adds it to the reason of a refused row
+REFUSAL_HINT = "refusal_hint"
+
 
 def lsn_to_str(lsn: int) -> str:
     """0x16B3748 -> '0/16B3748', PostgreSQL's spelling of an LSN."""

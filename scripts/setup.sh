@@ -2,7 +2,8 @@
 # Installs what pos-cdc and its tests need on a fresh Debian machine, skipping what is already there:
 # Debian's PostgreSQL server (and pgbench), Prometheus' promtool, Java 17 and Maven, Apache Kafka's jars
 # (into .cache/kafka/libs, for the local broker of the tests, the demo and the benchmarks), and the Python
-# package with its extras.
+# package with its extras. --with-test-tools adds what only the tests need: promtool, MariaDB, and Kafka
+# Connect with Debezium's PostgreSQL connector (.cache/kafka/connect-libs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,4 +49,20 @@ if [ ! -f "$KAFKA_LIBS/.fetched" ] || [ scripts/kafka/pom.xml -nt "$KAFKA_LIBS/.
   fi
   touch "$KAFKA_LIBS.tmp/.fetched"
   rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
+fi
+
+# Kafka Connect standalone with the genuine Debezium PostgreSQL connector (the interoperability tests and
+# benchmarks, with --with-test-tools; cdc/localconnect.py), on a classpath of its own, the same way
+CONNECT_LIBS=.cache/kafka/connect-libs
+if [ "${1:-}" = "--with-test-tools" ] && { [ ! -f "$CONNECT_LIBS/.fetched" ] || [ scripts/kafka/pom.xml -nt "$CONNECT_LIBS/.fetched" ]; }; then
+  echo "setup: fetching Kafka Connect and Debezium's PostgreSQL connector with Maven into $CONNECT_LIBS"
+  rm -rf "$CONNECT_LIBS.tmp"
+  if ! mvn -q -B -f scripts/kafka/pom.xml -P connect dependency:copy-dependencies \
+      -DoutputDirectory="$PWD/$CONNECT_LIBS.tmp" -DincludeScope=runtime >.cache/connect-fetch.log 2>&1; then
+    cat .cache/connect-fetch.log
+    echo "setup: fetching Kafka Connect and Debezium's jars failed (log above, also in .cache/connect-fetch.log)"
+    exit 1
+  fi
+  touch "$CONNECT_LIBS.tmp/.fetched"
+  rm -rf "$CONNECT_LIBS" && mv "$CONNECT_LIBS.tmp" "$CONNECT_LIBS"
 fi

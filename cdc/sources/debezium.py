@@ -46,11 +46,19 @@ from typing import Any
 from cdc.connect_decode import decode_schemaless, decoder_for, is_placeholder
 from cdc.connect_schema import PLACEHOLDER, PLACEHOLDER_B64, ValueMismatch
 from cdc.errors import HoldError
-from cdc.events import TRUNCATE, UNCHANGED_TOAST, ChangeEvent
+from cdc.events import REFUSAL_HINT, TRUNCATE, UNCHANGED_TOAST, ChangeEvent
 
 OPS = ("c", "u", "d", "r", "t")
 _NEEDS = {"c": "after", "r": "after", "u": "after", "d": "before"}
 _OURS = "+pos-cdc"
+# why a storefront may refuse a value of a record without a value schema (JsonConverter schemas off): the sink
+# adds it to the reason of such a refusal (ChangeEvent.headers[REFUSAL_HINT])
+SCHEMALESS_HINT = (
+    "the Kafka record had no schema (JsonConverter schemas.enable=false), so a value's type is a guess: Debezium "
+    "then sends a NUMERIC in decimal.handling.mode=precise as its unscaled bytes without the scale, and a date or "
+    "time as a bare number; set decimal.handling.mode=string and key/value.converter.schemas.enable=true on the "
+    "Debezium connector (docs/kafka-events.md)"
+)
 _SCHEMA_HEAD = b'{"schema":'
 _PAYLOAD_SEP = b',"payload":'
 
@@ -216,6 +224,7 @@ class EnvelopeDecoder:
             _str(src.get("name")),
             key_columns,
             toast=toast[0],
+            headers={REFUSAL_HINT: SCHEMALESS_HINT} if fields is None else {},
         )
 
     def _row(self, where: str, side: str, row: Any, fields: dict | None, toast: list) -> dict | None:

@@ -237,7 +237,7 @@ def _dbz_field(mode: str) -> dict:
             "parameters": {"scale": "2", "connect.decimal.precision": "10"},
             "field": "price",
         }
-    return {"type": "string" if mode == "string" else "float64", "optional": True, "field": "price"}
+    return {"type": "string" if mode == "string" else "double", "optional": True, "field": "price"}
 
 
 def _dbz_price(mode: str, price: str | None):

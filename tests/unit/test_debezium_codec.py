@@ -419,7 +419,7 @@ def test_string_mode_keeps_strings_and_double_mode_reads_exact_decimals():
         {"type": "string", "optional": True, "field": "price"},
         {"type": "double", "optional": True, "field": "w"},
     ]
-    fields[2]["type"] = "float64"
+    fields[2]["type"] = "double"
     raw = dbz_value("c", None, {"id": 1, "price": "19.90", "w": 0}, fields).replace(
         b'"w": 0', b'"w": 0.1000000000000000055511151231257827'
     )

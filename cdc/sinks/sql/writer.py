@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import sqlalchemy as sa
 
 from cdc.errors import HoldError
+from cdc.events import REFUSAL_HINT
 from cdc.sinks.sql.bookkeeping import applied_table, fold, key_text, row_state_table, scheduled_table, utcnow
 from cdc.sinks.sql.buffer import UPSERT, KeyBuffer, Pending
 from cdc.sinks.sql.core_merge import CoreMerge
@@ -242,9 +243,10 @@ class Writer:
             key, p = items[0]
             message = first_line(getattr(e, "orig", None) or e)
             log.warning("%s: storefront refused a row, dead-lettered: %s", self.connector, message)
-            refused[key] = self.held.record(
-                p.ev, HoldError(f"the storefront database refused the row: {message}", rule="sink.write")
-            )
+            reason = f"the storefront database refused the row: {message}"
+            if p.ev.headers.get(REFUSAL_HINT):
+                reason += f" ({p.ev.headers[REFUSAL_HINT]})"
+            refused[key] = self.held.record(p.ev, HoldError(reason, rule="sink.write"))
 
     def may_be_stale(self, items: list) -> bool:
         """Whether any change could be older than a row's recorded position. Every recorded position is at or
