@@ -112,6 +112,16 @@ class WalStream:
         self._mark = 0  # WAL that needs nothing downstream (keepalives, skipped transactions): see Idle
         self._in_txn = False
         self._last_status = 0.0
+        # (schema, table) -> primary key columns, for tables with REPLICA IDENTITY FULL (PostgresSource.prepare)
+        self.primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    def key_columns(self, rel: po.Relation) -> tuple[str, ...]:
+        """The key of a relation's events: its replica identity's columns, except under REPLICA IDENTITY FULL,
+        where PostgreSQL flags every column and the primary key (when there is one) is the row's key: a
+        Kafka record's key, its partition and log compaction must not change with the identity setting."""
+        if rel.replica_identity == "f":
+            return self.primary_keys.get((rel.schema or "pg_catalog", rel.name)) or rel.key_columns
+        return rel.key_columns
 
     def stream(self, start_lsn: int, skip_through: int = 0) -> Iterator[ChangeEvent | TxnEnd | Idle]:
         """Streams changes of transactions committed after `start_lsn`. Transactions whose commit LSN is at or
@@ -213,7 +223,7 @@ class WalStream:
                     "false",
                     db,
                     name,
-                    rel.key_columns,
+                    self.key_columns(rel),
                     toast=False,
                     types=rel.types,
                 )
@@ -236,7 +246,7 @@ class WalStream:
                     "false",
                     db,
                     name,
-                    rel.key_columns,
+                    self.key_columns(rel),
                     toast=msg.toasted,
                     types=rel.types,
                 )
@@ -259,7 +269,7 @@ class WalStream:
                     "false",
                     db,
                     name,
-                    rel.key_columns,
+                    self.key_columns(rel),
                     types=rel.types,
                 )
             elif t is po.Begin:
@@ -292,7 +302,7 @@ class WalStream:
                         "false",
                         db,
                         name,
-                        rel.key_columns,
+                        self.key_columns(rel),
                         types=rel.types,
                     )
             # Relation, Type, Origin and logical messages need nothing more here

@@ -24,7 +24,7 @@ from psycopg import sql
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError
 from cdc.events import ChangeEvent, Idle, TxnEnd
-from cdc.sources.pg_snapshot import snapshot
+from cdc.sources.pg_snapshot import COLUMNS_QUERY, snapshot, table_columns, table_regclass
 from cdc.sources.pg_stream import (
     SESSION_OPTIONS,
     WalPosition,
@@ -56,6 +56,22 @@ class PostgresSource:
             return psycopg.connect(self.scfg.dsn, options=SESSION_OPTIONS, connect_timeout=10, **kw)
         except psycopg.Error as e:
             raise classify(e) from e
+
+    def primary_keys(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """(schema, table) -> primary key columns of the captured tables (WalStream.key_columns)."""
+        out = {}
+        try:
+            with self.connect(autocommit=True) as conn:
+                for table in self.scfg.tables:
+                    schema, name = table.split(".", 1)
+                    _, _, pk, _ = table_columns(
+                        conn.execute(COLUMNS_QUERY, (table_regclass(schema, name),)).fetchall()
+                    )
+                    if pk:
+                        out[(schema, name)] = pk
+        except psycopg.Error as e:
+            raise classify(e) from e
+        return out
 
     def prepare(self) -> None:
         """Checks wal_level and tables; creates the publication and the slot when missing."""
@@ -258,6 +274,7 @@ class PostgresSource:
                     end = item.position
             resume = end
         self.wal = WalStream(self.cfg, self.db)
+        self.wal.primary_keys = self.primary_keys()
         start = resume.end_lsn if resume else 0
         yield from self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)
 
