@@ -171,6 +171,7 @@ class Consumer:
 
         self.bootstrap = bootstrap
         self.group = group
+        self._options = dict(options or {})
         settings = {
             "auto_offset_reset": auto_offset_reset,
             "max_poll_records": max_poll_records,
@@ -236,8 +237,17 @@ class Consumer:
         self._join()
 
     def _existing(self) -> set[str]:
+        """The topics the cluster has, asked by an admin client of its own: asking the group member itself
+        (KafkaConsumer.topics) before it subscribes left kafka-python 3.0.12's later group join stuck."""
+        from kafka import KafkaAdminClient
+
+        security = {k: v for k, v in self._options.items() if k.startswith(("security_", "ssl_", "sasl_"))}
         with kafka_errors(self.bootstrap, "listing topics"):
-            return set(self._c.topics())
+            admin = KafkaAdminClient(bootstrap_servers=_servers(self.bootstrap), **security)
+            try:
+                return set(admin.list_topics())
+            finally:
+                admin.close()
 
     def _join(self) -> None:
         topics, pattern = self._subscription
