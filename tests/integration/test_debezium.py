@@ -172,9 +172,33 @@ def _wait_same(env, connect: LocalConnect, cols: list[str], precise: bool, what:
         got = _rows(env.store, "product_price", "sku", cols)
         direct = _rows(env.store, "product_price_direct", "sku", cols)
         held = env.store("SELECT row_key, kind, reason FROM cdc_held ORDER BY id")
+        differing = _diff(from_debezium, got)
+        topic = f"{connect.connector['topic.prefix']}.public.item_price"
         raise AssertionError(
-            f"{what}: from Debezium: {_diff(from_debezium, got)}; direct: {_diff(expected, direct)}; held: {held}"
+            f"{what}: from Debezium: {differing}; direct: {_diff(expected, direct)}; held: {held}; "
+            f"Debezium's events of those keys: {_dump(connect.bootstrap, topic, set(differing))}"
         ) from None
+
+
+def _dump(bootstrap: str, topic: str, keys: set[str]) -> list:
+    """(offset, op, sequence, snapshot, after with long values cut) of a topic's events for `keys`."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    consumer.subscribe([topic])
+    out = []
+    for r in consumer:
+        v = json.loads(r.value) if r.value else None
+        v = v and v.get("payload", v)
+        k = json.loads(r.key)
+        k = k.get("payload", k)
+        if v and k.get("item_code") in keys:
+            after = {c: (x[:12] if isinstance(x, str) else x) for c, x in (v["after"] or {}).items()}
+            out.append((r.offset, v["op"], v["source"]["sequence"], v["source"]["snapshot"], after))
+    consumer.close()
+    return out
 
 
 def _diff(want: dict, got: dict) -> dict:
