@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ import weakref
 from pathlib import Path
 
 from cdc.errors import TerminalError
-from cdc.localkafka import KAFKA_VERSION, find_java
+from cdc.localkafka import KAFKA_VERSION, find_java, kill_quietly, log_tail, terminate
 from cdc.localpg import free_port
 
 DEBEZIUM_VERSION = "3.6.1.Final"
@@ -181,7 +180,7 @@ class LocalConnect:
                 cwd=self.base,
                 start_new_session=True,
             )
-        self._finalizer = weakref.finalize(self, _kill_quietly, self.proc)
+        self._finalizer = weakref.finalize(self, kill_quietly, self.proc)
         try:
             self._wait_running(time.monotonic() + timeout)
         except BaseException:
@@ -252,29 +251,17 @@ class LocalConnect:
             return None
 
     def log_tail(self, lines: int = 40) -> str:
-        parts = []
-        for path in (self.base / "stdout.log", self.log_path):
-            if path.exists() and path.stat().st_size:
-                text = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
-                parts.append(f"--- {path} ---\n" + "\n".join(text))
-        return "\n".join(parts) or f"(no log in {self.base})"
+        return log_tail([self.base / "stdout.log", self.log_path], lines, self.base)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """A clean stop (SIGTERM: the worker flushes Debezium's offsets and closes the replication stream)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash: what Debezium sent after its last offset flush is sent again on start()."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_quietly(self.proc)
         self.proc = None
 
     def destroy(self) -> None:
@@ -286,9 +273,3 @@ class LocalConnect:
 
     def __exit__(self, *exc) -> None:
         self.destroy()
-
-
-def _kill_quietly(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()

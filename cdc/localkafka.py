@@ -224,7 +224,7 @@ class LocalKafka:
                 start_new_session=True,
             )
         # a script that dies on an exception without destroy() must not leave a 1 GB JVM behind
-        self._finalizer = weakref.finalize(self, _kill_quietly, self.proc)
+        self._finalizer = weakref.finalize(self, kill_quietly, self.proc)
         try:
             self._wait_ready(t0 + timeout)
         except BaseException:
@@ -274,12 +274,7 @@ class LocalKafka:
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the broker's log (or of the JVM's output, when it died before logging began)."""
-        parts = []
-        for path in (self.base / "stdout.log", self.log_path):
-            if path.exists() and path.stat().st_size:
-                text = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
-                parts.append(f"--- {path} ---\n" + "\n".join(text))
-        return "\n".join(parts) or f"(no log in {self.base})"
+        return log_tail([self.base / "stdout.log", self.log_path], lines, self.base)
 
     def admin(self, **kw):
         """A kafka-python KafkaAdminClient for this broker (the caller closes it)."""
@@ -299,20 +294,13 @@ class LocalKafka:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """A clean shutdown (SIGTERM: Kafka flushes its logs and writes its recovery checkpoints)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self.proc = None
 
     def kill(self) -> None:
         """SIGKILL, as a crash: the next start() recovers the logs from the last checkpoint."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_quietly(self.proc)
         self.proc = None
 
     def restart(self, timeout: float = START_TIMEOUT) -> LocalKafka:
@@ -331,10 +319,31 @@ class LocalKafka:
         self.destroy()
 
 
-def _kill_quietly(proc: subprocess.Popen) -> None:
+def kill_quietly(proc: subprocess.Popen) -> None:
+    """SIGKILL a child process still running, and reap it."""
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def terminate(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM a child process (a clean shutdown), SIGKILL if it has not exited within `timeout` s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_quietly(proc)
+
+
+def log_tail(paths: list[Path], lines: int, base: Path) -> str:
+    """The last `lines` of each non-empty log file, headed by its path."""
+    parts = []
+    for path in paths:
+        if path.exists() and path.stat().st_size:
+            text = path.read_text(errors="replace").rstrip().splitlines()[-lines:]
+            parts.append(f"--- {path} ---\n" + "\n".join(text))
+    return "\n".join(parts) or f"(no log in {base})"
 
 
 def _kafka_uuid() -> str:
