@@ -59,6 +59,19 @@ def debezium(env, kafka):
         c.destroy()
 
 
+def _from_debezium(env, kafka, prefix: str):
+    """The config file of a connector applying Debezium's `<prefix>.public.item_price` to product_price."""
+    return env.write_config(
+        CONFIG.format(
+            kind="dbz",
+            source=f"{{type: kafka, bootstrap_servers: '{kafka.bootstrap}', topics: [{prefix}.public.item_price],"
+            f" group: {prefix}-g}}",
+            table="product_price",
+        ),
+        "from-debezium.yaml",
+    )
+
+
 def _rows(run, table: str, key: str, cols: list[str]) -> dict[str, str]:
     """key -> the row's text (PostgreSQL's own rendering: exact values and scales)."""
     sel = ", ".join(cols)
@@ -95,15 +108,7 @@ def test_debezium_topics_end_the_storefront_exactly_as_the_direct_path(env, kafk
     )
     prefix = f"dbz{uuid.uuid4().hex[:6]}"
     connect = debezium(prefix, schemas=schemas, decimal_handling_mode=mode, provide_transaction_metadata=True)
-    kafka_cfg = env.write_config(
-        CONFIG.format(
-            kind="dbz",
-            source=f"{{type: kafka, bootstrap_servers: '{kafka.bootstrap}', topics: [{prefix}.public.item_price],"
-            f" group: {prefix}-g}}",
-            table="product_price",
-        ),
-        "from-debezium.yaml",
-    )
+    kafka_cfg = _from_debezium(env, kafka, prefix)
     direct_cfg = env.write_config(
         CONFIG.format(
             kind="direct",
@@ -218,14 +223,7 @@ def test_precise_decimals_without_schemas_are_held_with_what_to_change(env, kafk
     env.pos("INSERT INTO item_price VALUES ('A', 10.50, 'a')")
     prefix = f"dbz{uuid.uuid4().hex[:6]}"
     debezium(prefix, schemas=False, decimal_handling_mode="precise")
-    path = env.write_config(
-        CONFIG.format(
-            kind="dbz",
-            source=f"{{type: kafka, bootstrap_servers: '{kafka.bootstrap}', topics: [{prefix}.public.item_price],"
-            f" group: {prefix}-g}}",
-            table="product_price",
-        )
-    )
+    path = _from_debezium(env, kafka, prefix)
     with Running(path) as r:
         env.pos("INSERT INTO item_price VALUES ('B', NULL, 'b')")  # no decimal in it: flows
         wait_until(lambda: env.store("SELECT sku FROM product_price") == [("B",)], running=r, timeout=60)
