@@ -34,35 +34,28 @@ if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql, kafka, c
   mkdir -p .cache && touch .cache/.installed
 fi
 
-# Apache Kafka's broker and tools (scripts/kafka/pom.xml), copied into a fresh dir that replaces the old one
-# only once complete; the .fetched stamp is what cdc/localkafka.py checks. Again when the pom changes.
-KAFKA_LIBS=.cache/kafka/libs
+# fetch_jars PROFILE DIR WHAT: the runtime classpath of a scripts/kafka/pom.xml profile, copied into a fresh dir
+# that replaces DIR only once complete; the .fetched stamp is what cdc/localkafka.py and cdc/localconnect.py
+# check. Again when the pom changes.
+fetch_jars() {
+  local profile=$1 dir=$2 what=$3 log=.cache/$1-fetch.log
+  if [ -f "$dir/.fetched" ] && [ ! scripts/kafka/pom.xml -nt "$dir/.fetched" ]; then return; fi
+  echo "setup: fetching $what with Maven into $dir"
+  rm -rf "$dir.tmp"
+  if ! mvn -q -B -f scripts/kafka/pom.xml -P "$profile" dependency:copy-dependencies \
+      -DoutputDirectory="$PWD/$dir.tmp" -DincludeScope=runtime >"$log" 2>&1; then
+    cat "$log"
+    echo "setup: fetching $what failed (log above, also in $log)"
+    exit 1
+  fi
+  touch "$dir.tmp/.fetched"
+  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+}
 mkdir -p .cache/kafka
-if [ ! -f "$KAFKA_LIBS/.fetched" ] || [ scripts/kafka/pom.xml -nt "$KAFKA_LIBS/.fetched" ]; then
-  echo "setup: fetching Apache Kafka's jars with Maven into $KAFKA_LIBS"
-  rm -rf "$KAFKA_LIBS.tmp"
-  if ! mvn -q -B -f scripts/kafka/pom.xml -P broker dependency:copy-dependencies \
-      -DoutputDirectory="$PWD/$KAFKA_LIBS.tmp" -DincludeScope=runtime >.cache/kafka-fetch.log 2>&1; then
-    cat .cache/kafka-fetch.log
-    echo "setup: fetching Kafka's jars failed (log above, also in .cache/kafka-fetch.log)"
-    exit 1
-  fi
-  touch "$KAFKA_LIBS.tmp/.fetched"
-  rm -rf "$KAFKA_LIBS" && mv "$KAFKA_LIBS.tmp" "$KAFKA_LIBS"
-fi
-
+# Apache Kafka's broker and tools, for the local broker of the tests, the demo and the benchmarks
+fetch_jars broker .cache/kafka/libs "Apache Kafka's jars"
 # Kafka Connect standalone with the genuine Debezium PostgreSQL connector (the interoperability tests and
-# benchmarks, with --with-test-tools; cdc/localconnect.py), on a classpath of its own, the same way
-CONNECT_LIBS=.cache/kafka/connect-libs
-if [ "${1:-}" = "--with-test-tools" ] && { [ ! -f "$CONNECT_LIBS/.fetched" ] || [ scripts/kafka/pom.xml -nt "$CONNECT_LIBS/.fetched" ]; }; then
-  echo "setup: fetching Kafka Connect and Debezium's PostgreSQL connector with Maven into $CONNECT_LIBS"
-  rm -rf "$CONNECT_LIBS.tmp"
-  if ! mvn -q -B -f scripts/kafka/pom.xml -P connect dependency:copy-dependencies \
-      -DoutputDirectory="$PWD/$CONNECT_LIBS.tmp" -DincludeScope=runtime >.cache/connect-fetch.log 2>&1; then
-    cat .cache/connect-fetch.log
-    echo "setup: fetching Kafka Connect and Debezium's jars failed (log above, also in .cache/connect-fetch.log)"
-    exit 1
-  fi
-  touch "$CONNECT_LIBS.tmp/.fetched"
-  rm -rf "$CONNECT_LIBS" && mv "$CONNECT_LIBS.tmp" "$CONNECT_LIBS"
+# benchmarks; cdc/localconnect.py), on a classpath of its own
+if [ "${1:-}" = "--with-test-tools" ]; then
+  fetch_jars connect .cache/kafka/connect-libs "Kafka Connect and Debezium's PostgreSQL connector"
 fi
