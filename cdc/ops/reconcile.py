@@ -57,6 +57,8 @@ __all__ = ["EXIT_CANNOT", "EXIT_DRIFT", "EXIT_IN_SYNC", "KINDS", "ReconcileRepor
 log = logging.getLogger("cdc.reconcile")
 
 SETTLE_TIMEOUT_S = 60.0
+REJOIN_GRACE_S = 5.0  # a running connector releases its slot between retries (after a storefront deadlock,
+# say) for up to its backoff; an inactive slot is taken for a stopped connector only after this long
 PROGRESS_EVERY = 5000  # rows between progress updates
 
 
@@ -178,6 +180,7 @@ class _Run:
         point, name = pos.point, self.cfg.name
         deadline = time.monotonic() + self.settle_timeout_s
         nudged = False
+        inactive_since = None  # when the slot was first seen idle with changes left to apply
         while True:
             stored = _stored_lsn(sink)
             if stored is not None and stored >= point:
@@ -198,15 +201,23 @@ class _Run:
                     f"`cdc run {self.cfg.path or 'CONFIG'} --resnapshot` copies the tables anew"
                 )
             active, _ = slot
-            if not active:
+            if active:
+                inactive_since = None
+            elif inactive_since is None or time.monotonic() - inactive_since >= min(
+                REJOIN_GRACE_S, self.settle_timeout_s
+            ):
                 pending = pos.pending(stored)
                 if pending == 0:
                     self.report.settled = f"{name} is stopped at {lsn_to_str(stored)} with no change before the snapshot left to apply"
                     return None
-                return (
-                    f"{name} is stopped with {pending} POS change(s) before the snapshot point not yet applied, "
-                    "which would look like drift: start it, and reconcile once `cdc status` shows it caught up"
-                )
+                if inactive_since is None:
+                    inactive_since = time.monotonic()
+                else:
+                    return (
+                        f"{name} is stopped with {pending} POS change(s) before the snapshot point not yet "
+                        f"applied (its slot stayed idle for {REJOIN_GRACE_S:.0f}s), which would look like drift: "
+                        "start it, and reconcile once `cdc status` shows it caught up"
+                    )
             if time.monotonic() >= deadline:
                 return (
                     f"{name} has not applied the POS changes up to the snapshot point {lsn_to_str(point)} within "

@@ -2,6 +2,7 @@
 report's arithmetic, and the daily schedule."""
 
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 
@@ -136,3 +137,59 @@ def test_the_daily_reconcile_runs_at_the_next_wall_clock_time_in_its_zone():
     assert next_run("03:00", "Asia/Shanghai", now).isoformat() == "2026-12-04T03:00:00+08:00"
     assert next_run("02:00", "Asia/Shanghai", now).isoformat() == "2026-12-05T02:00:00+08:00"
     assert next_run("18:30:01", "UTC", now).isoformat() == "2026-12-03T18:30:01+00:00"
+
+
+class _Pos:
+    """A POS side whose connector releases its slot for a moment (a retry after a storefront deadlock), then
+    takes it again and commits past the snapshot point."""
+
+    point = 100
+
+    def __init__(self, sink, idle_polls: int):
+        self.sink, self.idle_polls, self.polls = sink, idle_polls, 0
+
+    def slot_state(self):
+        self.polls += 1
+        if self.polls > self.idle_polls:
+            self.sink.stored = 150  # back, and caught up
+            return (True, None)
+        return (False, None)
+
+    def pending(self, stored):
+        return 7
+
+    def heartbeat(self):
+        return True
+
+
+class _Sink:
+    stored = 50
+
+    def load_offsets(self):
+        return {"wal": json.dumps({"commit_lsn": self.stored})}
+
+
+def _settler(timeout: float):
+    from cdc.ops.reconcile import _Run
+
+    run = object.__new__(_Run)
+    run.cfg = type("Cfg", (), {"name": "c1", "slot": "s", "path": "c.yaml"})()
+    run.report = ReconcileReport(connector="c1", repair=False)
+    run.settle_timeout_s = timeout
+    return run
+
+
+def test_settle_waits_for_a_connector_that_released_its_slot_between_retries():
+    sink = _Sink()
+    run = _settler(60)
+    assert run._settle(_Pos(sink, idle_polls=5), sink) is None
+    assert "past the snapshot" in run.report.settled
+
+
+def test_settle_calls_a_slot_idle_past_the_grace_a_stopped_connector(monkeypatch):
+    import cdc.ops.reconcile as reconcile
+
+    monkeypatch.setattr(reconcile, "REJOIN_GRACE_S", 0.3)
+    sink = _Sink()
+    why = _settler(60)._settle(_Pos(sink, idle_polls=10**6), sink)
+    assert why.startswith("c1 is stopped with 7 POS change(s) before the snapshot point"), why
