@@ -112,6 +112,13 @@ class SqlSink(Strict):
     history: Annotated[HistoryConfig | None, BeforeValidator(_history)] = Field(
         None, description="record price history (see HistoryConfig); true for the defaults"
     )
+    position_group: str | None = Field(
+        None,
+        pattern=NAME_RE,
+        description="connectors that write the same storefront rows from one POS (priority lanes) name one "
+        "group: each key's POS position is then shared and claimed row by row, so the newest POS change wins "
+        "whichever lane brings it (default: the connector's own positions)",
+    )
 
 
 TOPIC_RE = r"^[A-Za-z0-9._-]{1,200}$"
@@ -183,6 +190,10 @@ class KafkaSink(KafkaClientOptions):
     tombstones: bool = Field(
         True, description="a tombstone (null value) after each delete, for log compaction"
     )
+    lane_topics: dict[str, str] = Field(
+        default_factory=dict,
+        description="topic of each lane a route stage gives (default <topic_prefix>.<schema>.<table>.<lane>)",
+    )
     partitions: int = Field(3, ge=1, description="partitions of the topics pos-cdc creates")
     replication_factor: int = Field(
         -1, description="of the topics pos-cdc creates (-1: the broker's default)"
@@ -201,6 +212,14 @@ class KafkaSink(KafkaClientOptions):
     batch_max_ms: int = Field(
         200, ge=1, description="longest a change waits before its batch is acknowledged"
     )
+
+    @field_validator("lane_topics")
+    @classmethod
+    def _lane_topic_names(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [t for t in v.values() if not re.match(TOPIC_RE, t)]
+        if bad:
+            raise ValueError(f"not a Kafka topic name: {', '.join(map(repr, bad))} (letters, digits, . _ -)")
+        return v
 
     @model_validator(mode="after")
     def _readable_decimals(self) -> KafkaSink:

@@ -93,7 +93,7 @@ def _storefront(sink, values: list[str], row_key: str) -> dict:
     typed = tuple(_typed(t.c[k], v) for k, v in zip(t.key_cols, values, strict=True))
     with sink.store.engine.connect() as c:
         rows = list(t.stored_rows(c, [typed], list(t.c.keys())))
-        last = _last_applied(c, sink.name, row_key)
+        last = _last_applied(c, sink.positions, row_key)
     row = dict(rows[0]) if rows else None
     soft = t.soft_delete_column
     deleted = bool(row and soft and row.get(soft) is not None)

@@ -165,7 +165,7 @@ class Resolver:
 
     def _positions(self, conn: sa.Connection, keys: list[str]) -> dict[str, tuple[int, int]]:
         rs = row_state_table
-        q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(rs.c.connector == self.sink.name)
+        q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(rs.c.connector == self.sink.positions)
         return {k: (lsn, seq) for k, lsn, seq in self._in_chunks(conn, q, rs.c.row_key, keys)}
 
     def _held(self, conn: sa.Connection, keys: list[str]) -> dict[str, str]:

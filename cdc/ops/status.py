@@ -20,6 +20,7 @@ from cdc.sinks.sql.bookkeeping import (
     applied_entries,
     held_table,
     offsets_table,
+    positions_of,
     row_state_table,
     scheduled_table,
 )
@@ -72,7 +73,7 @@ def _sink_side(cfg: ConnectorConfig) -> dict:
                     offsets_table.c.partition, offsets_table.c.position, offsets_table.c.updated_at
                 ).where(offsets_table.c.connector == cfg.name, offsets_table.c.partition != LOCK_PARTITION)
             ).all()
-            applied = _applied(c, cfg.name)
+            applied = _applied(c, positions_of(cfg))
             held = c.execute(
                 sa.select(held_table.c.kind, held_table.c.status, sa.func.count())
                 .where(held_table.c.connector == cfg.name)

@@ -161,6 +161,7 @@ class EnvelopeEncoder:
         decimal_handling: str = "precise",
         tombstones: bool = True,
         clock: Callable[[], int] | None = None,
+        lane_topics: dict[str, str] | None = None,
     ):
         if decimal_handling not in DECIMAL_MODES:
             raise ValueError(
@@ -171,6 +172,7 @@ class EnvelopeEncoder:
         self.schemas = schemas
         self.mode = decimal_handling
         self.tombstones = tombstones
+        self.lane_topics = dict(lane_topics or {})
         self.clock = clock or time.time_ns  # ns since the epoch: envelope ts_ms/ts_us/ts_ns
         self._relations: dict[tuple[str, str, str], _Relation] = {}
         self._txn: tuple[Any, int] | None = None
@@ -189,8 +191,14 @@ class EnvelopeEncoder:
         except ValueMismatch as exc:
             raise EncodeError(f"{ev.schema}.{ev.table}: {exc}") from exc
 
-    def topic(self, schema: str, table: str) -> str:
-        return f"{self.topic_prefix}.{schema}.{table}"
+    def topic(self, schema: str, table: str, lane: str | None = None) -> str:
+        """`<prefix>.<schema>.<table>`, and for a change a `route` stage gave a lane, that lane's configured
+        topic or `<prefix>.<schema>.<table>.<lane>`: each lane is a topic of its own, so a consumer of the fast
+        lane never waits behind the bulk lane's backlog."""
+        base = f"{self.topic_prefix}.{schema}.{table}"
+        if lane is None:
+            return base
+        return self.lane_topics.get(lane) or f"{base}.{lane}"
 
     # -- one event ------------------------------------------------------------------------------------------------
 
@@ -201,9 +209,10 @@ class EnvelopeEncoder:
         if op != TRUNCATE and layout.key_fields:
             key, spread = self._key(layout, before if op == DELETE else after, ev)
         value = self._value(rel, layout, ev, op, before, after)
-        out = [Record(rel.topic, key, value, spread)]
+        topic = rel.topic if ev.lane is None else self.topic(ev.schema, ev.table, ev.lane)
+        out = [Record(topic, key, value, spread)]
         if op == DELETE and self.tombstones and key is not None:
-            out.append(Record(rel.topic, key, None, spread))
+            out.append(Record(topic, key, None, spread))
         return out
 
     def _key_changed(self, ev: ChangeEvent) -> bool:

@@ -67,6 +67,7 @@ class KafkaSink:
             schemas=self.scfg.schemas,
             decimal_handling=self.scfg.decimal_handling,
             tombstones=self.scfg.tombstones,
+            lane_topics=self.scfg.lane_topics,
         )
         self.caught_up = False
         self.producer = None  # cdc.kafka_client.Producer or its confluent-kafka twin

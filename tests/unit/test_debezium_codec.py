@@ -675,3 +675,12 @@ def test_a_new_relation_layout_when_the_types_change():
 def test_a_key_column_without_a_value_is_held():
     with pytest.raises(EncodeError, match="key column 'item_code' has no value"):
         encoder().records(event(after={"item_code": None, "price_fen": 1}))
+
+
+def test_a_lane_picks_its_topic():
+    from cdc.sinks.envelope import EnvelopeEncoder
+
+    enc = EnvelopeEncoder("c", "pos", lane_topics={"priority": "pos.prices.fast"})
+    assert enc.topic("public", "item_price") == "pos.public.item_price"
+    assert enc.topic("public", "item_price", "bulk") == "pos.public.item_price.bulk"
+    assert enc.topic("public", "item_price", "priority") == "pos.prices.fast"

@@ -274,7 +274,7 @@ def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
     over a newer, so any slice can be folded on its own — inside the caller's transaction. The connector
     writes one transaction at a time and ids grow with its commits, so what a fold sees of another
     transaction is a committed prefix (and of its own, its own rows too). Returns how many it folded."""
-    a, rs = applied_table, row_state_table
+    a = applied_table
     mine = a.c.connector == connector
     n, upto = 0, None
     for row_id, size in conn.execute(sa.select(a.c.id, a.c.size).where(mine).order_by(a.c.id)):
@@ -297,29 +297,78 @@ def fold(conn: sa.Connection, connector: str, limit: int | None = None) -> int:
         .order_by(ranked.c.row_key)
     )
     into = ["connector", *cols, "applied_at"]
-    if dialect == "mysql":
-        from sqlalchemy.dialects.mysql import insert as mysql_insert
-
-        stmt = mysql_insert(rs).from_select(into, latest)
-        new = stmt.inserted
-        newer = sa.tuple_(new.commit_lsn, new.seq) > sa.tuple_(rs.c.commit_lsn, rs.c.seq)
-        # MySQL applies the assignments left to right, each seeing the ones before: positions go last,
-        # commit_lsn after seq, so `newer` holds for every column it decides
-        order = ("ts_ms", "txid", "op", "via", "applied_at", "seq", "commit_lsn")
-        sets = [(c, sa.func.IF(newer, new[c], rs.c[c])) for c in order]
-        stmt = stmt.on_duplicate_key_update(sets)
-    else:
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = insert(rs).from_select(into, latest)
-        new = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["connector", "row_key"],
-            set_={c: new[c] for c in into[2:]},
-            where=sa.tuple_(rs.c.commit_lsn, rs.c.seq) < sa.tuple_(new.commit_lsn, new.seq),
-        )
+    stmt = _newest_wins(dialect, lambda insert: insert.from_select(into, latest), ties=False)
     conn.execute(stmt)
     conn.execute(a.delete().where(mine, a.c.id <= upto))
     return n
+
+
+def _newest_wins(dialect: str, make, ties: bool):
+    """An INSERT into cdc_row_state (`make(insert)` gives it its rows) that updates a key's row only where the
+    new position is newer — `ties`: or the same, unless that would put a delete over an upsert (claim())."""
+    rs = row_state_table
+
+    def cond(new):
+        newer = sa.tuple_(rs.c.commit_lsn, rs.c.seq) < sa.tuple_(new.commit_lsn, new.seq)
+        if not ties:
+            return newer
+        same = sa.tuple_(rs.c.commit_lsn, rs.c.seq) == sa.tuple_(new.commit_lsn, new.seq)
+        # literals inline: pymysql's executemany sends the ON DUPLICATE KEY part without binding parameters
+        u, d = sa.literal_column("'u'"), sa.literal_column("'d'")
+        return sa.or_(newer, sa.and_(same, sa.or_(new.op == u, rs.c.op == d)))
+
+    if dialect == "mysql":
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+        stmt = make(mysql_insert(rs))
+        new = stmt.inserted
+        # MySQL applies the assignments left to right, each seeing the ones before: positions go last,
+        # commit_lsn after seq, so the condition holds for every column it decides
+        order = ("ts_ms", "txid", "op", "via", "applied_at", "seq", "commit_lsn")
+        return stmt.on_duplicate_key_update([(c, sa.func.IF(cond(new), new[c], rs.c[c])) for c in order])
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = make(insert(rs))
+    new = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=["connector", "row_key"],
+        set_={c: new[c] for c in ("commit_lsn", "seq", "ts_ms", "txid", "op", "via", "applied_at")},
+        where=cond(new),
+    )
+
+
+CLAIM_CHUNK = 500
+
+
+def claim(conn: sa.Connection, positions: str, entries: list[tuple]) -> set[str]:
+    """Shared positions (sink.position_group: lanes writing the same keys): records each entry (row_key,
+    commit_lsn, seq, ts_ms, txid, op, via) in cdc_row_state where it is newer than the key's recorded position
+    — in key order, each key's row locked until the caller commits, so another lane's claim of it waits and is
+    then judged against this one — and returns the keys whose entry is now the recorded one: the changes to
+    apply. (PostgreSQL does the same inside its merge statement: pg_merge.CLAIM.)"""
+    rs, dialect, now = row_state_table, conn.dialect.name, utcnow()
+    stmt = _newest_wins(dialect, lambda insert: insert, ties=True)
+    won: set[str] = set()
+    entries = sorted(entries)
+    for i in range(0, len(entries), CLAIM_CHUNK):
+        chunk = entries[i : i + CLAIM_CHUNK]
+        conn.execute(
+            stmt,
+            [
+                dict(zip(("connector", *APPLIED_COLUMNS, "applied_at"), (positions, *e, now), strict=True))
+                for e in chunk
+            ],
+        )
+        q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq, rs.c.op).where(
+            rs.c.connector == positions, rs.c.row_key.in_([e[0] for e in chunk])
+        )
+        recorded = {r.row_key: (r.commit_lsn, r.seq, r.op) for r in conn.execute(q.with_for_update())}
+        won.update(e[0] for e in chunk if recorded.get(e[0]) == (e[1], e[2], e[5]))
+    return won
+
+
+def positions_of(cfg) -> str:
+    """Whose recorded key positions a connector checks and records: its position group's, else its own."""
+    return getattr(cfg.sink, "position_group", None) or cfg.name

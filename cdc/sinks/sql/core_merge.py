@@ -13,7 +13,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc.errors import HoldError, TerminalError
-from cdc.sinks.sql.bookkeeping import applied_table, key_text, pack_entries, row_state_table, upsert, via_of
+from cdc.sinks.sql.bookkeeping import (
+    applied_table,
+    claim,
+    key_text,
+    pack_entries,
+    row_state_table,
+    upsert,
+    via_of,
+)
 from cdc.sinks.sql.buffer import UPSERT
 from cdc.sinks.sql.target import Target
 
@@ -23,9 +31,11 @@ class CoreMerge:
 
     LOOKUP_CHUNK = 500
 
-    def __init__(self, target: Target, connector: str):
+    def __init__(self, target: Target, connector: str, positions: str | None = None, shared: bool = False):
         self.target = target
         self.connector = connector
+        self.positions = positions or connector  # whose recorded key positions it checks and records
+        self.shared = shared  # other connectors (lanes) write the same keys: claim each key's position
         self.dialect = target.dialect
         self._adapters = self._column_adapters()
         self._cache: dict[tuple, tuple] = {}
@@ -84,12 +94,20 @@ class CoreMerge:
     def merge(self, conn: sa.Connection, items: list, cols: list[str], check_stale: bool = True) -> None:
         rs = row_state_table
         texts = [key_text(k) for k, _ in items]
+        if self.shared:
+            won = claim(
+                conn, self.positions, [_entry(kt, p) for (_, p), kt in zip(items, texts, strict=True)]
+            )
+            self._execute(
+                conn, cols, [(k, p, kt) for (k, p), kt in zip(items, texts, strict=True) if kt in won]
+            )
+            return
         seen: dict[str, tuple[int, int]] = {}
         for i in range(0, len(texts) if check_stale else 0, self.LOOKUP_CHUNK):
             chunk = texts[i : i + self.LOOKUP_CHUNK]
             for k, lsn, seq in conn.execute(
                 sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq).where(
-                    rs.c.connector == self.connector, rs.c.row_key.in_(chunk)
+                    rs.c.connector == self.positions, rs.c.row_key.in_(chunk)
                 )
             ):
                 seen[k] = (lsn, seq)
@@ -111,17 +129,23 @@ class CoreMerge:
                 d = {f"k_{k}": adapt(k, v) for k, v in zip(self.target.key_cols, key, strict=True)}
                 d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
                 dels.append(d)
-            states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev)))
+            states.append(_entry(kt, p))
         ups_stmt, remove_stmt = self._statements(tuple(cols))
         if ups:
             conn.execute(ups_stmt, ups)
         if dels:
             conn.execute(remove_stmt, dels)
-        if states:
+        if states and not self.shared:  # shared: claim() recorded them
             conn.execute(
                 applied_table.insert(),
-                {"connector": self.connector, "size": len(states), "entries": pack_entries(states)},
+                {"connector": self.positions, "size": len(states), "entries": pack_entries(states)},
             )
+
+
+def _entry(kt: str, p) -> tuple:
+    """A change's recorded position entry (bookkeeping.APPLIED_COLUMNS)."""
+    ev = p.ev
+    return (kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev))
 
 
 def ms_to_dt(ms: int):

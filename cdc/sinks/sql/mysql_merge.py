@@ -35,7 +35,7 @@ class MySqlMerge(CoreMerge):
             update.append(f"{q(soft)} = NULL")
         up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
         up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
-        st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.connector)}, "
+        st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.positions)}, "
         dels = []
         with _Pipelined(cur) as send:  # the server works on one statement while the next is built
             for i in range(0, len(fresh), self.ROWS_PER_STATEMENT):
@@ -51,7 +51,8 @@ class MySqlMerge(CoreMerge):
                     states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev)))
                 if ups:
                     send(up_head + ",".join(ups) + up_tail)
-                send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")
+                if not self.shared:  # shared: claim() recorded them
+                    send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")
         if dels:
             conn.execute(self._statements(tuple(cols))[1], dels)
 

@@ -35,9 +35,11 @@ class PgMerge:
     SMALL = 64
     BIG = 1000  # rows: a staged group this large is truncated away rather than deleted (_empty_stage)
 
-    def __init__(self, target: Target, connector: str):
+    def __init__(self, target: Target, connector: str, positions: str | None = None, shared: bool = False):
         self.target = target
-        self.connector = connector
+        self.connector = connector  # whose lock a write takes
+        self.positions = positions or connector  # whose recorded key positions it checks and records
+        self.shared = shared  # other connectors (lanes) write the same keys: claim each key's position
         self._cache: dict[tuple, tuple[bytes, str, str, str]] = {}
         self.live = 0  # rows the staging table may hold (the last group staged)
         self.dead = 0  # rows deleted from it since it was last truncated
@@ -93,7 +95,7 @@ class PgMerge:
         copy, head, row, statement = self._statements(pg, tuple(cols), check_stale)
         empty = self._empty_stage(len(items))
         rows = self._stage_rows(items, cols)
-        params = {"c": self.connector}
+        params = {"c": self.positions}
         if len(items) <= self.SMALL:
             cur = self._param_cur
             with pg.pipeline():
@@ -131,7 +133,7 @@ class PgMerge:
             if empty:
                 parts.append(empty.decode())
             parts.append(head + ", ".join(_literal_row(vals, lit) for vals in self._stage_rows(items, cols)))
-            parts.append(lit(statement, {"c": name}))
+            parts.append(lit(statement, {"c": self.positions}))
         parts += [lit(store, offset), "COMMIT"]
         pg.autocommit = True  # the BEGIN is ours, in the same round trip
         try:
@@ -187,8 +189,11 @@ class PgMerge:
         match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
         # the rows to apply: all that were staged, or (checking) those not older than their key's recorded
         # position (the same change again is applied again: idempotent, and a repair of a row changed by hand);
-        # a CTE is materialized for its readers, so there is one only when there is something to filter
-        if check_stale:
+        # a CTE is materialized for its readers, so there is one only when there is something to filter.
+        # Shared (lanes): each key's position is claimed in cdc_row_state itself, row-locked (CLAIM).
+        if self.shared:
+            fresh, src = S(CLAIM), S("fresh")
+        elif check_stale:
             fresh, src = (
                 S(
                     "WITH fresh AS (SELECT st.* FROM cdc_stage st LEFT JOIN cdc_row_state rs"
@@ -205,14 +210,21 @@ class PgMerge:
             ).format(tid, ident(soft), src, match)
         else:
             remove = S("DELETE FROM {} AS t USING {} s WHERE s.__op = 'd' AND {}").format(tid, src, match)
+        record = (
+            S("SELECT count(*) FROM {src}")  # recorded by the claim
+            if self.shared
+            else S(
+                "INSERT INTO cdc_applied (connector, size, entries)"
+                " SELECT %(c)s, count(*), json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op, __via))::text"
+                " FROM {src} s HAVING count(*) > 0"
+            )
+        ).format(src=src)
         stmt = S(
             "{fresh} up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM {src} s WHERE s.__op = 'u'"
             " ON CONFLICT ({keys}) {conflict}),"
-            " rm AS ({remove})"
-            " INSERT INTO cdc_applied (connector, size, entries)"
-            " SELECT %(c)s, count(*), json_agg(json_build_array(__k, __lsn, __seq, __ts, __tx, __op, __via))::text FROM {src} s"
-            " HAVING count(*) > 0"
+            " rm AS ({remove}) {record}"
         ).format(
+            record=record,
             fresh=fresh,
             src=src,
             tid=tid,
@@ -222,6 +234,25 @@ class PgMerge:
             remove=remove,
         )
         return stmt
+
+
+# Shared positions (sink.position_group, lanes): each staged change claims its key's row of cdc_row_state, in key
+# order, where it is newer than the recorded position (at the same position an upsert wins over a delete: a
+# publication's row filter turns an UPDATE that leaves it into a DELETE with the same position as the INSERT
+# another lane's publication gets). ON CONFLICT waits for another lane's uncommitted claim of the key and then
+# judges against what it committed, so two lanes never both think they are newest. Only the winners are applied.
+CLAIM = (
+    "WITH claim AS (INSERT INTO cdc_row_state AS rs"
+    " (connector, row_key, commit_lsn, seq, ts_ms, txid, op, via, applied_at)"
+    " SELECT %(c)s, __k, __lsn, __seq, __ts, __tx, __op, __via, now() FROM cdc_stage ORDER BY __k"
+    " ON CONFLICT (connector, row_key) DO UPDATE SET commit_lsn = EXCLUDED.commit_lsn, seq = EXCLUDED.seq,"
+    " ts_ms = EXCLUDED.ts_ms, txid = EXCLUDED.txid, op = EXCLUDED.op, via = EXCLUDED.via,"
+    " applied_at = EXCLUDED.applied_at"
+    " WHERE (rs.commit_lsn, rs.seq) < (EXCLUDED.commit_lsn, EXCLUDED.seq)"
+    " OR ((rs.commit_lsn, rs.seq) = (EXCLUDED.commit_lsn, EXCLUDED.seq) AND (EXCLUDED.op = 'u' OR rs.op = 'd'))"
+    " RETURNING row_key),"
+    " fresh AS (SELECT st.* FROM cdc_stage st JOIN claim ON claim.row_key = st.__k),"
+)
 
 
 def _literal_row(values: tuple, mogrify) -> str:

@@ -45,8 +45,9 @@ class Schedules:
     an entry; `next_due_ms`: the earliest due time (None: nothing scheduled), kept up to date by this
     connector's own writes and re-read now and then (an approval elsewhere may add one)."""
 
-    def __init__(self, connector: str, active: bool):
+    def __init__(self, connector: str, active: bool, positions: str | None = None):
         self.connector = connector
+        self.positions = positions or connector  # whose recorded key positions (sink.position_group)
         self.active = active
         self.keys: set[str] = set()
         self.next_due_ms: int | None = None
@@ -131,7 +132,7 @@ class Schedules:
                 continue
             state = conn.execute(
                 sa.select(rs.c.commit_lsn, rs.c.seq)
-                .where(rs.c.connector == self.connector, rs.c.row_key == r.row_key)
+                .where(rs.c.connector == self.positions, rs.c.row_key == r.row_key)
                 .with_for_update()
             ).first()
             if state is None or (state.commit_lsn, state.seq) != (r.commit_lsn, r.seq):

@@ -27,7 +27,13 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError
 from cdc.events import ChangeEvent
-from cdc.sinks.sql.bookkeeping import applied_table, create_bookkeeping, ensure_lock_row, row_state_table
+from cdc.sinks.sql.bookkeeping import (
+    applied_table,
+    create_bookkeeping,
+    ensure_lock_row,
+    positions_of,
+    row_state_table,
+)
 from cdc.sinks.sql.buffer import KeyBuffer
 from cdc.sinks.sql.folding import Folder
 from cdc.sinks.sql.held_log import HeldLog
@@ -51,11 +57,13 @@ class SqlSink:
         self.scfg = cfg.sink
         self.name = cfg.name
         self.key_cols = tuple(cfg.sink.key)
+        self.positions = positions_of(cfg)  # whose recorded key positions: a position group's, or its own
+        self.shared = self.positions != self.name
         self.store = Storefront(self.scfg.url, self.name)
         self.target = Target(self.scfg, self.name, self.store.dialect)
         self.held = HeldLog(self.name, self.key_cols)
         self.schedules = Schedules(
-            self.name, any(getattr(t, "type", None) == "schedule" for t in cfg.transforms)
+            self.name, any(getattr(t, "type", None) == "schedule" for t in cfg.transforms), self.positions
         )
         self.history = History(self.scfg.history, self.target, self.name) if self.scfg.history else None
         self.buffer = KeyBuffer(self.key_cols, bool(self.history), self.scfg.truncate)
@@ -73,7 +81,7 @@ class SqlSink:
         try:
             store.open()
             create_bookkeeping(store.engine)
-            self.folder = Folder(store.engine, store.dialect, self.name)
+            self.folder = Folder(store.engine, store.dialect, self.positions)
             self.writer = Writer(
                 store,
                 self.target,
@@ -83,6 +91,8 @@ class SqlSink:
                 self.lookups,
                 self.schedules,
                 self.history,
+                self.positions,
+                self.shared,
             )
             self.buffer.on_rename = self.writer.rename_row
             self.offsets = Offsets(store, self.writer)
@@ -106,7 +116,7 @@ class SqlSink:
             self.schedules.load(c)
             a = applied_table
             self.folder.appended = (
-                c.scalar(sa.select(sa.func.sum(a.c.size)).where(a.c.connector == self.name)) or 0
+                c.scalar(sa.select(sa.func.sum(a.c.size)).where(a.c.connector == self.positions)) or 0
             )
 
     def start_folding(self) -> None:
@@ -127,8 +137,9 @@ class SqlSink:
 
     def set_floor(self, floor: int | None) -> None:
         """Changes above this source position (commit LSN) need no never-backwards lookup: every position
-        recorded for a key is at or below it. None: unknown, look every change up."""
-        self.writer.floor = floor
+        recorded for a key is at or below it. None: unknown, look every change up. Shared positions have no
+        floor (another lane may have recorded any position)."""
+        self.writer.floor = None if self.shared else floor
 
     def forget_offsets(self) -> None:
         self.offsets.forget()
@@ -252,7 +263,7 @@ class SqlSink:
         rs = row_state_table
         state = conn.execute(
             sa.select(rs.c.commit_lsn, rs.c.seq)
-            .where(rs.c.connector == self.name, rs.c.row_key == row_key)
+            .where(rs.c.connector == self.positions, rs.c.row_key == row_key)
             .with_for_update()
         ).first()
         return None if state is None else (state.commit_lsn, state.seq)

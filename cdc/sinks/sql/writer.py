@@ -52,6 +52,8 @@ class Writer:
         lookups: StoreLookups,
         schedules: Schedules,
         history: History | None,
+        positions: str | None = None,
+        shared: bool = False,
     ):
         self.store = store
         self.target = target
@@ -62,6 +64,10 @@ class Writer:
         self.schedules = schedules
         self.history = history
         self.connector = store.connector
+        self.positions = positions or store.connector  # whose recorded key positions (sink.position_group)
+        self.shared = (
+            shared  # lanes write the same keys: every change claims its key's position (never a floor)
+        )
         self.merger: PgMerge | CoreMerge | None = None
         self.floor: int | None = None  # the stored source position (commit LSN) once loaded; see may_be_stale
         self.reads_between_writes = False  # set when stages read the storefront through the sink (guard)
@@ -71,7 +77,7 @@ class Writer:
     def prepare(self) -> None:
         """The dialect's merge strategy, ready on the writing connection (once the table exists)."""
         self.merger = {"postgresql": PgMerge, "mysql": MySqlMerge}.get(self.target.dialect, CoreMerge)(
-            self.target, self.connector
+            self.target, self.connector, self.positions, self.shared
         )
         if self.target.table is not None:
             self.merger.prepare(self.store.conn)
@@ -250,8 +256,9 @@ class Writer:
 
     def may_be_stale(self, items: list) -> bool:
         """Whether any change could be older than a row's recorded position. Every recorded position is at or
-        below the stored source position (they commit together), so changes above it need no lookup."""
-        if self.floor is None:
+        below the stored source position (they commit together), so changes above it need no lookup. Not so
+        with shared positions: another lane may have recorded any position."""
+        if self.floor is None or self.shared:
             return True
         floor = self.floor
         return any(p.ev.commit_lsn <= floor for _, p in items)
@@ -259,7 +266,7 @@ class Writer:
     def fold(self, conn: sa.Connection) -> None:
         """All recorded positions into cdc_row_state, inside the open transaction (before reading it)."""
         self.store.untouched = False
-        fold(conn, self.connector)
+        fold(conn, self.positions)
 
     def _applied(self, conn: sa.Connection, items: list, fresh: bool, refused: dict) -> list:
         """(key text, change) of the changes this write applied: all but the refused ones, unless some may
@@ -271,12 +278,12 @@ class Writer:
         rs, state = row_state_table, {}
         for i in range(0, len(out), 500):
             chunk = [kt for kt, _ in out[i : i + 500]]
-            q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq)
-            for kt, lsn, seq in conn.execute(
-                q.where(rs.c.connector == self.connector, rs.c.row_key.in_(chunk))
+            q = sa.select(rs.c.row_key, rs.c.commit_lsn, rs.c.seq, rs.c.op)
+            for kt, lsn, seq, op in conn.execute(
+                q.where(rs.c.connector == self.positions, rs.c.row_key.in_(chunk))
             ):
-                state[kt] = (lsn, seq)
-        return [(kt, p) for kt, p in out if state.get(kt) == (p.ev.commit_lsn, p.ev.seq)]
+                state[kt] = (lsn, seq, op)
+        return [(kt, p) for kt, p in out if state.get(kt) == (p.ev.commit_lsn, p.ev.seq, p.op)]
 
     def _truncate(self, conn: sa.Connection) -> None:
         table = self.target.table
@@ -288,6 +295,7 @@ class Writer:
             conn.execute(table.update().where(col.is_(None)).values({col: utcnow()}))
         else:
             conn.execute(table.delete())
-        for t in (row_state_table, applied_table, scheduled_table):
-            conn.execute(t.delete().where(t.c.connector == self.connector))
+        for t in (row_state_table, applied_table):
+            conn.execute(t.delete().where(t.c.connector == self.positions))
+        conn.execute(scheduled_table.delete().where(scheduled_table.c.connector == self.connector))
         self.schedules.forget()
