@@ -60,9 +60,12 @@ def str_to_lsn(text: str) -> int:
 class Position:
     """Where a change stands in the source's history: (commit LSN of its transaction, sequence inside it).
 
-    `commit_lsn` is the transaction's commit record LSN (unique and increasing in stream order); `seq` is the
-    change's ordinal in the transaction, so changes that share an LSN are still strictly ordered. Snapshot rows
-    carry the snapshot's consistent point and seq 0.
+    `commit_lsn` is the transaction's commit record LSN (unique and increasing in stream order); `seq` orders a
+    key's changes inside the transaction: for a streamed change it is the change's own WAL position (its LSN),
+    which is the same whichever slot delivers it — so positions that lanes (publications with row filters, a
+    slot each) give the same key compare rightly — and grows with every change of a row in a transaction
+    (rows of one multi-row insert record share it, but they are different rows). Snapshot rows carry the
+    snapshot's consistent point and their ordinal in the snapshot; a repair, its own ordinal above that point.
     """
 
     commit_lsn: int
@@ -106,7 +109,7 @@ class ChangeEvent:
     after: dict[str, Any] | None
     lsn: int  # LSN of this change's WAL record (Debezium source.lsn); the commit LSN for snapshot rows
     commit_lsn: int  # the transaction's commit LSN
-    seq: int  # ordinal inside the transaction
+    seq: int  # orders the key's changes inside the transaction: the change's LSN when streamed (see Position)
     ts_ms: int  # source commit time, ms since the epoch
     txid: int | None = None
     snapshot: str = "false"  # "true" | "last" | "false", as Debezium

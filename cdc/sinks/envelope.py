@@ -17,8 +17,8 @@ written for Debezium's PostgreSQL connector (3.6) reads pos-cdc's topics unchang
 
 What pos-cdc writes that differs (each on purpose, see docs/kafka-events.md): source.version is
 "<version>+pos-cdc", the mark by which our decoder knows our ordering fields; source.sequence's first element is
-the event's own commit LSN (Debezium's is the previous transaction's end LSN); transaction.total_order is the
-change's ordinal in its transaction (ChangeEvent.seq) on every streamed event; envelope ts_ms is the encode time,
+the event's own commit LSN (Debezium's is the previous transaction's end LSN); transaction.total_order (the
+event's ordinal in its transaction) is on every streamed event; envelope ts_ms is the encode time,
 as in Debezium, while source.ts_ms is the commit time.
 
 Speed: the schema JSON of a relation is built once per shape of row (column names, the Python types of the
@@ -177,6 +177,7 @@ class EnvelopeEncoder:
         self._relations: dict[tuple[str, str, str], _Relation] = {}
         self._txn: tuple[Any, int] | None = None
         self._txn_counts: dict[tuple[str, str], int] = {}
+        self._txn_total = 0
         self._source_schema = source_schema()
 
     # -- public ------------------------------------------------------------------------------------------------
@@ -269,10 +270,11 @@ class EnvelopeEncoder:
             return "null"
         txn = (ev.txid, ev.commit_lsn)
         if txn != self._txn:
-            self._txn, self._txn_counts = txn, {}
+            self._txn, self._txn_counts, self._txn_total = txn, {}, 0
         rel = (ev.schema, ev.table)
         n = self._txn_counts[rel] = self._txn_counts.get(rel, 0) + 1
-        return f'{{"id":"{ev.txid}:{ev.commit_lsn}","total_order":{ev.seq},"data_collection_order":{n}}}'
+        self._txn_total += 1
+        return f'{{"id":"{ev.txid}:{ev.commit_lsn}","total_order":{self._txn_total},"data_collection_order":{n}}}'
 
     # -- caches -------------------------------------------------------------------------------------------------
 

@@ -32,9 +32,9 @@ position, so this must grow with POS commit order for every change of a key:
   Not covered: a Debezium that starts over from empty offsets (snapshot.mode=always, offsets deleted, a new
   connector name) after the sink has applied its earlier events: its sequence starts again at null, below what
   the sink recorded; see docs/kafka-events.md for what the operator does then.
-- pos-cdc (source.version ends with "+pos-cdc"): sequence is `[commit LSN of the event's own transaction, lsn]`
-  and transaction.total_order is the change's ordinal in it, which is exactly ChangeEvent's (commit_lsn, seq);
-  our snapshot rows (no transaction block) come back at (snapshot LSN, 0), below the ordinal they had.
+- pos-cdc (source.version ends with "+pos-cdc"): sequence is `[commit LSN of the event's own transaction, lsn]`,
+  which is exactly ChangeEvent's (commit_lsn, seq) for a streamed change (seq is the change's LSN); our
+  snapshot rows (no transaction block) come back at (snapshot LSN, 0), below the ordinal they had.
 """
 
 from __future__ import annotations
@@ -268,11 +268,9 @@ class EnvelopeDecoder:
         snapshot = src.get("snapshot")
         version = src.get("version")
         if isinstance(version, str) and version.endswith(_OURS):
-            tx = p.get("transaction")
-            order = tx.get("total_order") if isinstance(tx, dict) else 0
-            if first is None or type(order) is not int:
-                raise DecodeError(f"{where}: a pos-cdc event without its sequence or transaction.total_order")
-            return first, order, lsn
+            if first is None or second is None:
+                raise DecodeError(f"{where}: a pos-cdc event without its source.sequence [commit LSN, LSN]")
+            return first, second if p.get("transaction") else 0, lsn
         if snapshot in (None, False, "false", "incremental"):
             if second is None and src.get("lsn") is None:
                 raise DecodeError(f"{where}: no position: source.sequence and source.lsn are both missing")

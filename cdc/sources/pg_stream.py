@@ -163,7 +163,7 @@ class WalStream:
         db, name = self.db, self.cfg.name
         interval = self.scfg.status_interval_s
         skipping = False
-        commit_lsn = ts_ms = xid = seq = 0
+        commit_lsn = ts_ms = xid = 0
         sock = conn.socket
         while True:
             n, data = conn.get_copy_data(1)
@@ -207,7 +207,6 @@ class WalStream:
             if t is po.Insert:
                 if skipping:
                     continue
-                seq += 1
                 rel = msg.relation
                 yield ChangeEvent(
                     CREATE,
@@ -217,7 +216,7 @@ class WalStream:
                     msg.new,
                     lsn,
                     commit_lsn,
-                    seq,
+                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
                     ts_ms,
                     xid,
                     "false",
@@ -230,7 +229,6 @@ class WalStream:
             elif t is po.Update:
                 if skipping:
                     continue
-                seq += 1
                 rel = msg.relation
                 yield ChangeEvent(
                     UPDATE,
@@ -240,7 +238,7 @@ class WalStream:
                     msg.new,
                     lsn,
                     commit_lsn,
-                    seq,
+                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
                     ts_ms,
                     xid,
                     "false",
@@ -253,7 +251,6 @@ class WalStream:
             elif t is po.Delete:
                 if skipping:
                     continue
-                seq += 1
                 rel = msg.relation
                 yield ChangeEvent(
                     DELETE,
@@ -263,7 +260,7 @@ class WalStream:
                     None,
                     lsn,
                     commit_lsn,
-                    seq,
+                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
                     ts_ms,
                     xid,
                     "false",
@@ -274,7 +271,7 @@ class WalStream:
                 )
             elif t is po.Begin:
                 self._in_txn = True
-                commit_lsn, xid, seq = msg.final_lsn, msg.xid, 0
+                commit_lsn, xid = msg.final_lsn, msg.xid
                 ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
                 skipping = commit_lsn <= skip_through
             elif t is po.Commit:
@@ -287,7 +284,6 @@ class WalStream:
                 if skipping:
                     continue
                 for rel in msg.relations:
-                    seq += 1
                     yield ChangeEvent(
                         TRUNCATE,
                         rel.schema,
@@ -296,7 +292,7 @@ class WalStream:
                         None,
                         lsn,
                         commit_lsn,
-                        seq,
+                        lsn,
                         ts_ms,
                         xid,
                         "false",

@@ -33,7 +33,7 @@ def event(op="u", before=None, after=None, **kw) -> ChangeEvent:
         after=after,
         lsn=0x16B3748,
         commit_lsn=0x16B3800,
-        seq=3,
+        seq=0x16B3748,  # a streamed change's seq is its LSN, as the PostgreSQL source makes it
         ts_ms=1_700_000_000_123,
         txid=771,
         db="pos",
@@ -41,6 +41,8 @@ def event(op="u", before=None, after=None, **kw) -> ChangeEvent:
         key_columns=("item_code",),
         types=TYPES,
     )
+    if "lsn" in kw and "seq" not in kw:
+        kw["seq"] = kw["lsn"]
     base.update(kw)
     return ChangeEvent(**base)
 
@@ -125,7 +127,7 @@ def test_update_with_schema_is_debeziums_envelope():
             "origin": None,
             "origin_lsn": None,
         },
-        "transaction": {"id": f"771:{0x16B3800}", "total_order": 3, "data_collection_order": 1},
+        "transaction": {"id": f"771:{0x16B3800}", "total_order": 1, "data_collection_order": 1},
         "op": "u",
         "ts_ms": NOW_NS // 1_000_000,
         "ts_us": NOW_NS // 1000,
@@ -621,11 +623,11 @@ def test_debezium_positions_after_a_resnapshot_that_kept_its_offsets():
 
 
 def test_our_positions_are_exactly_the_events():
-    ev = event(after={"item_code": "A", "price_fen": 1}, commit_lsn=9000, lsn=8000, seq=7)
+    ev = event(after={"item_code": "A", "price_fen": 1}, commit_lsn=9000, lsn=8000)
     for schemas in (True, False):
         (rec,) = encoder(schemas=schemas).records(ev)
         got = DEC.decode(rec.topic, rec.key, rec.value)
-        assert (got.commit_lsn, got.seq, got.lsn) == (9000, 7, 8000)
+        assert (got.commit_lsn, got.seq, got.lsn) == (9000, 8000, 8000)
     snap = event(
         op="r", after={"item_code": "A"}, commit_lsn=5000, lsn=5000, seq=12, txid=None, snapshot="true"
     )

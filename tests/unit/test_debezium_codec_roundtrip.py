@@ -74,7 +74,7 @@ def make_event(row: dict, vsd: Decimal | None, key: int) -> ChangeEvent:
         after,
         100,
         200,
-        1,
+        100,  # seq: a streamed change's LSN
         1_700_000_000_000,
         7,
         db="pos",
@@ -143,7 +143,7 @@ def check(row, vsd, key, schemas: bool, mode: str):
     (rec,) = enc.records(ev)
     got = DEC.decode(rec.topic, rec.key, rec.value)
     assert (got.op, got.schema, got.table, got.key_columns) == ("u", "public", "t", ("id",))
-    assert (got.commit_lsn, got.seq, got.lsn, got.txid, got.ts_ms) == (200, 1, 100, 7, 1_700_000_000_000)
+    assert (got.commit_lsn, got.seq, got.lsn, got.txid, got.ts_ms) == (200, 100, 100, 7, 1_700_000_000_000)
     assert set(got.after) == set(ev.after)
     for column, v in ev.after.items():
         if v is None or v is UNCHANGED_TOAST:
@@ -190,12 +190,13 @@ def test_schemaless_string(row, vsd, key):
 @SETTINGS
 @given(st.lists(st.tuples(st.integers(0, 2**40), st.integers(1, 1000)), min_size=1, max_size=30, unique=True))
 def test_our_positions_sort_like_the_events(positions):
-    """Whatever the commit LSNs and ordinals, decoded (commit_lsn, seq) orders our events as they were."""
+    """Whatever the commit LSNs and the changes' LSNs, decoded (commit_lsn, seq) orders our events as they
+    were."""
     enc = EnvelopeEncoder("c", "pos", clock=lambda: 0)
     out = []
     for commit_lsn, seq in positions:
         ev = make_event({}, None, 1)
-        ev.commit_lsn, ev.seq, ev.lsn = commit_lsn, seq, max(commit_lsn - 1, 0)
+        ev.commit_lsn, ev.seq, ev.lsn = commit_lsn, seq, seq
         (rec,) = enc.records(ev)
         got = DEC.decode(rec.topic, rec.key, rec.value)
         out.append((got.commit_lsn, got.seq))
