@@ -75,8 +75,29 @@ def load_all(files: list[Path]) -> list[ConnectorConfig]:
 @app.command()
 def validate(configs: list[Path] = typer.Argument(..., help="connector YAML files")) -> None:
     """Check config files without touching any database."""
+    from cdc.lanes import lane_connectors
+
     for c in load_all(configs):
         typer.echo(f"{c.path}: ok ({c.name}: {describe(c)})")
+        lanes = lane_connectors(c)
+        for lc in lanes if len(lanes) > 1 else []:
+            typer.echo(f"  lane {lc.name} (slot {lc.slot}): rows where {lc.source.row_filter}")
+        if len(lanes) > 1:
+            typer.echo(
+                "  every row is in exactly one lane; the publications: cdc setup-source " + str(c.path)
+            )
+
+
+@app.command("setup-source")
+def setup_source(config: Path = typer.Argument(..., help="connector YAML file")) -> None:
+    """Print the SQL a DBA runs on the POS for the connector's publication(s) (a lane's with its row filter)."""
+    from cdc.lanes import publication_sql
+
+    (cfg,) = load_all([config])
+    if cfg.source.type != "postgres":
+        fail(f"{config}: the source is Kafka; there is nothing to set up on the POS", 2)
+    for line in publication_sql(cfg):
+        typer.echo(line)
 
 
 def describe(c: ConnectorConfig) -> str:
@@ -98,18 +119,30 @@ def run(
     resnapshot: bool = typer.Option(
         False, "--resnapshot", help="forget stored positions, recreate the slot and copy the tables anew"
     ),
+    lane: str | None = typer.Option(
+        None,
+        "--lane",
+        help="run only this lane of the configs' source.lanes (each lane in a process of its own)",
+    ),
 ) -> None:
-    """Run the connectors until SIGINT/SIGTERM."""
+    """Run the connectors until SIGINT/SIGTERM (a config with source.lanes runs a connector per lane)."""
+    from cdc.lanes import lane_connectors, lane_of
     from cdc.metrics import Metrics
     from cdc.pipeline import Pipeline
 
     cfgs = load_all(configs)
+    try:
+        connectors = (
+            [lane_of(c, lane) for c in cfgs] if lane else [x for c in cfgs for x in lane_connectors(c)]
+        )
+    except ValueError as e:
+        fail(str(e), 2)
     tune_gc()
     metrics = Metrics()
     port = metrics_port if metrics_port is not None else cfgs[0].metrics.port
     if port is not None:
         metrics.serve(port, cfgs[0].metrics.host)
-    pipelines = [Pipeline(c, metrics) for c in cfgs]
+    pipelines = [Pipeline(c, metrics) for c in connectors]
     if resnapshot:
         for p in pipelines:
             p.reset()
@@ -138,7 +171,8 @@ def run(
         t.start()
     from cdc.ops.daily import DailyReconcile
 
-    dailies = [DailyReconcile(c, metrics) for c in cfgs if c.reconcile is not None]
+    # one daily comparison per config (all its lanes at once), run beside the lanes of a config run whole
+    dailies = [DailyReconcile(c, metrics) for c in cfgs if c.reconcile is not None and not lane]
     for d in dailies:
         d.start()
     while any(t.is_alive() for t in threads):
@@ -168,17 +202,19 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
+    from cdc.lanes import lane_connectors
     from cdc.ops.status import gather
 
     (cfg,) = load_all([config])
-    info = gather(cfg)
+    infos = [gather(c) for c in lane_connectors(cfg)]  # a config with lanes: each lane's connector
     if as_json:
-        typer.echo(json.dumps(info, default=str))
+        typer.echo(json.dumps(infos[0] if len(infos) == 1 else infos, default=str))
         return
-    table = Table(title=f"pos-cdc status: {cfg.name}", show_header=False)
-    for k, v in info.items():
-        table.add_row(k, json.dumps(v, default=str) if isinstance(v, dict) else str(v))
-    Console().print(table)
+    for info in infos:
+        table = Table(title=f"pos-cdc status: {info['connector']}", show_header=False)
+        for k, v in info.items():
+            table.add_row(k, json.dumps(v, default=str) if isinstance(v, dict) else str(v))
+        Console().print(table)
 
 
 @app.command()

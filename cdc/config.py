@@ -47,6 +47,21 @@ def _qualified(table: str) -> str:
 QualifiedTable = Annotated[str, AfterValidator(_qualified)]
 
 
+class Lane(Strict):
+    """A priority lane of a PostgreSQL source: a connector of its own (<name>.<lane>) with its own slot and a
+    publication whose row filter sends it the rows of the lane (cdc/lanes.py)."""
+
+    name: str = Field(
+        pattern=r"^[a-z][a-z0-9_]{0,30}$", description="suffix of the lane's connector, slot and publication"
+    )
+    where: str | None = Field(
+        None,
+        description="SQL condition on the POS row, as a publication row filter takes it (the row's columns, "
+        "built-in operators and immutable functions); a row goes to the first lane whose condition holds; the "
+        "last lane has none and takes every other row",
+    )
+
+
 class PostgresSource(Strict):
     type: Literal["postgres"]
     dsn: str = Field(description="libpq connection string or postgresql:// URL of the POS database")
@@ -63,6 +78,34 @@ class PostgresSource(Strict):
         description="statement run as the heartbeat instead of pg_logical_emit_message, e.g. an UPDATE of "
         "a heartbeat table that is in the publication",
     )
+    row_filter: str | None = Field(
+        None,
+        description="capture only the POS rows for which this SQL condition holds (the publication's row "
+        "filter, PostgreSQL 15+; the tables need REPLICA IDENTITY FULL); set for each lane from `lanes`",
+    )
+    lanes: list[Lane] = Field(
+        default_factory=list,
+        description="priority lanes: each a connector of its own, run side by side by `cdc run`, so a bulk "
+        "reprice never delays a promotion; every row is in exactly one lane (see Lane)",
+    )
+
+    @model_validator(mode="after")
+    def _lanes_cover_every_row_once(self) -> PostgresSource:
+        if not self.lanes:
+            return self
+        names = [lane.name for lane in self.lanes]
+        if len(self.lanes) < 2:
+            raise ValueError("lanes: give two or more (the last, without `where`, takes every other row)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"lanes: names must differ: {', '.join(names)}")
+        if self.lanes[-1].where is not None or any(lane.where is None for lane in self.lanes[:-1]):
+            raise ValueError(
+                "lanes: every lane but the last needs `where`, and the last has none: a row goes to the first "
+                "lane whose condition holds, the last takes the rest, so each row is in exactly one lane"
+            )
+        if self.row_filter is not None:
+            raise ValueError("give row_filter or lanes, not both (each lane's filter is made from `where`)")
+        return self
 
 
 class HistoryConfig(Strict):

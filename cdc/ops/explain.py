@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import READ, ChangeEvent, Position
+from cdc.lanes import lane_connectors
 from cdc.ops.held import aware, list_held
 from cdc.ops.trace import trace_row
 from cdc.sinks.sql.bookkeeping import KEY_SEP, applied_entries, row_state_table, scheduled_table
@@ -58,13 +59,18 @@ def explain(cfg: ConnectorConfig, key: str) -> dict:
         # the stages run unwired to the storefront: a guard's max_change_pct would compare the POS row with
         # the row being explained (drift would read as a held change); held entries tell what it did
         out["storefront"] = _storefront(sink, values, row_key)
-        out["held"] = _held(cfg, row_key)
-        out["scheduled"] = _scheduled(sink, row_key)
-        out["connector_state"] = _connector(cfg)
+        lanes = lane_connectors(cfg)
+        out["held"] = [h for lane in lanes for h in _held(lane, row_key)]
+        out["scheduled"] = _scheduled(sink, row_key, [c.name for c in lanes])
         if cfg.source.type == "postgres":
             fallback = _wire_fallback(stages, cfg, out)
             out["pos"] = _pos_side(cfg, stages, dict(zip(cfg.sink.key, values, strict=True)), sink)
-        else:
+        if len(lanes) > 1:  # the connector is the lane of the POS row (the last lane's when there is none)
+            lane = next((r["lane"] for r in out["pos"].get("rows", []) if r.get("lane")), lanes[-1].name)
+            cfg = next(c for c in lanes if c.name == lane)
+            out["connector"] = cfg.name
+        out["connector_state"] = _connector(cfg)
+        if cfg.source.type != "postgres":
             out["pos"] = {
                 "error": f"{cfg.name} reads Kafka ({cfg.source.topic_pattern or ', '.join(cfg.source.topics)}): "
                 "the POS is not reachable from it; the storefront side and the held entries say what it applied"
@@ -152,12 +158,12 @@ def _held(cfg: ConnectorConfig, row_key: str) -> list[dict]:
     ]
 
 
-def _scheduled(sink, row_key: str) -> dict | None:
+def _scheduled(sink, row_key: str, connectors: list[str]) -> dict | None:
     t = scheduled_table
     with sink.store.engine.connect() as c:
         r = c.execute(
             sa.select(t.c.due_ms, t.c.what, t.c.stage).where(
-                t.c.connector == sink.name, t.c.row_key == row_key
+                t.c.connector.in_(connectors), t.c.row_key == row_key
             )
         ).first()
     return None if r is None else {"what": r.what, "due": _ms(r.due_ms), "stage": r.stage}
@@ -207,15 +213,27 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
         return {"error": f"cannot look the key up in the POS: {e}", "rows": []}
     source = PostgresSource(cfg)
     rows: list[dict] = []
+    lanes = cfg.source.lanes
+    # with lanes, each row's lane: the first whose condition holds, else the last (cdc/lanes.py)
+    lane_of_row = psycopg.sql.SQL(
+        ", CASE "
+        + "".join(f"WHEN ({lane.where}) IS TRUE THEN '{lane.name}' " for lane in lanes[:-1])
+        + f"ELSE '{lanes[-1].name}' END"
+        if lanes
+        else ""
+    )
+    publications = [c.publication for c in lane_connectors(cfg)]
     try:
         with source.connect(autocommit=True) as conn:
-            published = {
-                t
-                for (t,) in conn.execute(
-                    "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
-                    (cfg.publication,),
-                )
-            }
+            published = set(cfg.source.tables)
+            for pub in publications:  # a table must be in every lane's publication
+                published &= {
+                    t
+                    for (t,) in conn.execute(
+                        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+                        (pub,),
+                    )
+                }
             db = conn.info.dbname
             for table in cfg.source.tables:
                 schema, name = table.split(".", 1)
@@ -224,8 +242,9 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
                 )
                 if not set(src.values()) <= set(names):
                     continue
-                q = psycopg.sql.SQL("SELECT {} FROM {} WHERE {}").format(
+                q = psycopg.sql.SQL("SELECT {}{} FROM {} WHERE {}").format(
                     as_text(names),
+                    lane_of_row,
                     psycopg.sql.Identifier(schema, name),
                     psycopg.sql.SQL(" AND ").join(
                         psycopg.sql.SQL("{}::text = %s").format(psycopg.sql.Identifier(c))
@@ -233,7 +252,8 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
                     ),
                 )
                 for rec in conn.execute(q, list(key.values())):
-                    row = typed_row(names, convs, rec)
+                    lane = rec[-1] if lanes else None
+                    row = typed_row(names, convs, rec[: len(names)])
                     ev = ChangeEvent(
                         READ,
                         schema,
@@ -255,6 +275,8 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
                     steps, result = trace_row(stages, ev)
                     result.pop("event", None)
                     rows.append({"table": table, "row": _plain(row), "stages": steps, "result": result})
+                    if lane:
+                        rows[-1]["lane"] = f"{cfg.name}.{lane}"
     except CdcError as e:
         return {"error": f"cannot reach the POS: {e}", "rows": rows}
     except psycopg.Error as e:
@@ -265,7 +287,7 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
     return {
         "rows": rows,
         "not_in_publication": missing,
-        "publication": cfg.publication,
+        "publication": ", ".join(publications),
         "source_columns": src,
     }
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import ChangeEvent, Position
+from cdc.lanes import lane_connectors
 from cdc.sinks.sql import SqlSink
 from cdc.sinks.sql.bookkeeping import held_table, utcnow
 from cdc.stages import apply_stages, build_stages
@@ -38,7 +39,13 @@ def list_held(
     cfg: ConnectorConfig, kind: str | None, status: str | None = "held", key: str | None = None
 ) -> list[dict]:
     """Held entries of `kind` (None: both kinds) in `status` (None: decided ones too), of one key or all;
-    each with its position as PostgreSQL spells it (`position`: 0/16B3748#3) and aware times."""
+    each with its position as PostgreSQL spells it (`position`: 0/16B3748#3) and aware times. A config with
+    lanes: every lane's entries."""
+    lanes = lane_connectors(cfg)
+    if len(lanes) > 1:
+        return sorted(
+            (r for lane in lanes for r in list_held(lane, kind, status, key)), key=lambda r: r["id"]
+        )
     if cfg.sink.type == "kafka":
         from cdc.sinks.kafka import read_held
 
@@ -102,7 +109,15 @@ def event_from_held(row) -> ChangeEvent:
 
 
 def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str | None = None) -> Outcome:
-    """apply=True: approve (quarantine) / retry (dead letter); False: reject / drop."""
+    """apply=True: approve (quarantine) / retry (dead letter); False: reject / drop. A config with lanes: by
+    the lane that held the entry."""
+    lanes = lane_connectors(cfg)
+    if len(lanes) > 1:
+        held = {r["id"]: r["connector"] for r in list_held(cfg, kind, status=None)}
+        lane = next((c for c in lanes if c.name == held.get(held_id)), None)
+        if lane is None:
+            raise CdcError(f"no {kind.replace('_', ' ')} entry {held_id} for the lanes of {cfg.name}")
+        return resolve(lane, held_id, kind, apply, by)
     if cfg.sink.type == "kafka":
         raise CdcError(
             f"{cfg.name} writes to Kafka: what it held is kept in topic {cfg.sink.held_topic} to read "

@@ -38,9 +38,12 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
+import sqlalchemy as sa
+
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
+from cdc.lanes import lane_connectors
 from cdc.ops.chunks import OrderError, merge_sorted
 from cdc.ops.reconcile_checksum import PgStore, checksum_plan, compare_by_checksums, pg_store_types
 from cdc.ops.reconcile_judge import Judge
@@ -49,6 +52,7 @@ from cdc.ops.reconcile_report import EXIT_CANNOT, EXIT_DRIFT, EXIT_IN_SYNC, KIND
 from cdc.ops.reconcile_sides import PosSnapshot, StoreReader
 from cdc.progress import Progress
 from cdc.sinks.sql import SqlSink
+from cdc.sinks.sql.bookkeeping import offsets_table
 from cdc.stages import build_stages
 from cdc.stages.lineage import Untraceable, source_column
 
@@ -123,7 +127,10 @@ class _Run:
                 "columns (renamed at most)"
             )
             return
-        sink = SqlSink(cfg)
+        # a config with lanes: every lane's connector must have settled; the repairs go through the first
+        # lane's sink, whose key positions all lanes share (position_group)
+        self.lanes = lane_connectors(cfg)
+        sink = SqlSink(self.lanes[0])
         sink.open()
         pos = reader = None
         try:
@@ -136,7 +143,9 @@ class _Run:
             pos.open()
             report.snapshot_position = lsn_to_str(pos.point)
             t0 = time.monotonic()
-            why = self._settle(pos, sink)
+            why = None
+            for lane in self.lanes:
+                why = why or self._settle(pos, sink, lane)
             report.phases["settle_s"] = time.monotonic() - t0
             if why:
                 report.cannot(why)
@@ -148,6 +157,7 @@ class _Run:
             self.resolver = Resolver(
                 sink, report, pos.point, pos.ts_ms, self.repair, (first.schema, first.name)
             )
+            self.resolver.connectors = [c.name for c in self.lanes]
             self.judge = Judge(self, pos)
             plan = self._plan()
             total = sum(t.estimate for t in pos.tables) or None
@@ -174,30 +184,28 @@ class _Run:
 
     # --- settle -------------------------------------------------------------------------------------------
 
-    def _settle(self, pos: PosSnapshot, sink: SqlSink) -> str | None:
+    def _settle(self, pos: PosSnapshot, sink: SqlSink, lane) -> str | None:
         """None once the storefront holds everything the POS committed before the snapshot point, else why
-        not."""
-        point, name = pos.point, self.cfg.name
+        not. `lane`: the connector to settle (the config's, or one of its lanes)."""
+        point, name = pos.point, lane.name
         deadline = time.monotonic() + self.settle_timeout_s
         nudged = False
         inactive_since = None  # when the slot was first seen idle with changes left to apply
         while True:
-            stored = _stored_lsn(sink)
+            stored = _stored_lsn(sink, name)
             if stored is not None and stored >= point:
                 self.report.settled = (
                     f"the connector's stored position {lsn_to_str(stored)} is past the snapshot"
                 )
                 return None
-            slot = pos.slot_state()
+            slot = pos.slot_state(lane)
             if stored is None:
                 if slot is None:
-                    return (
-                        f"{name} has not run yet (no stored position, no slot {self.cfg.slot}): run it first"
-                    )
+                    return f"{name} has not run yet (no stored position, no slot {lane.slot}): run it first"
                 return f"{name} has not finished its initial snapshot (no stored position yet): let it finish"
             if slot is None:
                 return (
-                    f"the replication slot {self.cfg.slot} is gone, so what {name} has not applied cannot be known; "
+                    f"the replication slot {lane.slot} is gone, so what {name} has not applied cannot be known; "
                     f"`cdc run {self.cfg.path or 'CONFIG'} --resnapshot` copies the tables anew"
                 )
             active, _ = slot
@@ -206,7 +214,7 @@ class _Run:
             elif inactive_since is None or time.monotonic() - inactive_since >= min(
                 REJOIN_GRACE_S, self.settle_timeout_s
             ):
-                pending = pos.pending(stored)
+                pending = pos.pending(stored, lane)
                 if pending == 0:
                     self.report.settled = f"{name} is stopped at {lsn_to_str(stored)} with no change before the snapshot left to apply"
                     return None
@@ -273,8 +281,10 @@ class _Run:
             yield item
 
 
-def _stored_lsn(sink: SqlSink) -> int | None:
-    text = sink.load_offsets().get("wal")
+def _stored_lsn(sink: SqlSink, connector: str) -> int | None:
+    t = offsets_table
+    with sink.store.engine.connect() as c:
+        text = c.scalar(sa.select(t.c.position).where(t.c.connector == connector, t.c.partition == "wal"))
     return json.loads(text)["commit_lsn"] if text else None
 
 

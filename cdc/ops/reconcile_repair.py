@@ -57,6 +57,9 @@ class Resolver:
         self.ts_ms = ts_ms
         self.repair = repair
         self.schema, self.table = where  # the source table a repair's delete is said to come from
+        self.connectors = [
+            sink.name
+        ]  # whose held and scheduled entries count (every lane's: see reconcile.py)
         self.seq = 0
         self.batch: list[Candidate] = []
 
@@ -170,10 +173,10 @@ class Resolver:
 
     def _held(self, conn: sa.Connection, keys: list[str]) -> dict[str, str]:
         h = held_table
-        q = sa.select(h.c.row_key, h.c.kind).where(h.c.connector == self.sink.name, h.c.status == "held")
+        q = sa.select(h.c.row_key, h.c.kind).where(h.c.connector.in_(self.connectors), h.c.status == "held")
         return dict(self._in_chunks(conn, q, h.c.row_key, keys))
 
     def _scheduled(self, conn: sa.Connection, keys: list[str]) -> set[str]:
         s = scheduled_table
-        q = sa.select(s.c.row_key).where(s.c.connector == self.sink.name)
+        q = sa.select(s.c.row_key).where(s.c.connector.in_(self.connectors))
         return {k for (k,) in self._in_chunks(conn, q, s.c.row_key, keys)}

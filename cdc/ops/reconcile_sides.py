@@ -213,14 +213,15 @@ class PosSnapshot:
             self._side = self._connect(autocommit=True)
         return self._side
 
-    def slot_state(self) -> tuple[bool, int] | None:
-        """(active, confirmed LSN) of the connector's slot; None when there is none."""
+    def slot_state(self, cfg=None) -> tuple[bool, int] | None:
+        """(active, confirmed LSN) of the connector's (or lane's: `cfg`) slot; None when there is none."""
+        cfg = cfg or self.cfg
         try:
             row = (
                 self.side()
                 .execute(
                     "SELECT active, confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                    (self.cfg.slot,),
+                    (cfg.slot,),
                 )
                 .fetchone()
             )
@@ -238,14 +239,16 @@ class PosSnapshot:
         except psycopg.Error:
             return False
 
-    def pending(self, after: int) -> int:
+    def pending(self, after: int, cfg=None) -> int:
         """Row changes of the captured tables that the stopped connector has not applied: those of the
         transactions the slot still holds that committed after `after` (the stored position) and before the
-        point. Read from a temporary copy of the slot, so the connector's own slot is never taken."""
+        point. Read from a temporary copy of the slot, so the connector's own slot is never taken. `cfg`: a
+        lane's connector (its slot and publication)."""
+        cfg = cfg or self.cfg
         conn = self.side()
-        copy = f"{self.cfg.slot[:40]}_rcp_{os.getpid()}"[:63]
+        copy = f"{cfg.slot[:40]}_rcp_{os.getpid()}"[:63]
         try:
-            conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (self.cfg.slot, copy))
+            conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (cfg.slot, copy))
             try:
                 return conn.execute(
                     "WITH m AS (SELECT xid, data FROM pg_logical_slot_peek_binary_changes(%(copy)s, %(upto)s::pg_lsn,"
@@ -254,7 +257,7 @@ class PosSnapshot:
                     " AND ('x' || encode(substr(data, 2, 8), 'hex'))::bit(64)::bigint > %(after)s)"
                     " SELECT count(*) FROM m WHERE get_byte(data, 0) IN (73, 85, 68, 84)"  # I U D T
                     " AND xid IN (SELECT xid FROM t)",
-                    {"copy": copy, "upto": _lsn(self.point), "pub": self.cfg.publication, "after": after},
+                    {"copy": copy, "upto": _lsn(self.point), "pub": cfg.publication, "after": after},
                 ).fetchone()[0]
             finally:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (copy,))

@@ -47,7 +47,9 @@ def snapshot(source) -> Iterator[ChangeEvent | TxnEnd]:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snap_name)))
             seq = 0
             for table in cfg.source.tables:
-                for ev in _copy_table(conn, cfg.name, source.db, table, point, ts_ms, seq):
+                for ev in _copy_table(
+                    conn, cfg.name, source.db, table, point, ts_ms, seq, cfg.source.row_filter
+                ):
                     seq = ev.seq
                     yield ev
             conn.rollback()
@@ -59,13 +61,23 @@ def snapshot(source) -> Iterator[ChangeEvent | TxnEnd]:
 
 
 def _copy_table(
-    conn: psycopg.Connection, connector: str, db: str, table: str, point: int, ts_ms: int, seq: int
+    conn: psycopg.Connection,
+    connector: str,
+    db: str,
+    table: str,
+    point: int,
+    ts_ms: int,
+    seq: int,
+    row_filter: str | None = None,
 ):
+    """The table's rows at the snapshot, those of the publication's row filter (a lane) only."""
     schema, name = table.split(".", 1)
     names, convs, keys, types = table_columns(
         conn.execute(COLUMNS_QUERY, (table_regclass(schema, name),)).fetchall()
     )
     query = sql.SQL("SELECT {} FROM {}").format(as_text(names), sql.Identifier(schema, name))
+    if row_filter:
+        query += sql.SQL(" WHERE {}").format(sql.SQL(row_filter))
     estimate = conn.execute(
         "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass", (table,)
     ).fetchone()

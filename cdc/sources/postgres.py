@@ -24,6 +24,8 @@ from psycopg import sql
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError
 from cdc.events import ChangeEvent, Idle, TxnEnd
+from cdc.lanes import publication_sql
+from cdc.sources.pg_lane_exits import LaneExits
 from cdc.sources.pg_snapshot import COLUMNS_QUERY, snapshot, table_columns, table_regclass
 from cdc.sources.pg_stream import (
     SESSION_OPTIONS,
@@ -46,6 +48,7 @@ class PostgresSource:
         self.wal: WalStream | None = None  # the stream being read
         self.fallback = None  # a pick's fallback store (cdc/fallback.py), when the stages have one
         self._side: psycopg.Connection | None = None
+        self._exits: LaneExits | None = None  # a lane's DELETEs of rows that moved to another lane
         self._heartbeat_off = False
         self._last_heartbeat = 0.0
 
@@ -81,6 +84,44 @@ class PostgresSource:
         except psycopg.Error as e:
             raise classify(e) from e
 
+    def _check_filtered(self, conn: psycopg.Connection) -> None:
+        """A row filter on UPDATEs and DELETEs may read only replica-identity columns, else PostgreSQL refuses
+        the POS's own UPDATEs: the tables must have REPLICA IDENTITY FULL (checked before any publication)."""
+        if conn.info.server_version < 150000:
+            raise TerminalError(
+                "source.row_filter (and lanes) need PostgreSQL 15 or later on the POS, for publication row filters"
+            )
+        for table in self.scfg.tables:
+            schema, name = table.split(".", 1)
+            ident = conn.execute(
+                "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname=%s AND c.relname=%s",
+                (schema, name),
+            ).fetchone()[0]
+            if ident != "f":
+                raise TerminalError(
+                    f"table {table} needs REPLICA IDENTITY FULL for the lanes' row filters (with another replica "
+                    "identity, PostgreSQL would refuse the POS's own UPDATEs of it once a filtered publication "
+                    f"exists); ask the DBA to run: ALTER TABLE {table} REPLICA IDENTITY FULL"
+                )
+
+    def _check_publication_filter(self, conn: psycopg.Connection, pub: str) -> None:
+        """A publication made beforehand (by the DBA) must filter rows, or lanes would overlap."""
+        for table, rowfilter in conn.execute(
+            "SELECT schemaname || '.' || tablename, rowfilter FROM pg_publication_tables WHERE pubname=%s",
+            (pub,),
+        ):
+            if table in self.scfg.tables and rowfilter is None:
+                raise TerminalError(
+                    f"publication {pub} publishes every row of {table}, but this connector takes only the rows "
+                    f"where {self.scfg.row_filter}; ask the DBA to run: ALTER PUBLICATION {pub} SET TABLE "
+                    + ", ".join(f"{t} WHERE ({self.scfg.row_filter})" for t in self.scfg.tables)
+                )
+            if table in self.scfg.tables:
+                log.info(
+                    "publication %s filters %s by %s (made beforehand; kept as it is)", pub, table, rowfilter
+                )
+
     def _prepare(self, conn: psycopg.Connection) -> None:
         self.db = conn.info.dbname
         wal_level = conn.execute("SHOW wal_level").fetchone()[0]
@@ -104,22 +145,35 @@ class PostgresSource:
                     f"deletes cannot be captured; add a primary key or "
                     f"ALTER TABLE {table} REPLICA IDENTITY FULL"
                 )
+        row_filter = self.scfg.row_filter
+        if row_filter:
+            self._check_filtered(conn)
         pub = self.cfg.publication
         have = conn.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname=%s", (pub,)
         ).fetchall()
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname=%s", (pub,)).fetchone()
         if not exists:
-            ids = sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) for t in self.scfg.tables)
+            where = sql.SQL(" WHERE ({})").format(sql.SQL(row_filter)) if row_filter else sql.SQL("")
+            ids = sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) + where for t in self.scfg.tables)
             try:
                 conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(pub), ids))
             except psycopg.errors.InsufficientPrivilege as e:
                 raise TerminalError(
-                    f"cannot create publication {pub}: {e.diag.message_primary}; ask the DBA "
-                    f"to run: CREATE PUBLICATION {pub} FOR TABLE {', '.join(self.scfg.tables)}"
+                    f"cannot create publication {pub}: {e.diag.message_primary}; ask the DBA to run: "
+                    + " ".join(publication_sql(self.cfg))
                 ) from e
-            log.info("created publication %s", pub)
+            except (psycopg.errors.SyntaxError, psycopg.errors.FeatureNotSupported, psycopg.errors.UndefinedColumn,
+                    psycopg.errors.UndefinedFunction, psycopg.errors.DatatypeMismatch) as e:  # fmt: skip
+                raise TerminalError(
+                    f"source.row_filter: PostgreSQL refuses {row_filter!r} as the row filter of publication "
+                    f"{pub}: {e.diag.message_primary} (a row filter takes the row's columns, built-in operators "
+                    "and immutable functions)"
+                ) from e
+            log.info("created publication %s%s", pub, f" WHERE ({row_filter})" if row_filter else "")
         else:
+            if row_filter:
+                self._check_publication_filter(conn, pub)
             missing = sorted(set(self.scfg.tables) - {t for (t,) in have})
             if missing:
                 raise TerminalError(
@@ -276,13 +330,23 @@ class PostgresSource:
         self.wal = WalStream(self.cfg, self.db)
         self.wal.primary_keys = self.primary_keys()
         start = resume.end_lsn if resume else 0
-        yield from self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)
+        stream = self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)
+        if self.scfg.row_filter:  # a lane: rows leaving it are not deleted (pg_lane_exits.py)
+            self._exits = LaneExits(self.connect, self.cfg.name)
+            stream = self._exits.filter(stream)
+        try:
+            yield from stream
+        except psycopg.Error as e:  # the lane's POS lookups
+            raise classify(e) from e
 
     def confirm(self, position: WalPosition) -> None:
         if self.wal is not None:
             self.wal.confirm(position.end_lsn)
 
     def close(self) -> None:
+        if self._exits is not None:
+            self._exits.close()
+            self._exits = None
         if self.fallback is not None:
             try:
                 self.fallback.close()

@@ -6,12 +6,15 @@ import threading
 import time
 
 from cdc.config import load_config
+from cdc.lanes import lane_of
 from cdc.pipeline import Pipeline
 
 
 class Running:
-    def __init__(self, config_path, **kw):
+    def __init__(self, config_path, lane: str | None = None, **kw):
         self.cfg = load_config(config_path)
+        if lane is not None:  # one lane of source.lanes, as `cdc run CONFIG --lane NAME`
+            self.cfg = lane_of(self.cfg, lane)
         self.pipeline = Pipeline(self.cfg, **kw)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

@@ -9,6 +9,9 @@ from decimal import Decimal
 
 import pytest
 
+from cdc.config import load_config
+from cdc.ops.explain import explain
+from cdc.ops.reconcile import reconcile
 from tests.integration.helpers import Running, wait_until
 from tests.integration.support import Monitor, diff, pos_prices, store_prices
 
@@ -96,3 +99,121 @@ def test_a_row_moving_between_lanes_ends_right_and_never_goes_back(env, kafka):
 def _topics(kafka, prefix: str) -> set[str]:
     with kafka.admin() as admin:
         return {t for t in admin.list_topics() if t.startswith(prefix)}
+
+
+DIRECT = """
+name: @NAME@
+source:
+  type: postgres
+  dsn: "@POS@"
+  tables: [public.item_price]
+  lanes:
+    - {name: priority, where: "category = 'promo'"}
+    - {name: bulk}
+transforms:
+  - {type: rename, fields: {item_code: sku, price_fen: price}}
+  - {type: money, field: price, divide_by: 100, scale: 2}
+  - {type: drop, fields: [category]}
+sink: {type: sql, url: "@STORE@", table: product_price, key: [sku]}
+"""
+
+
+def test_direct_lanes_a_row_moving_between_lanes_ends_right_never_goes_back_nor_vanishes(env):
+    """Without Kafka: a publication with a row filter and a slot per lane. The bulk lane is held back (as in a
+    mass reprice) while the watched row moves between lanes at every change: the fast lane's DELETE of a row
+    that moved away is not applied (the row is still in the POS), the bulk lane's older changes lose to the
+    fast lane's newer ones, and the row ends at its newest price, never lower on the way, never gone."""
+    env.pos(
+        "CREATE TABLE item_price (item_code text PRIMARY KEY, category text, price_fen bigint NOT NULL);"
+        " ALTER TABLE item_price REPLICA IDENTITY FULL"
+    )
+    env.store("CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2))")
+    env.pos(
+        "INSERT INTO item_price SELECT 'K' || lpad(i::text, 5, '0'), CASE WHEN i % 10 = 0 THEN 'promo'"
+        " WHEN i % 10 = 1 THEN NULL ELSE 'regular' END, i FROM generate_series(1, 5000) i"
+    )  # a NULL category is in the last lane: every row is in exactly one
+    env.pos("INSERT INTO item_price VALUES ('WATCHED', 'regular', 100)")
+    path = env.write_config(DIRECT)
+    monitor = Monitor(env.store_dsn, "WATCHED", interval=0.005)
+    with Running(path, lane="priority") as f:
+        with Running(path, lane="bulk") as b:
+            wait_until(lambda: pos_prices(env) == store_prices(env), timeout=90, running=b, what="snapshot")
+        monitor.start()
+        env.pos("UPDATE item_price SET price_fen = price_fen + 1 WHERE category IS DISTINCT FROM 'promo'")
+        for i in range(1, 41):
+            env.pos(
+                "UPDATE item_price SET price_fen = %s, category = %s WHERE item_code = 'WATCHED'",
+                100 + i * 10,
+                "promo" if i % 2 else "regular",
+            )
+        env.pos(
+            "UPDATE item_price SET category = 'promo', price_fen = price_fen + 5 WHERE item_code = 'K00007'"
+        )
+        env.pos("DELETE FROM item_price WHERE item_code IN ('K00010', 'K00011')")  # one of each lane
+        wait_until(lambda: "K00010" not in store_prices(env), running=f, what="the fast lane's own delete")
+        assert store_prices(env)["WATCHED"] == Decimal("4.90")  # its last promotion price, still there
+        with Running(path, lane="bulk") as b:
+            wait_until(
+                lambda: pos_prices(env) == store_prices(env), timeout=120, running=b, what="both lanes"
+            )
+            # the daily comparison settles every lane, and repairs through the lanes' shared positions
+            env.store("UPDATE product_price SET price = 0 WHERE sku IN ('K00020', 'K00021')")  # one per lane
+            report = reconcile(load_config(path), repair=True)
+            assert report.exit_code == 0, report.summary()
+            assert sorted(report.different) == ["K00020", "K00021"] and report.repaired["upserted"] == 2
+            assert pos_prices(env) == store_prices(env)
+            for key, lane in (("K00020", "priority"), ("WATCHED", "bulk"), ("K00021", "bulk")):
+                info = explain(load_config(path), key)  # the connector explained is the row's lane
+                assert (info["exit_code"], info["connector"]) == (0, f"{env.name}.{lane}"), info["verdict"]
+        f.check()
+    monitor.stop()
+    assert pos_prices(env) == store_prices(env), diff(pos_prices(env), store_prices(env))
+    assert monitor.decreases == [] and monitor.vanished == 0, (monitor.decreases, monitor.vanished)
+    assert monitor.values[-1] == Decimal("5.00")
+    pubs = dict(
+        env.pos(
+            "SELECT pubname, rowfilter FROM pg_publication_tables WHERE pubname LIKE %s", f"cdc_{env.name}_%"
+        )
+    )
+    assert set(pubs) == {f"cdc_{env.name}_priority", f"cdc_{env.name}_bulk"} and all(pubs.values()), pubs
+
+
+def test_a_lane_refuses_a_table_without_replica_identity_full(env):
+    """A row filter on UPDATEs may read only replica-identity columns, or PostgreSQL refuses the POS's own
+    UPDATEs: the lane stops before it makes any publication, with the statement to run."""
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, category text, price_fen bigint NOT NULL)")
+    env.store("CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2))")
+    path = env.write_config(DIRECT)
+    with pytest.raises(Exception, match="ALTER TABLE public.item_price REPLICA IDENTITY FULL"):
+        with Running(path, lane="priority") as f:
+            wait_until(lambda: f.error is not None, timeout=30, what="refusal")
+    assert env.pos("SELECT count(*) FROM pg_publication WHERE pubname LIKE %s", f"cdc_{env.name}%")[0][0] == 0
+    env.pos("UPDATE item_price SET category = 'x'")  # the POS still updates its table
+
+
+def test_quarantine_of_a_config_with_lanes_lists_and_decides_every_lanes_entries(env):
+    """`cdc quarantine CONFIG list|approve` on a config with lanes: the entries of every lane, each decided by
+    the lane that held it."""
+    from cdc.ops.held import list_held, resolve
+
+    env.pos(
+        "CREATE TABLE item_price (item_code text PRIMARY KEY, category text, price_fen bigint NOT NULL);"
+        " ALTER TABLE item_price REPLICA IDENTITY FULL;"
+        " INSERT INTO item_price VALUES ('A', 'promo', 100), ('B', 'regular', 100)"
+    )
+    env.store("CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2))")
+    guarded = DIRECT.replace(
+        "  - {type: drop, fields: [category]}",
+        "  - {type: drop, fields: [category]}\n  - {type: guard, field: price, max: 50, action: quarantine}",
+    )
+    path = env.write_config(guarded)
+    with Running(path, lane="priority") as f, Running(path, lane="bulk") as b:
+        wait_until(lambda: store_prices(env) == {"A": Decimal("1.00"), "B": Decimal("1.00")}, running=b)
+        env.pos("UPDATE item_price SET price_fen = 9900")  # 99.00 > 50: held, one in each lane
+        cfg = load_config(path)
+        wait_until(lambda: len(list_held(cfg, "quarantine")) == 2, running=f, what="both held")
+        held = {r["row_key"]: r for r in list_held(cfg, "quarantine")}
+        assert {r["connector"] for r in held.values()} == {f"{env.name}.priority", f"{env.name}.bulk"}
+        assert resolve(cfg, held["B"]["id"], "quarantine", apply=True, by="ana").status == "applied"
+        assert resolve(cfg, held["A"]["id"], "quarantine", apply=False, by="ana").status == "rejected"
+    assert store_prices(env) == {"A": Decimal("1.00"), "B": Decimal("99.00")}

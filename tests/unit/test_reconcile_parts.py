@@ -2,7 +2,6 @@
 report's arithmetic, and the daily schedule."""
 
 import datetime as dt
-import json
 import uuid
 from decimal import Decimal
 
@@ -148,14 +147,14 @@ class _Pos:
     def __init__(self, sink, idle_polls: int):
         self.sink, self.idle_polls, self.polls = sink, idle_polls, 0
 
-    def slot_state(self):
+    def slot_state(self, cfg):
         self.polls += 1
         if self.polls > self.idle_polls:
             self.sink.stored = 150  # back, and caught up
             return (True, None)
         return (False, None)
 
-    def pending(self, stored):
+    def pending(self, stored, cfg):
         return 7
 
     def heartbeat(self):
@@ -165,8 +164,12 @@ class _Pos:
 class _Sink:
     stored = 50
 
-    def load_offsets(self):
-        return {"wal": json.dumps({"commit_lsn": self.stored})}
+
+@pytest.fixture(autouse=False)
+def stored_in_sink(monkeypatch):
+    import cdc.ops.reconcile as reconcile
+
+    monkeypatch.setattr(reconcile, "_stored_lsn", lambda sink, connector: sink.stored)
 
 
 def _settler(timeout: float):
@@ -179,17 +182,18 @@ def _settler(timeout: float):
     return run
 
 
-def test_settle_waits_for_a_connector_that_released_its_slot_between_retries():
+def test_settle_waits_for_a_connector_that_released_its_slot_between_retries(stored_in_sink):
     sink = _Sink()
     run = _settler(60)
-    assert run._settle(_Pos(sink, idle_polls=5), sink) is None
+    assert run._settle(_Pos(sink, idle_polls=5), sink, run.cfg) is None
     assert "past the snapshot" in run.report.settled
 
 
-def test_settle_calls_a_slot_idle_past_the_grace_a_stopped_connector(monkeypatch):
+def test_settle_calls_a_slot_idle_past_the_grace_a_stopped_connector(monkeypatch, stored_in_sink):
     import cdc.ops.reconcile as reconcile
 
     monkeypatch.setattr(reconcile, "REJOIN_GRACE_S", 0.3)
     sink = _Sink()
-    why = _settler(60)._settle(_Pos(sink, idle_polls=10**6), sink)
+    run = _settler(60)
+    why = run._settle(_Pos(sink, idle_polls=10**6), sink, run.cfg)
     assert why.startswith("c1 is stopped with 7 POS change(s) before the snapshot point"), why
