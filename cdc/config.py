@@ -237,6 +237,12 @@ class KafkaSink(KafkaClientOptions):
         default_factory=dict,
         description="topic of each lane a route stage gives (default <topic_prefix>.<schema>.<table>.<lane>)",
     )
+    lane: str | None = Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_]{0,30}$",
+        description="the lane of every change no route stage gives one: its topic is the lane's; set for each "
+        "lane of source.lanes",
+    )
     partitions: int = Field(3, ge=1, description="partitions of the topics pos-cdc creates")
     replication_factor: int = Field(
         -1, description="of the topics pos-cdc creates (-1: the broker's default)"

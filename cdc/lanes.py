@@ -13,7 +13,10 @@ is made from the conditions in order — lane i: its condition IS TRUE and no ea
 no condition IS TRUE — so every row is in exactly one lane whatever the conditions and NULLs. A row that moves
 between lanes reaches the old lane as a DELETE and the new one as an INSERT at the same POS position; the lanes
 share their key positions (sink.position_group, default the config's name), so the newest change of a key wins
-whichever lane brings it, and at the same position the INSERT wins over the DELETE.
+whichever lane brings it, and at the same position the INSERT wins over the DELETE. With a Kafka sink, each
+lane writes the topics of its lane (`<prefix>.<schema>.<table>.<lane>`, as a route stage's lane does), read by a
+sink connector per lane — which a single POS connector with a route stage cannot give end to end: its one slot
+delivers the promotion behind the bulk reprice's million changes.
 
 A row filter on UPDATEs and DELETEs may only read columns of the table's replica identity, or PostgreSQL
 refuses the POS's own UPDATEs; lanes therefore need REPLICA IDENTITY FULL, which the source checks before it
@@ -44,11 +47,13 @@ def lane_connectors(cfg: ConnectorConfig) -> list[ConnectorConfig]:
     src = cfg.source
     if src.type != "postgres" or not src.lanes:
         return [cfg]
-    sink = cfg.sink
-    if sink.type == "sql":
-        sink = sink.model_copy(update={"position_group": sink.position_group or cfg.name})
     out = []
     for name, where in lane_filters(src.lanes):
+        sink = cfg.sink  # a storefront: the lanes share key positions; Kafka: each lane's topic of its own
+        if sink.type == "sql":
+            sink = sink.model_copy(update={"position_group": sink.position_group or cfg.name})
+        else:
+            sink = sink.model_copy(update={"lane": name})
         source = src.model_copy(
             update={
                 "lanes": [],

@@ -162,6 +162,7 @@ class EnvelopeEncoder:
         tombstones: bool = True,
         clock: Callable[[], int] | None = None,
         lane_topics: dict[str, str] | None = None,
+        lane: str | None = None,
     ):
         if decimal_handling not in DECIMAL_MODES:
             raise ValueError(
@@ -173,6 +174,7 @@ class EnvelopeEncoder:
         self.mode = decimal_handling
         self.tombstones = tombstones
         self.lane_topics = dict(lane_topics or {})
+        self.lane = lane  # the lane of every change no route stage gave one (a lane of source.lanes)
         self.clock = clock or time.time_ns  # ns since the epoch: envelope ts_ms/ts_us/ts_ns
         self._relations: dict[tuple[str, str, str], _Relation] = {}
         self._txn: tuple[Any, int] | None = None
@@ -210,7 +212,8 @@ class EnvelopeEncoder:
         if op != TRUNCATE and layout.key_fields:
             key, spread = self._key(layout, before if op == DELETE else after, ev)
         value = self._value(rel, layout, ev, op, before, after)
-        topic = rel.topic if ev.lane is None else self.topic(ev.schema, ev.table, ev.lane)
+        lane = ev.lane or self.lane
+        topic = rel.topic if lane is None else self.topic(ev.schema, ev.table, lane)
         out = [Record(topic, key, value, spread)]
         if op == DELETE and self.tombstones and key is not None:
             out.append(Record(topic, key, None, spread))

@@ -68,6 +68,7 @@ class KafkaSink:
             decimal_handling=self.scfg.decimal_handling,
             tombstones=self.scfg.tombstones,
             lane_topics=self.scfg.lane_topics,
+            lane=self.scfg.lane,
         )
         self.caught_up = False
         self.producer = None  # cdc.kafka_client.Producer or its confluent-kafka twin

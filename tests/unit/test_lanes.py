@@ -114,3 +114,25 @@ def test_lane_mistakes_are_reported_with_file_and_line(tmp_path, lanes, message)
     assert any(p.startswith(f"{tmp_path / 'c.yaml'}:") and message in p for p in e.value.problems), (
         e.value.problems
     )
+
+
+def test_lanes_into_kafka_write_a_topic_per_lane(tmp_path):
+    from cdc.events import ChangeEvent
+    from cdc.sinks.envelope import EnvelopeEncoder
+
+    path = tmp_path / "k.yaml"
+    path.write_text(
+        CONFIG.format(lanes=LANES).replace(
+            'sink: {type: sql, url: "sqlite:///x.db", table: product_price, key: [sku]}',
+            "sink: {type: kafka, bootstrap_servers: localhost:9092, topic_prefix: pos}",
+        )
+    )
+    lanes = lane_connectors(load_config(path))
+    assert [c.sink.lane for c in lanes] == ["priority", "fresh", "bulk"]
+    enc = EnvelopeEncoder("c", "pos", lane=lanes[0].sink.lane, lane_topics={"bulk": "pos.bulk"})
+    ev = ChangeEvent(
+        "c", "public", "item_price", None, {"item_code": "A"}, 1, 2, 1, 0, 1, key_columns=("item_code",)
+    )
+    assert enc.records(ev)[0].topic == "pos.public.item_price.priority"
+    ev.lane = "bulk"  # a route stage's lane comes first
+    assert enc.records(ev)[0].topic == "pos.bulk"
