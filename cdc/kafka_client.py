@@ -153,6 +153,9 @@ class Producer:
             self._p.close(timeout=5)
 
 
+METADATA_REFRESH_MS = 10_000
+
+
 class Consumer:
     """A consumer-group member. `on_assigned(tps)` (returning the offset each partition starts at, where the
     caller knows one) and `on_revoked(tps)` run inside `poll` on the caller's thread, during a rebalance."""
@@ -177,6 +180,9 @@ class Consumer:
             "max_poll_records": max_poll_records,
             "fetch_max_bytes": 64 * 1024 * 1024,
             "max_partition_fetch_bytes": 8 * 1024 * 1024,
+            # a topic_pattern subscription finds a new topic (a table added to the publication) at the next
+            # metadata refresh: every 10 s, not the client's 5 min
+            "metadata_max_age_ms": METADATA_REFRESH_MS,
             **(options or {}),
         }
 

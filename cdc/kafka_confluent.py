@@ -164,6 +164,7 @@ class ConfluentConsumer:
             "auto.offset.reset": auto_offset_reset,
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "topic.metadata.refresh.interval.ms": 10_000,  # a new topic of a pattern found within 10 s
             **(options or {}),
             "group.id": group,
             "partition.assignment.strategy": "range",  # eager: a rebalance revokes everything (Abandon)

@@ -214,6 +214,47 @@ def _diff(want: dict, got: dict) -> dict:
     }
 
 
+def test_a_table_added_to_the_publication_mid_stream_reaches_the_storefront(env, kafka, debezium):
+    """A POS table created while Debezium and pos-cdc run (Debezium's publication FOR ALL TABLES, its include
+    list a pattern; pos-cdc's source a topic_pattern): its changes go to a new topic, which the Kafka source
+    finds at its next metadata refresh, and reach the storefront."""
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, price numeric(12,2) NOT NULL)")
+    env.store("CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2))")
+    env.pos("INSERT INTO item_price VALUES ('A', 1.10)")
+    prefix = f"dbz{uuid.uuid4().hex[:6]}"
+    debezium(
+        prefix,
+        decimal_handling_mode="string",
+        publication_autocreate_mode="all_tables",
+        table_include_list="public\\.item_price.*",
+    )
+    path = env.write_config(
+        CONFIG.format(
+            kind="dbz",
+            source=f"{{type: kafka, bootstrap_servers: '{kafka.bootstrap}', topic_pattern: '{prefix}[.]public[.]item_price.*',"
+            f" group: {prefix}-g}}",
+            table="product_price",
+        ),
+        "pattern.yaml",
+    )
+
+    def store():
+        return {k: str(v) for k, v in env.store("SELECT sku, price FROM product_price")}
+
+    with Running(path) as r:
+        wait_until(lambda: store() == {"A": "1.10"}, timeout=120, running=r, what="the first table")
+        env.pos("CREATE TABLE item_price_eu (LIKE item_price INCLUDING ALL)")  # a region added to the POS
+        env.pos("INSERT INTO item_price_eu VALUES ('EU1', 2.20), ('EU2', 3.30)")
+        env.pos("UPDATE item_price_eu SET price = 2.25 WHERE item_code = 'EU1'")
+        env.pos("UPDATE item_price SET price = 1.15 WHERE item_code = 'A'")
+        wait_until(
+            lambda: store() == {"A": "1.15", "EU1": "2.25", "EU2": "3.30"},
+            timeout=120,
+            running=r,
+            what="the table added mid-stream",
+        )
+
+
 def test_precise_decimals_without_schemas_are_held_with_what_to_change(env, kafka, debezium):
     """JsonConverter with schemas.enable=false and decimal.handling.mode=precise sends a NUMERIC as the bare
     base64 of its unscaled bytes: no scale, so no value. pos-cdc holds such a change with the reason and the
