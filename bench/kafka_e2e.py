@@ -76,10 +76,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Connector:
-    def __init__(self, config: Path, log: Path):
+    def __init__(self, config: Path, log: Path, args: tuple[str, ...] = ()):
         self.log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc.cli", "run", str(config)],
+            [sys.executable, "-m", "cdc.cli", "run", str(config), *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

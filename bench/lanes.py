@@ -71,6 +71,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--modes", default="direct,kafka")
+    ap.add_argument("--lanes-only", action="store_true", help="skip the runs without lanes")
+    ap.add_argument(
+        "--one-process",
+        dest="split",
+        action="store_false",
+        help="run a config's lanes in one `cdc run` process (default: a process per lane, `--lane`)",
+    )
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="pos-cdc-lanes-bench-"))
@@ -82,9 +89,9 @@ def main() -> None:
             if kafka is not None:
                 kafka.__enter__()
             for mode in modes:
-                for lanes in (True, False):
+                for lanes in (True,) if args.lanes_only else (True, False):
                     key = f"{mode}_{'lanes' if lanes else 'no_lanes'}"
-                    figures[key] = run_phase(pg, kafka, mode, lanes, args.rows, logs / key)
+                    figures[key] = run_phase(pg, kafka, mode, lanes, args.rows, logs / key, args.split)
                     report(key, figures[key])
         finally:
             if kafka is not None:
@@ -103,7 +110,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
-def run_phase(pg: LocalPostgres, kafka, mode: str, lanes: bool, n: int, logs: Path) -> dict:
+def run_phase(pg: LocalPostgres, kafka, mode: str, lanes: bool, n: int, logs: Path, split: bool) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     tag = uuid.uuid4().hex[:6]
     pos, store = pg.create_database(f"pos_{tag}"), pg.create_database(f"store_{tag}")
@@ -114,7 +121,11 @@ def run_phase(pg: LocalPostgres, kafka, mode: str, lanes: bool, n: int, logs: Pa
         for i, body in enumerate(configs(mode, lanes, tag, pos, store_url, kafka)):
             path = logs / f"c{i}.yaml"
             path.write_text(body)
-            procs.append(Connector(path, logs / f"c{i}.log"))
+            if "lanes:" in body and split:  # a process per lane, as deployed for priority (cdc@... --lane)
+                for lane in ("priority", "bulk"):
+                    procs.append(Connector(path, logs / f"c{i}-{lane}.log", ("--lane", lane)))
+            else:
+                procs.append(Connector(path, logs / f"c{i}.log"))
         marker = Markers(pos, store)
         marker.warm_up(procs)  # every connector streams (and, over Kafka, every group has joined)
         marker.start()
@@ -145,10 +156,16 @@ def run_phase(pg: LocalPostgres, kafka, mode: str, lanes: bool, n: int, logs: Pa
             "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1),
             "max_ms": round(lat[-1], 1),
             "bulk_s": round(t_done - t_bulk, 2),
+            "latencies_ms": [round(ms) for ms in sorted_by_commit(marker.latencies, t_bulk, t_done)],
         }
     finally:
         for p in procs:
             p.stop()
+
+
+def sorted_by_commit(latencies: list, start: float, end: float) -> list[float]:
+    """The markers' latencies in the order they were committed (to see which were slow)."""
+    return [ms for committed, ms in sorted(latencies) if start <= committed <= end]
 
 
 def fill(pg: LocalPostgres, pos_db: str, store_db: str, n: int) -> None:
@@ -212,19 +229,24 @@ class Markers(threading.Thread):
         return sku, Decimal(price_fen) / 100
 
     def warm_up(self, procs) -> None:
+        """Changes a promotion row every 2 s until the storefront shows the last change (the connectors may
+        make their slots after the first ones)."""
         with (
             psycopg.connect(self.pos, autocommit=True) as c,
             psycopg.connect(self.store, autocommit=True) as s,
         ):
-            sku, price = self._set(c)
-            wait(
-                lambda: (
-                    s.execute("SELECT price FROM product_price WHERE sku = %s", (sku,)).fetchone()[0] == price
-                ),
-                "the connectors to stream (a first promotion change)",
-                procs,
-                180,
-            )
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                sku, price = self._set(c)
+                q = "SELECT price FROM product_price WHERE sku = %s"
+                try:
+                    wait(
+                        lambda q=q, k=sku, p=price: s.execute(q, (k,)).fetchone()[0] == p, "warm-up", procs, 2
+                    )
+                    return
+                except SystemExit:
+                    continue
+        raise SystemExit("the connectors never streamed a first promotion change")
 
     def run(self) -> None:
         self.poller.start()

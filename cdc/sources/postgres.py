@@ -84,26 +84,19 @@ class PostgresSource:
         except psycopg.Error as e:
             raise classify(e) from e
 
-    def _check_filtered(self, conn: psycopg.Connection) -> None:
+    def _check_filtered(self, conn: psycopg.Connection, table: str, replident: str) -> None:
         """A row filter on UPDATEs and DELETEs may read only replica-identity columns, else PostgreSQL refuses
         the POS's own UPDATEs: the tables must have REPLICA IDENTITY FULL (checked before any publication)."""
         if conn.info.server_version < 150000:
             raise TerminalError(
                 "source.row_filter (and lanes) need PostgreSQL 15 or later on the POS, for publication row filters"
             )
-        for table in self.scfg.tables:
-            schema, name = table.split(".", 1)
-            ident = conn.execute(
-                "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname=%s AND c.relname=%s",
-                (schema, name),
-            ).fetchone()[0]
-            if ident != "f":
-                raise TerminalError(
-                    f"table {table} needs REPLICA IDENTITY FULL for the lanes' row filters (with another replica "
-                    "identity, PostgreSQL would refuse the POS's own UPDATEs of it once a filtered publication "
-                    f"exists); ask the DBA to run: ALTER TABLE {table} REPLICA IDENTITY FULL"
-                )
+        if replident != "f":
+            raise TerminalError(
+                f"table {table} needs REPLICA IDENTITY FULL for the lanes' row filters (with another replica "
+                "identity, PostgreSQL would refuse the POS's own UPDATEs of it once a filtered publication "
+                f"exists); ask the DBA to run: ALTER TABLE {table} REPLICA IDENTITY FULL"
+            )
 
     def _check_publication_filter(self, conn: psycopg.Connection, pub: str) -> None:
         """A publication made beforehand (by the DBA) must filter rows, or lanes would overlap."""
@@ -145,9 +138,9 @@ class PostgresSource:
                     f"deletes cannot be captured; add a primary key or "
                     f"ALTER TABLE {table} REPLICA IDENTITY FULL"
                 )
+            if self.scfg.row_filter:
+                self._check_filtered(conn, table, row[0])
         row_filter = self.scfg.row_filter
-        if row_filter:
-            self._check_filtered(conn)
         pub = self.cfg.publication
         have = conn.execute(
             "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname=%s", (pub,)
