@@ -78,6 +78,11 @@ class PostgresSource(Strict):
         description="statement run as the heartbeat instead of pg_logical_emit_message, e.g. an UPDATE of "
         "a heartbeat table that is in the publication",
     )
+    stream_in_progress: bool = Field(
+        False,
+        description="have PostgreSQL (14+) stream a large transaction while it runs (pgoutput protocol 2), so "
+        "that its commit does not hold back the transactions after it; on for lanes",
+    )
     row_filter: str | None = Field(
         None,
         description="capture only the POS rows for which this SQL condition holds (the publication's row "

@@ -58,6 +58,8 @@ def lane_connectors(cfg: ConnectorConfig) -> list[ConnectorConfig]:
             update={
                 "lanes": [],
                 "row_filter": where,
+                # a bulk transaction's commit must not hold back the fast lane's slot (pg_streamed.py)
+                "stream_in_progress": True,
                 "slot": f"{cfg.slot}_{name}",
                 "publication": f"{cfg.publication}_{name}",
             }

@@ -24,6 +24,7 @@ from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError, TransientError
 from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeEvent, Idle, TxnEnd, lsn_to_str
 from cdc.sources import pgoutput as po
+from cdc.sources.pg_streamed import STREAM_COMMIT, TWO_XIDS, XID, StreamedTxns, without_xid
 
 log = logging.getLogger("cdc.source.postgres")
 
@@ -32,6 +33,8 @@ PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in µs since the Unix epoch
 HDR_W = struct.Struct("!QQQ")  # XLogData: start, end, send time
 HDR_K = struct.Struct("!QQB")  # keepalive: wal end, send time, reply requested
 STATUS = struct.Struct("!cQQQQB")  # standby status update
+STREAM_TAGS = frozenset((b"S", b"E", b"c", b"A"))  # protocol 2's stream start, stop, commit, abort
+CHANGES = frozenset((po.Insert, po.Update, po.Delete, po.Truncate))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +115,7 @@ class WalStream:
         self._mark = 0  # WAL that needs nothing downstream (keepalives, skipped transactions): see Idle
         self._in_txn = False
         self._last_status = 0.0
+        self.streamed = StreamedTxns()  # transactions streamed before their commit (pg_streamed.py)
         # (schema, table) -> primary key columns, for tables with REPLICA IDENTITY FULL (PostgresSource.prepare)
         self.primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -130,9 +134,10 @@ class WalStream:
         conn = open_replication(self.scfg.dsn, self.cfg.name)
         self._repl = conn
         pubs = quote_literal(self.cfg.publication)
+        proto = "proto_version '2', streaming 'on'" if self.scfg.stream_in_progress else "proto_version '1'"
         cmd = (
             f"START_REPLICATION SLOT {quote_ident(self.cfg.slot)} LOGICAL {lsn_to_str(start_lsn)} "
-            f"(proto_version '1', publication_names {pubs}, messages 'true')"
+            f"({proto}, publication_names {pubs}, messages 'true')"
         )
         try:
             conn.send_query(cmd.encode())
@@ -154,16 +159,18 @@ class WalStream:
             raise TransientError(f"replication connection lost: {str(e).strip().splitlines()[0]}") from e
         finally:
             self._repl = None
+            self.streamed.close()  # a transaction not committed yet is streamed again from its start
             conn.finish()
 
     def read_loop(self, conn: pq.PGconn, skip_through: int):
         """The messages of a replication connection in COPY BOTH mode, as events (bench/replay.py feeds it
         recorded messages)."""
         decode = self.decoder.decode
-        db, name = self.db, self.cfg.name
         interval = self.scfg.status_interval_s
         skipping = False
         commit_lsn = ts_ms = xid = 0
+        in_stream: int | None = None  # the xid of the stream block being read (protocol 2)
+        streamed = self.streamed
         sock = conn.socket
         while True:
             n, data = conn.get_copy_data(1)
@@ -202,74 +209,36 @@ class WalStream:
             lsn, wal_end, _ = HDR_W.unpack_from(data, 1)
             if wal_end > self.wal_end:
                 self.wal_end = wal_end
-            msg = decode(data[25:])
+            body = data[25:]
+            tag = bytes(body[:1])
+            if in_stream is not None or tag in STREAM_TAGS:  # protocol 2: a transaction streamed as it runs
+                if tag == b"c":
+                    x, _, c_lsn, e_lsn, ts = STREAM_COMMIT.unpack_from(body, 1)
+                    if c_lsn <= skip_through:  # applied downstream already
+                        streamed.drop(x)
+                        self._mark = max(self._mark, e_lsn)
+                        continue
+                    t_ms = po.pg_epoch_us_to_unix_ms(ts)
+                    for change_lsn, payload in streamed.commit(x):
+                        yield from self._events(decode(payload), change_lsn, c_lsn, t_ms, x)
+                    yield TxnEnd(WalPosition(c_lsn, e_lsn), t_ms)
+                elif tag == b"S":
+                    in_stream = XID.unpack_from(body, 1)[0]
+                    streamed.start(in_stream, body[5] == 1)
+                elif tag == b"E":
+                    in_stream = None
+                elif tag == b"A":
+                    streamed.abort(*TWO_XIDS.unpack_from(body, 1))
+                else:  # a message of the block: its (sub)transaction's xid after the type
+                    subxid, plain = without_xid(body)
+                    if tag in b"IUDT":
+                        streamed.add(in_stream, subxid, lsn, plain)
+                    elif tag in b"RY":
+                        decode(plain)  # the relation (or type) as it is now, for the changes that follow
+                continue
+            msg = decode(body)
             t = type(msg)
-            if t is po.Insert:
-                if skipping:
-                    continue
-                rel = msg.relation
-                yield ChangeEvent(
-                    CREATE,
-                    rel.schema,
-                    rel.name,
-                    None,
-                    msg.new,
-                    lsn,
-                    commit_lsn,
-                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    self.key_columns(rel),
-                    toast=False,
-                    types=rel.types,
-                )
-            elif t is po.Update:
-                if skipping:
-                    continue
-                rel = msg.relation
-                yield ChangeEvent(
-                    UPDATE,
-                    rel.schema,
-                    rel.name,
-                    msg.old,
-                    msg.new,
-                    lsn,
-                    commit_lsn,
-                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    self.key_columns(rel),
-                    toast=msg.toasted,
-                    types=rel.types,
-                )
-            elif t is po.Delete:
-                if skipping:
-                    continue
-                rel = msg.relation
-                yield ChangeEvent(
-                    DELETE,
-                    rel.schema,
-                    rel.name,
-                    msg.old,
-                    None,
-                    lsn,
-                    commit_lsn,
-                    lsn,  # seq: the change's own WAL position, the same in every slot (see ChangeEvent.seq)
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    self.key_columns(rel),
-                    types=rel.types,
-                )
-            elif t is po.Begin:
+            if t is po.Begin:
                 self._in_txn = True
                 commit_lsn, xid = msg.final_lsn, msg.xid
                 ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
@@ -280,28 +249,46 @@ class WalStream:
                     self._mark = max(self._mark, msg.end_lsn)
                 else:
                     yield TxnEnd(WalPosition(msg.commit_lsn, msg.end_lsn), ts_ms)
-            elif t is po.Truncate:
-                if skipping:
-                    continue
-                for rel in msg.relations:
-                    yield ChangeEvent(
-                        TRUNCATE,
-                        rel.schema,
-                        rel.name,
-                        None,
-                        None,
-                        lsn,
-                        commit_lsn,
-                        lsn,
-                        ts_ms,
-                        xid,
-                        "false",
-                        db,
-                        name,
-                        self.key_columns(rel),
-                        types=rel.types,
-                    )
+            elif t in CHANGES and not skipping:
+                yield from self._events(msg, lsn, commit_lsn, ts_ms, xid)
             # Relation, Type, Origin and logical messages need nothing more here
+
+    def _events(self, msg, lsn: int, commit_lsn: int, ts_ms: int, xid: int) -> list[ChangeEvent]:
+        """A change message's events; `seq` is the change's own WAL position, the same in every slot (see
+        ChangeEvent.seq)."""
+        t, db, name = type(msg), self.db, self.cfg.name
+        if t is po.Truncate:
+            rels, op, before, after = msg.relations, TRUNCATE, None, None
+        else:
+            rels = (msg.relation,)
+            if t is po.Insert:
+                op, before, after = CREATE, None, msg.new
+            elif t is po.Update:
+                op, before, after = UPDATE, msg.old, msg.new
+            else:
+                op, before, after = DELETE, msg.old, None
+        toast = t is po.Update and msg.toasted
+        return [
+            ChangeEvent(
+                op,
+                rel.schema,
+                rel.name,
+                before,
+                after,
+                lsn,
+                commit_lsn,
+                lsn,
+                ts_ms,
+                xid,
+                "false",
+                db,
+                name,
+                self.key_columns(rel),
+                toast=toast,
+                types=rel.types,
+            )
+            for rel in rels
+        ]
 
     def confirm(self, end_lsn: int) -> None:
         """Everything up to `end_lsn` is durable downstream: reported as flushed in the next status update."""

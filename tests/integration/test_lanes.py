@@ -217,3 +217,38 @@ def test_quarantine_of_a_config_with_lanes_lists_and_decides_every_lanes_entries
         assert resolve(cfg, held["B"]["id"], "quarantine", apply=True, by="ana").status == "applied"
         assert resolve(cfg, held["A"]["id"], "quarantine", apply=False, by="ana").status == "rejected"
     assert store_prices(env) == {"A": Decimal("1.00"), "B": Decimal("99.00")}
+
+
+def test_lanes_stream_large_transactions_while_they_run(env):
+    """A lane has PostgreSQL stream a large transaction while it runs (protocol 2), so its commit does not hold
+    back the other lane's slot: the streamed changes are kept until the commit, a rolled-back savepoint's and an
+    aborted transaction's are dropped, and the storefront ends exactly as the POS."""
+    env.pos(
+        "CREATE TABLE item_price (item_code text PRIMARY KEY, category text, price_fen bigint NOT NULL);"
+        " ALTER TABLE item_price REPLICA IDENTITY FULL;"
+        " INSERT INTO item_price SELECT 'K' || lpad(i::text, 5, '0'), CASE WHEN i % 10 = 0 THEN 'promo'"
+        " ELSE 'regular' END, i FROM generate_series(1, 3000) i"
+    )
+    env.pos(f"ALTER DATABASE {env.pos_db} SET logical_decoding_work_mem = '64kB'")  # stream from ~500 rows
+    env.store("CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2))")
+    path = env.write_config(DIRECT)
+    with Running(path, lane="priority") as f, Running(path, lane="bulk") as b:
+        wait_until(lambda: pos_prices(env) == store_prices(env), timeout=60, running=b, what="snapshot")
+        env.pos(
+            "BEGIN; UPDATE item_price SET price_fen = price_fen + 1;"
+            " SAVEPOINT s; UPDATE item_price SET price_fen = 0 WHERE item_code < 'K01000'; ROLLBACK TO SAVEPOINT s;"
+            " UPDATE item_price SET category = 'promo', price_fen = 77777 WHERE item_code = 'K00003';"
+            " INSERT INTO item_price SELECT 'N' || i, 'regular', i FROM generate_series(1, 1000) i; COMMIT"
+        )
+        env.pos("BEGIN; UPDATE item_price SET price_fen = 1; ROLLBACK")  # streamed, then aborted
+        env.pos("UPDATE item_price SET price_fen = 5 WHERE item_code = 'K00010'")
+        wait_until(
+            lambda: pos_prices(env) == store_prices(env), timeout=60, running=b, what="streamed changes"
+        )
+        f.check()
+    assert store_prices(env)["K00003"] == Decimal("777.77") and store_prices(env)["K00500"] == Decimal("5.01")
+    streamed = env.pos(
+        "SELECT coalesce(sum(stream_txns), 0) FROM pg_stat_replication_slots WHERE slot_name LIKE %s",
+        f"cdc_{env.name}_%",
+    )[0][0]
+    assert streamed >= 2, streamed  # both large transactions went as streams
