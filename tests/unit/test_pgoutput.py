@@ -880,7 +880,9 @@ def test_converter_for():
 
 
 def test_datetime_fallback_parser():
-    fb = po._parse_datetime_fallback
+    from cdc.sources import pg_values
+
+    fb = pg_values._parse_datetime_fallback
     assert fb("2024-05-06 07:08:09.1234567+05", "datetime") == dt.datetime(
         2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.timezone(dt.timedelta(hours=5))
     )
