@@ -17,6 +17,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # plain help: Typer's rich help shows every flag as taking a value (`--json <bool>`); these take none
+    rich_markup_mode=None,
     help="pos-cdc: keep the storefront's prices in step with the POS.",
 )
 state = {"debug": False}
@@ -124,6 +126,9 @@ def run(
         "--lane",
         help="run only this lane of the configs' source.lanes (each lane in a process of its own)",
     ),
+    retry_for: float = typer.Option(
+        900.0, "--retry-for", help="seconds to keep retrying a database or broker that is away, then stop"
+    ),
 ) -> None:
     """Run the connectors until SIGINT/SIGTERM (a config with source.lanes runs a connector per lane)."""
     from cdc.lanes import lane_connectors, lane_of
@@ -142,7 +147,7 @@ def run(
     port = metrics_port if metrics_port is not None else cfgs[0].metrics.port
     if port is not None:
         metrics.serve(port, cfgs[0].metrics.host)
-    pipelines = [Pipeline(c, metrics) for c in connectors]
+    pipelines = [Pipeline(c, metrics, retry_for_s=retry_for) for c in connectors]
     if resnapshot:
         for p in pipelines:
             p.reset()

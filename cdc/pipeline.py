@@ -96,7 +96,7 @@ class Pipeline:
     def run(self) -> None:
         """Runs until stop(); transient failures reconnect with exponential backoff and jitter, for up to
         `retry_for_s` seconds without progress; terminal errors propagate."""
-        delay, failing_since = 0.5, None
+        delay, failing_since, attempt = 0.5, None, 0
         gauges = threading.Thread(target=self._gauges_loop, daemon=True, name=f"{self.cfg.name}-gauges")
         gauges.start()
         try:
@@ -106,16 +106,32 @@ class Pipeline:
                     return
                 except TransientError as e:
                     if self._progressed:  # the failed session got somewhere: a new window, the shortest delay
-                        delay, failing_since = 0.5, None
+                        delay, failing_since, attempt = 0.5, None, 0
                     now = time.monotonic()
                     failing_since = failing_since or now
+                    attempt += 1
                     if now - failing_since > self.retry_for_s:
-                        raise TransientError(f"{e} (gave up after {self.retry_for_s:.0f}s of retries)") from e
-                    log.warning("%s: %s; retrying in %.1fs", self.cfg.name, e, delay)
+                        raise TransientError(
+                            f"{e} (gave up after {attempt} attempts in {now - failing_since:.0f}s; "
+                            f"`cdc run --retry-for SECONDS` sets how long to keep trying, now {self.retry_for_s:.0f})"
+                        ) from e
+                    wait = delay * (0.5 + random.random())  # jitter: connectors retrying together spread out
+                    gives_up = time.strftime(
+                        "%H:%M:%S", time.localtime(time.time() + self.retry_for_s - (now - failing_since))
+                    )
+                    log.warning(
+                        "%s: %s; attempt %d failed, next in %.1fs (gives up at %s without progress, --retry-for %.0fs)",
+                        self.cfg.name,
+                        e,
+                        attempt,
+                        wait,
+                        gives_up,
+                        self.retry_for_s,
+                    )
                     self._m_up.set(0)
                     self.metrics.healthy.clear()
                     self._teardown()
-                    self._sleep(delay * (0.5 + random.random()))
+                    self._sleep(wait)
                     delay = min(delay * 2, 30.0)
         finally:
             self._done.set()

@@ -686,3 +686,22 @@ def test_the_sql_buffer_keeps_the_newest_change_of_a_key_whatever_arrives_last()
     truncated.add(change(250, "before the truncate"))  # older than the truncate it came after: dropped
     truncated.add(change(350, "after"))
     assert [p.row["price"] for p in truncated.pending.values()] == ["after"]
+
+
+def test_each_retry_says_its_attempt_the_wait_it_uses_and_when_it_gives_up(no_backoff, caplog):
+    refused = Fail(TransientError("POS database unavailable: connection refused"))
+    rig = Rig([refused], [refused], [*txn(10, ("A", 100)), Idle()], retry_for_s=60)
+    with caplog.at_level("WARNING", logger="cdc.pipeline"):
+        assert rig.run() is None
+    lines = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert len(lines) == 2 == len(no_backoff)
+    for n, (line, used) in enumerate(zip(lines, no_backoff, strict=True), start=1):
+        assert f"attempt {n} failed, next in {used:.1f}s (gives up at " in line, (
+            line
+        )  # the wait printed is used
+        assert "--retry-for 60s" in line and "connection refused" in line
+
+
+def test_giving_up_says_how_long_it_tried_and_the_option_that_sets_it(no_backoff):
+    err = Rig([Fail(TransientError("connection refused"))], retry_for_s=0).run()
+    assert "gave up after 2 attempts" in str(err) and "--retry-for SECONDS" in str(err), err
