@@ -75,7 +75,7 @@ def test_fat_finger_is_quarantined_while_the_rest_flows_then_approved(env):
     assert [
         (op, json.loads(o) if o else None, json.loads(n), who, via) for op, o, n, who, via in history
     ] == [
-        ("u", None, {"price": "10.00"}, "alice", "snapshot"),
+        ("c", None, {"price": "10.00"}, "alice", "snapshot"),
         ("u", {"price": "10.00"}, {"price": "0.10"}, "bob", "approve:dba-anna"),
         ("u", {"price": "0.10"}, {"price": "0.12"}, "bob", "stream"),
     ]
@@ -243,9 +243,9 @@ def test_price_history_says_who_changed_what(env):
     )
     got = [(k, op, o and json.loads(o), n and json.loads(n), by, via) for k, op, o, n, by, via, *_ in rows]
     assert got == [
-        ("A", "u", None, {"price": "10.00"}, "alice", "snapshot"),
+        ("A", "c", None, {"price": "10.00"}, "alice", "snapshot"),
         ("A", "u", {"price": "10.00"}, {"price": "11.00"}, "bob", "stream"),
-        ("Z", "u", None, {"price": "0.05"}, None, "stream"),
+        ("Z", "c", None, {"price": "0.05"}, None, "stream"),
         ("Z", "u", {"price": "0.05"}, {"price": "0.06"}, "erin", "stream"),
         ("Z", "u", {"price": "0.06"}, {"price": "0.07"}, "fay", "stream"),
         ("A", "d", {"price": "11.00"}, None, None, "stream"),

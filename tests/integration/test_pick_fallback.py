@@ -201,10 +201,10 @@ def test_fallback_through_renames_guard_schedule_and_history_and_status_shows_sc
     )
     got = [(op, o and json.loads(o), n and json.loads(n), by, via) for op, o, n, by, via, *_ in history]
     assert got == [
-        ("u", None, {"price": "10.00"}, "flagship", "snapshot"),
+        ("c", None, {"price": "10.00"}, "flagship", "snapshot"),
         ("u", {"price": "10.00"}, {"price": "12.00"}, "warehouse", "stream"),
         ("d", {"price": "12.00"}, None, None, "stream"),
-        ("u", None, {"price": "11.00"}, "flagship", "pick_fallback"),
+        ("c", None, {"price": "11.00"}, "flagship", "pick_fallback"),
     ]
     # the fallback row was applied at the delete's own position: the same source transaction and change
     assert history[2][5:] == history[3][5:]

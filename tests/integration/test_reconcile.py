@@ -78,7 +78,7 @@ def test_drift_on_each_storefront_is_found_and_repaired_through_the_sink(env, st
         history = store(
             "SELECT row_key, op, via FROM cdc_price_history WHERE via = 'repair' ORDER BY row_key, id"
         )
-        assert history == [("A", "u", "repair"), ("B", "u", "repair"), ("Z", "d", "repair")]
+        assert history == [("A", "u", "repair"), ("B", "c", "repair"), ("Z", "d", "repair")]
         explained = json.loads(cdc("explain", path, "A", "--json").stdout)
         assert (
             explained["verdict"] == "in sync" and explained["storefront"]["last_applied"]["via"] == "repair"

@@ -99,7 +99,7 @@ history_table = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("connector", sa.String(200), nullable=False),
     sa.Column("row_key", sa.String(500), nullable=False),
-    sa.Column("op", sa.String(1), nullable=False),  # u (insert or update) | d
+    sa.Column("op", sa.String(1), nullable=False),  # of the storefront row: c created | u updated | d deleted
     sa.Column("old_value", sa.Text),  # JSON: the recorded columns before (null: no row)
     sa.Column("new_value", sa.Text),  # JSON: after (null: deleted)
     sa.Column("commit_lsn", sa.BigInteger, nullable=False),

@@ -1,7 +1,8 @@
 """Price history (`sink.history`): one row in cdc_price_history per applied change, in the sink transaction
 that applies it — the audit trail for "who changed this price, when, from what".
 
-Each row has the key, the op, the recorded columns' old value (as the storefront had it just before; null when
+Each row has the key, the op (what happened to the storefront row: c created, u updated, d deleted; `via`
+says how the change came), the recorded columns' old value (as the storefront had it just before; null when
 there was no row) and new value (null for a delete), the source transaction (txid, commit LSN, sequence), its
 commit time, the POS's "changed by" column (`sink.history.changed_by`, read by the pipeline from the source row
 before any transform) and how the change came: stream, snapshot, schedule (a promotion starting or ending),
@@ -101,7 +102,8 @@ class History:
         return {
             "connector": self.connector,
             "row_key": kt,
-            "op": p.op,
+            # what happened to the storefront row: c created, u updated, d deleted (via says how the change came)
+            "op": "d" if p.op == "d" else ("c" if old_v is None else "u"),
             "old_value": None if old_v is None else json.dumps(jsonable(old_v)),
             "new_value": None if new_v is None else json.dumps(jsonable(new_v)),
             "commit_lsn": ev.commit_lsn,
