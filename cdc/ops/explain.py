@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import READ, ChangeEvent, Position
-from cdc.lanes import lane_connectors
+from cdc.lanes import lane_connectors, lane_filters
 from cdc.ops.held import aware, list_held
 from cdc.ops.trace import trace_row
 from cdc.sinks.sql.bookkeeping import KEY_SEP, applied_entries, row_state_table, scheduled_table
@@ -214,13 +214,9 @@ def _pos_side(cfg: ConnectorConfig, stages: list, key: dict[str, str], sink) -> 
     source = PostgresSource(cfg)
     rows: list[dict] = []
     lanes = cfg.source.lanes
-    # with lanes, each row's lane: the first whose condition holds, else the last (cdc/lanes.py)
+    # with lanes, each row's lane, by the lanes' own row filters (cdc/lanes.py: exactly one holds)
     lane_of_row = psycopg.sql.SQL(
-        ", CASE "
-        + "".join(f"WHEN ({lane.where}) IS TRUE THEN '{lane.name}' " for lane in lanes[:-1])
-        + f"ELSE '{lanes[-1].name}' END"
-        if lanes
-        else ""
+        ", CASE " + "".join(f"WHEN {f} THEN '{n}' " for n, f in lane_filters(lanes)) + "END" if lanes else ""
     )
     publications = [c.publication for c in lane_connectors(cfg)]
     try:
