@@ -84,13 +84,9 @@ class PostgresSource:
         except psycopg.Error as e:
             raise classify(e) from e
 
-    def _check_filtered(self, conn: psycopg.Connection, table: str, replident: str) -> None:
+    def _check_filtered(self, table: str, replident: str) -> None:
         """A row filter on UPDATEs and DELETEs may read only replica-identity columns, else PostgreSQL refuses
         the POS's own UPDATEs: the tables must have REPLICA IDENTITY FULL (checked before any publication)."""
-        if conn.info.server_version < 150000:
-            raise TerminalError(
-                "source.row_filter (and lanes) need PostgreSQL 15 or later on the POS, for publication row filters"
-            )
         if replident != "f":
             raise TerminalError(
                 f"table {table} needs REPLICA IDENTITY FULL for the lanes' row filters (with another replica "
@@ -98,12 +94,10 @@ class PostgresSource:
                 f"exists); ask the DBA to run: ALTER TABLE {table} REPLICA IDENTITY FULL"
             )
 
-    def _check_publication_filter(self, conn: psycopg.Connection, pub: str) -> None:
-        """A publication made beforehand (by the DBA) must filter rows, or lanes would overlap."""
-        for table, rowfilter in conn.execute(
-            "SELECT schemaname || '.' || tablename, rowfilter FROM pg_publication_tables WHERE pubname=%s",
-            (pub,),
-        ):
+    def _check_publication_filter(self, pub: str, published: list[tuple]) -> None:
+        """A publication made beforehand (by the DBA) must filter rows, or lanes would overlap. `published`:
+        its (table, row filter) pairs."""
+        for table, rowfilter in published:
             if table in self.scfg.tables and rowfilter is None:
                 raise TerminalError(
                     f"publication {pub} publishes every row of {table}, but this connector takes only the rows "
@@ -123,6 +117,10 @@ class PostgresSource:
                 f"the POS server has wal_level={wal_level}; set wal_level=logical in "
                 "postgresql.conf and restart PostgreSQL"
             )
+        if self.scfg.row_filter and conn.info.server_version < 150000:
+            raise TerminalError(
+                "source.row_filter (and lanes) need PostgreSQL 15 or later on the POS, for publication row filters"
+            )
         for table in self.scfg.tables:
             schema, name = table.split(".", 1)
             row = conn.execute(
@@ -139,11 +137,14 @@ class PostgresSource:
                     f"ALTER TABLE {table} REPLICA IDENTITY FULL"
                 )
             if self.scfg.row_filter:
-                self._check_filtered(conn, table, row[0])
+                self._check_filtered(table, row[0])
         row_filter = self.scfg.row_filter
         pub = self.cfg.publication
-        have = conn.execute(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname=%s", (pub,)
+        have = conn.execute(  # (table, its row filter: PostgreSQL 15+, which a row filter needs)
+            "SELECT schemaname || '.' || tablename"
+            + (", rowfilter" if row_filter else "")
+            + " FROM pg_publication_tables WHERE pubname=%s",
+            (pub,),
         ).fetchall()
         exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname=%s", (pub,)).fetchone()
         if not exists:
@@ -166,8 +167,8 @@ class PostgresSource:
             log.info("created publication %s%s", pub, f" WHERE ({row_filter})" if row_filter else "")
         else:
             if row_filter:
-                self._check_publication_filter(conn, pub)
-            missing = sorted(set(self.scfg.tables) - {t for (t,) in have})
+                self._check_publication_filter(pub, have)
+            missing = sorted(set(self.scfg.tables) - {t[0] for t in have})
             if missing:
                 raise TerminalError(
                     f"publication {pub} does not include {', '.join(missing)}; run: "
