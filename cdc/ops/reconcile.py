@@ -38,8 +38,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-import sqlalchemy as sa
-
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
@@ -52,7 +50,7 @@ from cdc.ops.reconcile_report import EXIT_CANNOT, EXIT_DRIFT, EXIT_IN_SYNC, KIND
 from cdc.ops.reconcile_sides import PosSnapshot, StoreReader
 from cdc.progress import Progress
 from cdc.sinks.sql import SqlSink
-from cdc.sinks.sql.bookkeeping import offsets_table
+from cdc.sinks.sql.offsets import stored_positions
 from cdc.stages import build_stages
 from cdc.stages.lineage import Untraceable, source_column
 
@@ -282,9 +280,7 @@ class _Run:
 
 
 def _stored_lsn(sink: SqlSink, connector: str) -> int | None:
-    t = offsets_table
-    with sink.store.engine.connect() as c:
-        text = c.scalar(sa.select(t.c.position).where(t.c.connector == connector, t.c.partition == "wal"))
+    text = stored_positions(sink.store.engine, connector).get("wal")
     return json.loads(text)["commit_lsn"] if text else None
 
 

@@ -30,17 +30,7 @@ class Offsets:
 
     def load(self) -> dict[str, str]:
         """The stored positions of this connector: partition -> position text."""
-        t = offsets_table
-        try:
-            with self.store.engine.connect() as c:
-                rows = c.execute(
-                    sa.select(t.c.partition, t.c.position).where(
-                        t.c.connector == self.connector, t.c.partition != LOCK_PARTITION
-                    )
-                )
-                return dict(rows.all())
-        except Exception as e:
-            raise classify(e) from e
+        return stored_positions(self.store.engine, self.connector)
 
     def forget(self) -> None:
         with self.store.engine.begin() as c:
@@ -122,3 +112,19 @@ class Offsets:
         if self._pg_sql is None:
             self._pg_sql = str(self._upsert.compile(dialect=conn.dialect))
         return self._pg_sql
+
+
+def stored_positions(engine: sa.Engine, connector: str) -> dict[str, str]:
+    """A connector's stored positions (partition -> position text), read on a connection of its own (a lane's
+    from another lane's sink: cdc reconcile)."""
+    t = offsets_table
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                sa.select(t.c.partition, t.c.position).where(
+                    t.c.connector == connector, t.c.partition != LOCK_PARTITION
+                )
+            )
+            return dict(rows.all())
+    except Exception as e:
+        raise classify(e) from e
