@@ -24,6 +24,7 @@ from cdc.events import ChangeEvent, Position
 from cdc.lanes import lane_connectors
 from cdc.sinks.sql import SqlSink
 from cdc.sinks.sql.bookkeeping import held_table, utcnow
+from cdc.sinks.sql.storefront import Storefront
 from cdc.stages import apply_stages, build_stages
 from cdc.stored import load_event
 
@@ -112,9 +113,15 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
     """apply=True: approve (quarantine) / retry (dead letter); False: reject / drop. A config with lanes: by
     the lane that held the entry."""
     lanes = lane_connectors(cfg)
-    if len(lanes) > 1:
-        held = {r["id"]: r["connector"] for r in list_held(cfg, kind, status=None)}
-        lane = next((c for c in lanes if c.name == held.get(held_id)), None)
+    if len(lanes) > 1 and cfg.sink.type == "sql":
+        store = Storefront(cfg.sink.url, cfg.name)
+        store.open()
+        try:
+            with store.engine.connect() as c:  # the lane that held the entry
+                owner = c.scalar(sa.select(held_table.c.connector).where(held_table.c.id == held_id))
+        finally:
+            store.close()
+        lane = next((c for c in lanes if c.name == owner), None)
         if lane is None:
             raise CdcError(f"no {kind.replace('_', ' ')} entry {held_id} for the lanes of {cfg.name}")
         return resolve(lane, held_id, kind, apply, by)
