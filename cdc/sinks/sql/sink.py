@@ -137,9 +137,9 @@ class SqlSink:
 
     def set_floor(self, floor: int | None) -> None:
         """Changes above this source position (commit LSN) need no never-backwards lookup: every position
-        recorded for a key is at or below it. None: unknown, look every change up. Shared positions have no
-        floor (another lane may have recorded any position)."""
-        self.writer.floor = None if self.shared else floor
+        recorded for a key is at or below it. None: unknown, look every change up. (With shared positions the
+        writer looks every change up anyway: Writer.may_be_stale.)"""
+        self.writer.floor = floor
 
     def forget_offsets(self) -> None:
         self.offsets.forget()
