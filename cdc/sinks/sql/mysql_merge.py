@@ -12,9 +12,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc.sinks.sql.bookkeeping import pack_entries, via_of
+from cdc.sinks.sql.bookkeeping import pack_entries
 from cdc.sinks.sql.buffer import UPSERT
-from cdc.sinks.sql.core_merge import CoreMerge, ms_to_dt
+from cdc.sinks.sql.core_merge import CoreMerge, _entry, ms_to_dt
 
 
 class MySqlMerge(CoreMerge):
@@ -48,7 +48,7 @@ class MySqlMerge(CoreMerge):
                         d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
                         d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
                         dels.append(d)
-                    states.append((kt, ev.commit_lsn, ev.seq, ev.ts_ms, ev.txid, p.op, via_of(ev)))
+                    states.append(_entry(kt, p))
                 if ups:
                     send(up_head + ",".join(ups) + up_tail)
                 if not self.shared:  # shared: claim() recorded them

@@ -65,9 +65,8 @@ class Writer:
         self.history = history
         self.connector = store.connector
         self.positions = positions or store.connector  # whose recorded key positions (sink.position_group)
-        self.shared = (
-            shared  # lanes write the same keys: every change claims its key's position (never a floor)
-        )
+        # lanes write the same keys: every change claims its key's position (never a floor)
+        self.shared = shared
         self.merger: PgMerge | CoreMerge | None = None
         self.floor: int | None = None  # the stored source position (commit LSN) once loaded; see may_be_stale
         self.reads_between_writes = False  # set when stages read the storefront through the sink (guard)
