@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import typer
@@ -152,39 +150,12 @@ def run(
         for p in pipelines:
             p.reset()
 
-    def on_signal(signum, _frame) -> None:
-        logging.getLogger("cdc").info(
-            "signal %s: stopping after the current batch", signal.Signals(signum).name
-        )
-        for p in pipelines:
-            p.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    errors: list[BaseException] = []
-
-    def guarded(p: Pipeline) -> None:
-        try:
-            p.run()
-        except BaseException as e:  # noqa: BLE001 - reported below, one line each
-            errors.append(e)
-            for other in pipelines:
-                other.stop()
-
-    threads = [threading.Thread(target=guarded, args=(p,), name=p.cfg.name) for p in pipelines]
-    for t in threads:
-        t.start()
     from cdc.ops.daily import DailyReconcile
+    from cdc.supervise import run_side_by_side
 
     # one daily comparison per config (all its lanes at once), run beside the lanes of a config run whole
     dailies = [DailyReconcile(c, metrics) for c in cfgs if c.reconcile is not None and not lane]
-    for d in dailies:
-        d.start()
-    while any(t.is_alive() for t in threads):
-        for t in threads:
-            t.join(0.2)
-    for d in dailies:
-        d.stop()
+    errors = run_side_by_side(pipelines, dailies)
     if errors:
         if state["debug"]:
             raise errors[0]
