@@ -103,8 +103,19 @@ def status(
     for info in infos:
         table = Table(title=f"pos-cdc status: {info['connector']}", show_header=False)
         for k, v in info.items():
-            table.add_row(k, json.dumps(v, default=str) if isinstance(v, dict) else str(v))
+            table.add_row(k, _readable(v))
         Console().print(table)
+
+
+def _readable(value) -> str:
+    """A status value as a person reads it: nested values as `key value` pairs, nothing as "-"."""
+    if value is None or value == {}:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_readable(v)}" for k, v in value.items())
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 @app.command()

@@ -33,6 +33,10 @@ def gather(cfg: ConnectorConfig) -> dict:
         out.update(_sink_side(cfg) if cfg.sink.type == "sql" else _kafka_sink_side(cfg))
         out.update(_source_side(cfg))
         out["state"] = _state(out)
+        if out["state"] == "stopped" and out.get("position"):
+            # stopped: the lag is the age of the oldest change still waiting, however few bytes it takes
+            out["lag_seconds"] = _stopped_lag(cfg, out["position"])
+            return out
         caught_up = out.get("source_lag_bytes") is not None and out["source_lag_bytes"] <= CAUGHT_UP_BYTES
     else:
         from cdc.ops.kafka_status import kafka_source_side
@@ -114,6 +118,20 @@ def _position(stored: dict[str, str]) -> dict | None:
     from cdc.sources.kafka import stored_offsets
 
     return {f"{t}:{p}": o for (t, p), o in sorted(stored_offsets(stored).items())}
+
+
+def _stopped_lag(cfg: ConnectorConfig, position: dict) -> float | None:
+    from cdc.events import str_to_lsn
+    from cdc.sources.postgres import PostgresSource
+
+    src = PostgresSource(cfg)
+    try:
+        oldest = src.oldest_pending_commit(str_to_lsn(position["commit_lsn"]))
+    except CdcError:
+        return None
+    finally:
+        src.close()
+    return 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3)
 
 
 def _kafka_sink_side(cfg: ConnectorConfig) -> dict:

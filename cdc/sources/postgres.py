@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -38,6 +39,8 @@ from cdc.sources.pg_stream import (
 )
 
 log = logging.getLogger("cdc.source.postgres")
+
+PG_EPOCH = 946684800.0  # 2000-01-01 UTC, where PostgreSQL counts its timestamps from
 
 
 class PostgresSource:
@@ -228,6 +231,31 @@ class PostgresSource:
             "current_lsn",
         )
         return dict(zip(keys, row, strict=True))
+
+    def oldest_pending_commit(self, after: int, look: int = 10_000) -> float | None:
+        """The commit time (epoch seconds) of the oldest transaction of the captured tables that the slot
+        still holds past `after` (a stored commit LSN): how far behind a stopped connector is. Read from a
+        temporary copy of the slot, so the slot itself is never taken; at most `look` messages are decoded.
+        None: nothing of the captured tables is waiting."""
+        conn = self._side_conn()
+        copy = f"{self.cfg.slot[:40]}_st_{os.getpid()}"[:63]
+        try:
+            conn.execute("SELECT pg_copy_logical_replication_slot(%s, %s, true)", (self.cfg.slot, copy))
+            try:
+                row = conn.execute(
+                    "SELECT substr(data, 10, 8) FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s,"
+                    " 'proto_version', '1', 'publication_names', %s) WHERE get_byte(data, 0) = 66"  # B
+                    " AND ('x' || encode(substr(data, 2, 8), 'hex'))::bit(64)::bigint > %s LIMIT 1",
+                    (copy, look, self.cfg.publication, after),
+                ).fetchone()
+            finally:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (copy,))
+        except psycopg.Error as e:
+            raise classify(e) from e
+        if row is None:
+            return None
+        # Begin: 'B', final LSN (8 bytes), commit time (8 bytes: microseconds since 2000-01-01 UTC), xid
+        return PG_EPOCH + int.from_bytes(row[0], "big", signed=True) / 1e6
 
     def heartbeat(self) -> None:
         """Writes a small WAL record in the POS database; it reaches us as a transaction with no rows, whose

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 from cdc.localpg import free_port
@@ -96,8 +97,16 @@ def test_status_running_and_stopped(env):
     info = json.loads(cdc("status", str(path), "--json").stdout)
     assert info["state"] == "stopped"
     assert info["lag_seconds"] == 0.0
+    # stopped with a change waiting (as after a kill -9): the lag is that change's age, however few bytes
+    env.pos("UPDATE item_price SET price_fen = 160")
+    time.sleep(2)
+    info = json.loads(cdc("status", str(path), "--json").stdout)
+    assert info["state"] == "stopped" and info["source_lag_bytes"] < 1024 * 1024
+    assert 2 <= info["lag_seconds"] < 30, info
     text = cdc("status", str(path))
     assert text.returncode == 0 and "stopped" in text.stdout
+    # read by a person: the position as LSNs, empty values as "-", never raw JSON or None
+    assert "commit_lsn " in text.stdout and "{" not in text.stdout and "None" not in text.stdout
 
 
 def test_metrics_endpoint_serves_contract_names(env):
