@@ -246,6 +246,10 @@ def transport_problems(cfg: ConnectorConfig) -> list[tuple[tuple, str]]:
 # --- loading --------------------------------------------------------------------------------------------
 
 
+class _Unset(str):
+    """What an unset ${VAR} leaves: its own problem is reported, the model's complaints about it are not."""
+
+
 def _to_data(node: yaml.Node, lines: dict[tuple, int], path: tuple, problems: list, fname: str) -> Any:
     """A composed YAML node -> plain data, recording the line of every path and interpolating ${VAR}."""
     lines[path] = node.start_mark.line + 1
@@ -271,7 +275,10 @@ def _to_data(node: yaml.Node, lines: dict[tuple, int], path: tuple, problems: li
                 return ""
             return os.environ[m.group(1)]
 
+        before = len(problems)
         text = VAR_RE.sub(sub, text)
+        if len(problems) > before:
+            return _Unset(text)
     # a plain scalar gets its implicit type (int, bool, null...) from its final text; quoted ones stay str
     tag = _LOADER.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
     return _LOADER.construct_object(yaml.ScalarNode(tag, text), deep=True)
@@ -291,13 +298,33 @@ def _locate(data: Any, loc: tuple, lines: dict[tuple, int]) -> tuple[str, int]:
             shown.append(str(part))
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node, path = node[part], path + (part,)
-            shown.append(str(part))
+            if path == ("transforms", part):  # a stage by the name the logs and metrics give it: guard#2
+                kind = node.get("type") if isinstance(node, dict) else None
+                shown[-1] += f"[{kind if isinstance(kind, str) else ''}#{part + 1}]"
+            else:
+                shown.append(str(part))
         elif isinstance(node, dict) and isinstance(part, str) and part == node.get("type"):
             continue  # discriminated-union tag
         else:
             shown.append(str(part))
             node = None
     return ".".join(shown) or "(root)", lines.get(path, 1)
+
+
+def yaml_problem(e: yaml.YAMLError, text: str) -> tuple[int, str]:
+    """(line, message) of a YAML syntax error, on the line where the mistake is: PyYAML reports where it
+    noticed, which is often the line after (an unclosed quote or brace, a key without its ':')."""
+    problem = getattr(e, "problem", None) or str(e)
+    mark, context = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+    line = mark.line + 1 if mark else 1
+    what = getattr(e, "context", None) or ""
+    if context is not None and what.startswith(("while scanning a quoted", "while parsing a flow")):
+        return context.line + 1, f"{what[len('while ') :]} that starts here: {problem}"
+    if problem.startswith("mapping values are not allowed") and line > 1:
+        earlier = [n for n in range(line - 1, 0, -1) if text.splitlines()[n - 1].strip()]
+        if earlier and ":" not in text.splitlines()[earlier[0] - 1]:
+            return earlier[0], "a key without its ':' (the next line's ':' is where YAML noticed)"
+    return line, problem
 
 
 def load_config(file: str | os.PathLike) -> ConnectorConfig:
@@ -309,9 +336,8 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        raise ConfigError([f"{fname}:{line}: (yaml): {getattr(e, 'problem', None) or e}"]) from None
+        line, message = yaml_problem(e, text)
+        raise ConfigError([f"{fname}:{line}: (yaml): {message}"]) from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise ConfigError([f"{fname}:1: (root): expected a mapping with name, source, sink"])
     lines: dict[tuple, int] = {}
@@ -321,6 +347,8 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
         cfg = ConnectorConfig.model_validate(data)
     except ValidationError as e:
         for err in e.errors():
+            if isinstance(err.get("input"), _Unset):
+                continue
             field, line = _locate(data, err["loc"], lines)
             msg = err["msg"]
             if err["type"] == "extra_forbidden":

@@ -77,7 +77,7 @@ def wire_fallback(stages: list[Stage], cfg: ConnectorConfig) -> PickFallback | N
     problems = pick_fallback_problems([getattr(s, "config", None) for s in stages])
     if problems:
         i, field, msg = problems[0]
-        raise TerminalError(f"transforms.{i}.{field}: {msg}")
+        raise TerminalError(f"transforms[{stages[i].name}].{field}: {msg}")
     for i, st in enumerate(stages):
         if isinstance(st, PickStage) and st.config.fallback_store is not None:
             fb = PickFallback(cfg, stages, i)

@@ -114,7 +114,7 @@ def test_wrong_type(tmp_path):
 def test_unknown_stage_type(tmp_path):
     body = GOOD.replace("{type: drop, fields: [channel]}", "{type: cast, fields: [channel]}")
     _, found = validate_bad(tmp_path, body)
-    assert where(found) == {(14, "transforms.3")}, found
+    assert where(found) == {(14, "transforms[cast#4]")}, found
     assert "'cast'" in found[0][2], found
 
 
@@ -131,8 +131,8 @@ def test_unknown_top_level_key(tmp_path):
 def test_unknown_key_inside_a_stage(tmp_path):
     body = GOOD.replace("    field: price", "    feild: price")
     _, found = validate_bad(tmp_path, body)
-    assert (10, "transforms.2.feild") in where(found), found
-    assert where(found) <= {(10, "transforms.2.feild"), (9, "transforms.2.field")}, found
+    assert (10, "transforms[money#3].feild") in where(found), found
+    assert where(found) <= {(10, "transforms[money#3].feild"), (9, "transforms[money#3].field")}, found
 
 
 def test_unset_environment_variable(tmp_path):
@@ -162,7 +162,7 @@ def test_table_not_schema_qualified_in_a_block_list(tmp_path):
 def test_invalid_filter_expression(tmp_path):
     body = GOOD.replace("where: \"channel == 'ONLINE' and price > 0\"", 'where: "price >"')
     _, found = validate_bad(tmp_path, body)
-    assert where(found) == {(8, "transforms.1.where")}, found
+    assert where(found) == {(8, "transforms[filter#2].where")}, found
     assert "price >" in found[0][2]
 
 
@@ -185,8 +185,8 @@ sink:
 """.replace("@UNSET@", UNSET)
 OTHER_PROBLEMS = {
     (5, "source.tables.0"),
-    (7, "transforms.0"),
-    (8, "transforms.1.where"),
+    (7, "transforms[cast#1]"),
+    (8, "transforms[filter#2].where"),
     (14, "sink.batch_size"),
     (15, "sink.dleete"),
 }
@@ -266,7 +266,9 @@ def test_kafka_configs_say_what_belongs_on_which_side(tmp_path):
     _, found = validate_bad(
         tmp_path, KAFKA_HOP.replace("acks: 1, ", "").replace("schemas: false", "schemas: true")
     )
-    assert where(found) == {(7, "transforms.0.max_change_pct"), (8, "transforms.1.type")}, found
+    assert where(found) == {(7, "transforms[guard#1].max_change_pct"), (8, "transforms[schedule#2].type")}, (
+        found
+    )
     assert all("connector that reads the topics and writes the storefront" in m for _, _, m in found)
     reader = KAFKA_HOP.replace(
         """source:
@@ -289,5 +291,5 @@ def test_kafka_configs_say_what_belongs_on_which_side(tmp_path):
     _, found = validate_bad(tmp_path, reader)
     assert where(found) == {(2, "source")} and "either topics" in found[0][2], found
     _, found = validate_bad(tmp_path, reader.replace('  topic_pattern: "pos[.].*"\n', ""))
-    assert where(found) == {(8, "transforms.0.fallback_store")}, found
+    assert where(found) == {(8, "transforms[pick#1].fallback_store")}, found
     assert "reads the POS" in found[0][2]

@@ -296,14 +296,14 @@ def test_invalid_stage_configs_are_reported_with_file_and_line(tmp_path):
         assert file == str(path)
         got[int(lineno), field.strip()] = message.strip()
     expected = {
-        (5, "transforms.1"): "four different columns",
-        (11, "transforms.2.timezone"): "unknown time zone 'Mars/Olympus_Mons'",
-        (12, "transforms.3"): "guard needs at least one rule",
-        (13, "transforms.4.max_change_pct"): "max_change_pct must be 0 or more",
-        (14, "transforms.5"): "need(s) field",
-        (15, "transforms.6"): "either where",
-        (16, "transforms.7.rate"): "did you mean 0.13?",
-        (17, "transforms.8.valid_to"): "Field required",
+        (5, "transforms[schedule#2]"): "four different columns",
+        (11, "transforms[schedule#3].timezone"): "unknown time zone 'Mars/Olympus_Mons'",
+        (12, "transforms[guard#4]"): "guard needs at least one rule",
+        (13, "transforms[guard#5].max_change_pct"): "max_change_pct must be 0 or more",
+        (14, "transforms[guard#6]"): "need(s) field",
+        (15, "transforms[pick#7]"): "either where",
+        (16, "transforms[tax#8].rate"): "did you mean 0.13?",
+        (17, "transforms[schedule#9].valid_to"): "Field required",
         (23, "sink.history.fields"): "at least 1 item",
     }
     assert set(got) == set(expected), lines

@@ -125,7 +125,9 @@ def test_validate_reports_an_untraceable_key_with_file_and_line(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(path)
     (problem,) = e.value.problems
-    assert problem.startswith(f"{path}:7: transforms.2.key: fallback_store looks rows up in the source by it")
+    assert problem.startswith(
+        f"{path}:7: transforms[pick#3].key: fallback_store looks rows up in the source by it"
+    )
     assert "is computed by set#2" in problem and "move the pick before set#2" in problem
     path.write_text(CONFIG.replace('  - {type: set, fields: {sku: "upper(sku)"}}\n', ""))
     assert load_config(path).transforms[1].fallback_store == 1
@@ -196,5 +198,7 @@ class TestWiring:
 
     def test_untraceable_config_is_refused_at_start(self):
         cfg = _cfg(RENAME, {"type": "money", "field": "store", "scale": 0}, PICK)
-        with pytest.raises(TerminalError, match="transforms.2.store_field: .* is changed by money#2"):
+        with pytest.raises(
+            TerminalError, match=r"transforms\[pick#3\].store_field: .* is changed by money#2"
+        ):
             wire_fallback(build_stages(cfg.transforms), cfg)
