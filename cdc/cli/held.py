@@ -9,6 +9,26 @@ import typer
 from cdc.cli import app, fail, load_all
 
 
+def render_entries(rows: list[dict], title: str) -> str:
+    """Held entries as a person reads them, whatever the terminal's width: one line of facts per entry (id,
+    key, table, position as PostgreSQL spells it, when, with its zone), then the rule and the whole reason."""
+    from cdc.ops.held import aware
+
+    def when(t) -> str:
+        if t is None or isinstance(t, str):
+            return t or "-"
+        return aware(t).isoformat(sep=" ", timespec="seconds")
+
+    out = [f"{title}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}"]
+    for r in rows:
+        facts = f"#{r['id']}  key {r['row_key']}  {r.get('source_table', '-')}  at {r['position']}"
+        facts += f"  held {when(r.get('held_at'))}  {r.get('status', 'held')}"
+        if r.get("resolved_by") or r.get("resolved_at"):
+            facts += f" by {r.get('resolved_by') or '-'} {when(r.get('resolved_at'))}"
+        out += ["", facts, f"    rule {r.get('rule') or '-'}: {r['reason']}"]
+    return "\n".join(out)
+
+
 def _held_command(
     config: Path,
     action: str,
@@ -23,9 +43,6 @@ def _held_command(
 ) -> None:
     import json
 
-    from rich.console import Console
-    from rich.table import Table
-
     from cdc.ops.held import list_held, resolve
 
     (cfg,) = load_all([config])
@@ -34,26 +51,8 @@ def _held_command(
         if as_json:
             typer.echo(json.dumps(rows, default=str))
             return
-        table = Table(title=f"{kind.replace('_', ' ')}: {cfg.name}" + (" (all)" if show_all else ""))
-        cols = ["id", "key", "source", "position", "rule", "reason", "held at"]
-        if show_all:
-            cols += ["status", "decided by", "decided at"]
-        for col in cols:
-            table.add_column(col)
-        for r in rows:
-            cells = [
-                str(r["id"]),
-                str(r["row_key"]),
-                r["source_table"],
-                r["position"],
-                r["rule"] or "",
-                r["reason"],
-                str(r["held_at"]),
-            ]
-            if show_all:
-                cells += [r["status"], r.get("resolved_by") or "", str(r.get("resolved_at") or "")]
-            table.add_row(*cells)
-        Console().print(table)
+        title = f"{kind.replace('_', ' ')}: {cfg.name}" + (" (all)" if show_all else "")
+        typer.echo(render_entries(rows, title))
         return
     if action not in (apply_word, drop_word) or entry is None:
         fail(f"usage: cdc {kind.replace('_', '')} CONFIG list | {apply_word} ID | {drop_word} ID", 2)

@@ -55,6 +55,9 @@ def test_fat_finger_is_quarantined_while_the_rest_flows_then_approved(env):
         assert entry["reason"] == "price 0.10 is 99.0% below the storefront's 10.00 (max_change_pct 50)"
         assert entry["details"]["current"] == "10.00" and entry["details"]["value"] == "0.10"
         assert entry["event"]["after"]["price"] == "0.10" and entry["event"]["after"]["updated_by"] == "bob"
+        text = cdc("quarantine", path, "list").stdout  # read by a person in an 80-column pipe: nothing cut
+        assert f"rule {GUARD}:max_change_pct: {entry['reason']}" in text, text
+        assert f"at {entry['position']}" in text and "+00:00" in text, text
 
         out = cdc("quarantine", path, "approve", entry["id"], "--by", "dba-anna")
         assert out.returncode == 0, out.stderr
