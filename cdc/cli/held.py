@@ -22,7 +22,9 @@ def render_entries(rows: list[dict], title: str) -> str:
     out = [f"{title}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}"]
     for r in rows:
         facts = f"#{r['id']}  key {r['row_key']}  {r.get('source_table', '-')}  at {r['position']}"
-        facts += f"  held {when(r.get('held_at'))}  {r.get('status', 'held')}"
+        facts += f"  held {when(r.get('held_at'))}"
+        if r.get("status", "held") != "held":
+            facts += f"  {r['status']}"
         if r.get("resolved_by") or r.get("resolved_at"):
             facts += f" by {r.get('resolved_by') or '-'} {when(r.get('resolved_at'))}"
         out += ["", facts, f"    rule {r.get('rule') or '-'}: {r['reason']}"]
