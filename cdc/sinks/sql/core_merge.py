@@ -47,8 +47,10 @@ class CoreMerge:
         pass
 
     def _column_adapters(self) -> dict[str, Any]:
-        """SQLite has no exact decimal type: Decimals go to TEXT columns as exact strings and to INTEGER
-        columns only when whole; a REAL/NUMERIC column would round them through a float, so it is refused."""
+        """SQLite has no exact decimal type: Decimals go to TEXT columns as exact strings, to INTEGER columns
+        only when whole, to NUMERIC ones (`decimal(10,2)`, `numeric`: what Django and Rails declare) as exact
+        text that SQLite keeps exactly up to 15 significant digits (`_numeric_text`); a REAL column would round
+        every one through a float, so it is refused."""
         if self.dialect != "sqlite" or self.target.table is None:
             return {}
         adapters = {}
@@ -67,7 +69,9 @@ class CoreMerge:
                     f"{col} = {value} is not a whole number and {col} is an INTEGER column", rule="sink.type"
                 )
             return int(value)
-        if affinity in ("REAL", "NUMERIC"):
+        if affinity == "NUMERIC":
+            return _numeric_text(col, value)
+        if affinity == "REAL":
             raise TerminalError(
                 f"sink.table: column {col} of {self.target.name} has {affinity} affinity in SQLite, which "
                 f"stores decimals as floating point; declare it TEXT (exact decimal strings) or INTEGER (minor units)"
@@ -150,6 +154,27 @@ def _entry(kt: str, p) -> tuple:
 
 def ms_to_dt(ms: int):
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+SQLITE_EXACT_DIGITS = 15  # a NUMERIC column turns decimal text into a float that keeps 15 significant digits
+
+
+def _numeric_text(col: str, value: Decimal) -> str:
+    """A Decimal for a SQLite NUMERIC column, written as its exact text. SQLite stores a whole number as an
+    INTEGER (exact within 64 bits) and other decimal text as a REAL, which gives back the same decimal when it
+    has at most 15 significant digits; a value it would round is held with the reason, never rounded."""
+    if not value.is_finite():
+        raise HoldError(f"{col} = {value} is not a number SQLite can store", rule="sink.type")
+    if value == value.to_integral_value() and abs(value) < 2**63:
+        return str(value)
+    digits = len(value.normalize().as_tuple().digits)
+    if digits > SQLITE_EXACT_DIGITS:
+        raise HoldError(
+            f"{col} = {value} has {digits} significant digits; SQLite's NUMERIC column {col} keeps "
+            f"{SQLITE_EXACT_DIGITS} exactly and would round it (declare {col} TEXT to keep every digit)",
+            rule="sink.type",
+        )
+    return str(value)
 
 
 def _sqlite_affinity(declared: str) -> str:

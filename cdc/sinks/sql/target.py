@@ -6,6 +6,7 @@ stored rows for a set of keys. pos-cdc never alters this table.
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,6 +51,10 @@ class Target:
                 "(create it, or set create_table: true for a demo)"
             )
         table = sa.Table(name, sa.MetaData(), autoload_with=engine, schema=schema or None)
+        if engine.dialect.name == "sqlite":
+            for col in table.columns:
+                if isinstance(col.type, sa.Numeric) and not isinstance(col.type, sa.Float):
+                    col.type = SqliteDecimal()
         self._check(table, insp)
         self.table = table
 
@@ -220,3 +225,23 @@ def _sa_type(value: Any, dialect: str) -> sa.types.TypeEngine:
         bytes: sa.LargeBinary(),
         uuid.UUID: sa.Uuid(),
     }.get(type(value), sa.String(255) if dialect == "mysql" else sa.Text())
+
+
+class SqliteDecimal(sa.TypeDecorator):
+    """A SQLite NUMERIC column (`decimal(10,2)`) read back as the decimal it was written as: SQLite hands a
+    REAL back as a float, which SQLAlchemy's Numeric would widen to ten places of binary noise
+    (123456789012.3450012207); the float's shortest repr is the decimal text SQLite kept (at most 15
+    significant digits, see core_merge._numeric_text). Written values pass through as exact text."""
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(sa.Numeric(asdecimal=False))
+
+    def process_result_value(self, value, dialect):
+        if isinstance(value, float):
+            return Decimal(repr(value))
+        if isinstance(value, int) and not isinstance(value, bool):
+            return Decimal(value)
+        return value
