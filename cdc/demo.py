@@ -166,9 +166,11 @@ def snapshot_view(pos_dsn: str, store_path: str, metrics: Metrics, name: str, ma
             sku: Decimal(price)
             for sku, price in c.execute("SELECT sku, price FROM product_price WHERE deleted_at IS NULL")
         }
-        held = c.execute(
-            "SELECT count(*) FROM cdc_held WHERE kind = 'quarantine' AND status = 'held'"
-        ).fetchone()[0]
+        held = dict(
+            c.execute(
+                "SELECT row_key, id FROM cdc_held WHERE kind = 'quarantine' AND status = 'held' ORDER BY id"
+            ).fetchall()
+        )
     in_sync = sum(1 for k, v in pos.items() if k in store and store[k] * 100 == v)
     lag = metrics.end_to_end_lag.labels(name)._value.get()
     table = Table(title="pos-cdc demo: POS (fen) -> storefront (yuan)")
@@ -177,9 +179,11 @@ def snapshot_view(pos_dsn: str, store_path: str, metrics: Metrics, name: str, ma
     table.add_row("POS rows changed", str(made))
     table.add_row("online SKUs in sync", f"{in_sync}/{len(pos)}")
     table.add_row("end-to-end lag (s)", f"{lag:.3f}")
-    table.add_row("quarantined", str(held))
-    for sku in sorted(pos)[:5]:
-        table.add_row(f"  {sku}", f"POS {pos[sku]} fen -> shop {store.get(sku, '—')} yuan")
+    table.add_row("quarantined", str(len(held)))
+    # the scenes' SKUs always, then the first few others; a held price is marked where the eye is
+    for sku in [PROMO_SKU, FAT_SKU] + [k for k in sorted(pos) if k not in (PROMO_SKU, FAT_SKU)][:3]:
+        mark = f"  QUARANTINED (entry {held[sku]}): shop kept its price" if sku in held else ""
+        table.add_row(f"  {sku}", f"POS {pos.get(sku, '—')} fen -> shop {store.get(sku, '—')} yuan{mark}")
     return table
 
 
@@ -254,7 +258,10 @@ def run_demo(seconds: float = 0, rate: float = 20, kafka: bool = False) -> None:
 
         try:
             if sys.stdout.isatty():
-                with Live(console=console, refresh_per_second=2) as live:
+                # log lines go through the live console (above the table, which otherwise leaves stale copies
+                # of itself where they cut in); transient: the table is printed once, at the end
+                stack.enter_context(_logs_through(console))
+                with Live(console=console, refresh_per_second=2, transient=True) as live:
                     while time.monotonic() < deadline and runner.is_alive():
                         for line in news():
                             live.console.print(line)
@@ -291,6 +298,22 @@ def run_demo(seconds: float = 0, rate: float = 20, kafka: bool = False) -> None:
             "prices, and the storefront's cdc_price_history table says who changed what"
         )
         console.print("demo finished; the local databases are removed.")
+
+
+@contextlib.contextmanager
+def _logs_through(console: Console):
+    """The root logger's lines printed by `console` while a Live display runs on it, then as before."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    before = root.handlers[:]
+    root.handlers = [RichHandler(console=console, show_path=False, markup=False)]
+    try:
+        yield
+    finally:
+        root.handlers = before
 
 
 class _AllAlive:
