@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec "${PYTHON:-python3}" -m cdc.cli demo "$@"
+exec "${POS_CDC_VENV:-.venv}/bin/python" -m cdc.cli demo "$@"

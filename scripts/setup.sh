@@ -2,7 +2,8 @@
 # Installs what pos-cdc and its tests need on a fresh Debian machine, skipping what is already there:
 # Debian's PostgreSQL server (and pgbench), Prometheus' promtool, Java 17 and Maven, Apache Kafka's jars
 # (into .cache/kafka/libs, for the local broker of the tests, the demo and the benchmarks), and the Python
-# package with its extras. --with-test-tools adds what only the tests need: promtool, MariaDB, and Kafka
+# package with its extras into the project's virtual environment .venv (POS_CDC_VENV elsewhere; PYTHON picks
+# the interpreter that makes it). --with-test-tools adds what only the tests need: promtool, MariaDB, and Kafka
 # Connect with Debezium's PostgreSQL connector (.cache/kafka/connect-libs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,12 @@ command -v mvn >/dev/null || need+=(maven)
 if [ "${1:-}" = "--with-test-tools" ]; then
   command -v promtool >/dev/null || need+=(prometheus)
   [ -x /usr/sbin/mariadbd ] || command -v mariadbd >/dev/null || need+=(mariadb-server)
+  command -v tmux >/dev/null || need+=(tmux)  # the demo's test on a real terminal
 fi
+PY="${PYTHON:-python3}"
+VENV="${POS_CDC_VENV:-.venv}"
+# the Python packages go into a virtual environment of the project's own (.venv), never the system's
+[ -x "$VENV/bin/python" ] || "$PY" -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   $SUDO apt-get update -qq
@@ -27,11 +33,19 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO rm -f /usr/sbin/policy-rc.d
 fi
 
-PY="${PYTHON:-python3}"
-if ! "$PY" -c "import cdc, pytest, hypothesis, pytest_timeout, pymysql, kafka, crc32c, confluent_kafka" 2>/dev/null || [ pyproject.toml -nt .cache/.installed ]; then
-  echo "setup: pip install -e '.[all]'"
-  "$PY" -m pip install -q --disable-pip-version-check -e '.[all]'
-  mkdir -p .cache && touch .cache/.installed
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: making the virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+# the demo needs the runtime only; the tests add MariaDB's driver, confluent-kafka and the test tools
+if [ "${1:-}" = "--with-test-tools" ]; then extras="all"; else extras="runtime"; fi
+stamp="$VENV/.installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  spec="."
+  [ "$extras" = all ] && spec=".[all]"
+  echo "setup: pip install -e '$spec' into $VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
+  touch "$stamp"
 fi
 
 # fetch_jars PROFILE DIR WHAT: the runtime classpath of a scripts/kafka/pom.xml profile, copied into a fresh dir
