@@ -1,4 +1,4 @@
-"""All metrics of one process, on their own registry, with the names in CONTRACT.md §5."""
+"""All metrics of one process, on their own registry, with the names in docs/reference.md (Metrics)."""
 
 from __future__ import annotations
 
