@@ -11,12 +11,32 @@ from cdc.errors import CdcError
 
 
 @app.command()
-def validate(configs: list[Path] = typer.Argument(..., help="connector YAML files")) -> None:
-    """Check config files without touching any database."""
+def validate(
+    configs: list[Path] = typer.Argument(..., help="connector YAML files"),
+    check_source: bool = typer.Option(
+        False,
+        "--check-source",
+        help="also ask the POS and the storefront (tables, the stages' fields, column types); creates nothing",
+    ),
+) -> None:
+    """Check config files without touching any database (with --check-source: against the databases too)."""
     from cdc.lanes import lane_connectors
 
+    problems = 0
     for c in load_all(configs):
-        typer.echo(f"{c.path}: ok ({c.name}: {describe(c)})")
+        if check_source:
+            from cdc.ops.check import check_source as check
+
+            found = check(c)
+            for p in found:
+                typer.echo(f"{c.path}: {p}", err=True)
+            problems += len(found)
+            if found:
+                continue
+        typer.echo(
+            f"{c.path}: ok ({c.name}: {describe(c)})"
+            + (", checked against the databases" if check_source else "")
+        )
         lanes = lane_connectors(c)
         for lc in lanes if len(lanes) > 1 else []:
             typer.echo(f"  lane {lc.name} (slot {lc.slot}): rows where {lc.source.row_filter}")
@@ -24,6 +44,8 @@ def validate(configs: list[Path] = typer.Argument(..., help="connector YAML file
             typer.echo(
                 "  every row is in exactly one lane; the publications: cdc setup-source " + str(c.path)
             )
+    if problems:
+        raise typer.Exit(2)
 
 
 @app.command()
