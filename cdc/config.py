@@ -232,6 +232,19 @@ def transport_problems(cfg: ConnectorConfig) -> list[tuple[tuple, str]]:
                         "in the connector that reads the topics and writes the storefront",
                     )
                 )
+        if (
+            cfg.source.type == "kafka"
+            and t.type == "guard"
+            and t.who is not None
+            and t.who.lookup is not None
+        ):
+            out.append(
+                (
+                    ("transforms", i, "who", "lookup"),
+                    "reads the roles from the POS database, which a connector reading Kafka does not reach: "
+                    "give them in who.roles, or put the guard in the connector that reads the POS",
+                )
+            )
         if cfg.source.type == "kafka" and t.type == "pick" and t.fallback_store is not None:
             out.append(
                 (

@@ -54,7 +54,7 @@ def explain(cfg: ConnectorConfig, key: str) -> dict:
         sink.open()
     except CdcError as e:
         return _done(out, f"cannot read the storefront: {e}", 2)
-    fallback = None
+    fallback = roles = None
     try:
         # the stages run unwired to the storefront: a guard's max_change_pct would compare the POS row with
         # the row being explained (drift would read as a held change); held entries tell what it did
@@ -64,6 +64,7 @@ def explain(cfg: ConnectorConfig, key: str) -> dict:
         out["scheduled"] = _scheduled(sink, row_key, [c.name for c in lanes])
         if cfg.source.type == "postgres":
             fallback = _wire_fallback(stages, cfg, out)
+            roles = _wire_roles(stages, cfg, out)
             out["pos"] = _pos_side(cfg, stages, dict(zip(cfg.sink.key, values, strict=True)), sink)
         if len(lanes) > 1:  # the connector is the lane of the POS row (the last lane's when there is none)
             lane = next((r["lane"] for r in out["pos"].get("rows", []) if r.get("lane")), lanes[-1].name)
@@ -78,6 +79,8 @@ def explain(cfg: ConnectorConfig, key: str) -> dict:
     finally:
         if fallback is not None:
             fallback.close()
+        if roles is not None:
+            roles.close()
         sink.rollback()
         sink.close()
     verdict, code = _verdict(cfg, out)
@@ -188,6 +191,16 @@ def _connector(cfg: ConnectorConfig) -> dict:
 
 
 # --- the POS side -------------------------------------------------------------------------------------------
+
+
+def _wire_roles(stages: list, cfg: ConnectorConfig, out: dict):
+    from cdc.roles import wire_roles
+
+    try:
+        return wire_roles(stages, cfg)
+    except CdcError as e:
+        out["roles_error"] = str(e)
+        return None
 
 
 def _wire_fallback(stages: list, cfg: ConnectorConfig, out: dict):

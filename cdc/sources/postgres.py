@@ -50,6 +50,7 @@ class PostgresSource:
         self.db = ""
         self.wal: WalStream | None = None  # the stream being read
         self.fallback = None  # a pick's fallback store (cdc/fallback.py), when the stages have one
+        self.roles = None  # the roles reader of guards with who.lookup (cdc/roles.py)
         self._side: psycopg.Connection | None = None
         self._exits: LaneExits | None = None  # a lane's DELETEs of rows that moved to another lane
         self._heartbeat_off = False
@@ -304,9 +305,14 @@ class PostgresSource:
             metrics.retained_wal_bytes.labels(name).set(max(0, stats["retained_wal_bytes"] or 0))
 
     def wire(self, stages: list):
-        """A pick with a fallback store reads the POS (cdc/fallback.py): its lookups, checked now."""
+        """A pick with a fallback store reads the POS (cdc/fallback.py), and so does a guard's who.lookup
+        (cdc/roles.py): their lookups, checked now."""
         from cdc.fallback import wire_fallback
+        from cdc.roles import wire_roles
 
+        self.roles = wire_roles(stages, self.cfg)
+        if self.roles is not None:
+            self.roles.check()
         self.fallback = wire_fallback(stages, self.cfg)
         if self.fallback is not None:
             self.fallback.check()
@@ -375,6 +381,9 @@ class PostgresSource:
             except CdcError:
                 pass
             self.fallback = None
+        if self.roles is not None:
+            self.roles.close()
+            self.roles = None
         if self._side is not None:
             self._side.close()
             self._side = None

@@ -32,6 +32,12 @@ value of `field` for that row's key, or None when the storefront has no such row
 skipped for that change). An int, a float (SQLite REAL; taken via its shortest repr) or a numeric string is
 accepted. While `current` is None (not injected) the `max_change_pct` rule is skipped. It is called only when
 every other rule passed, once per change.
+
+**Who may change it.** `who`, `exempt`, `allow` and `approvers` (cdc/stages/permissions.py): changes by the
+`exempt` roles pass the limits above; only the `allow` roles may change `field` at all (rule `allow`, checked
+after `required`); `approvers` may decide what this guard held. For `allow` the pipeline injects `current` as
+well when the storefront has the column (to tell a change without an old image), and for `who.lookup` the
+roles reader `permissions.roles_of` (cdc/roles.py).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from cdc.errors import HoldError
 from cdc.events import CREATE, READ, UNCHANGED_TOAST, UPDATE, ChangeEvent
 from cdc.stages.base import StageConfigBase, short
 from cdc.stages.decimals import NotANumber, config_decimal, row_decimal
+from cdc.stages.permissions import Permissions, WhoConfig, check_roles
 
 _CTX = Context(prec=2000, Emax=999_999, Emin=-999_999)
 _HUNDRED = Decimal(100)
@@ -67,8 +74,8 @@ class GuardViolation(HoldError):
 class GuardConfig(StageConfigBase):
     """Guardrails on a price; a violating change is held (quarantine by default) with a readable reason.
 
-    At least one rule (min, max, max_change_pct, not_below, required) is needed; all but `required` need
-    `field`.
+    At least one rule (min, max, max_change_pct, not_below, required, allow) is needed; all but `required`
+    need `field`. `exempt` and `allow` need `who` (cdc/stages/permissions.py).
     """
 
     type: Literal["guard"]
@@ -84,6 +91,23 @@ class GuardConfig(StageConfigBase):
     required: list[str] = Field(default_factory=list, description="columns that must be present and not null")
     action: Literal["quarantine", "dead_letter"] = Field(
         "quarantine", description="where a violating change goes: quarantine (awaits approval) or dead_letter"
+    )
+    who: WhoConfig | None = Field(
+        None, description="who made the change and their role(s), for exempt and allow (see WhoConfig)"
+    )
+    exempt: list[str] = Field(
+        default_factory=list,
+        description="roles whose changes pass this guard's limits (min, max, not_below, max_change_pct), "
+        "e.g. [pricing]; anyone else's change that breaks one is held with who and their role",
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="the only roles that may change field at all, e.g. [hq]; anyone else's change is held",
+    )
+    approvers: list[str] = Field(
+        default_factory=list,
+        description="who may approve or reject what this guard held (cdc quarantine approve ID --by NAME); "
+        "empty: anyone",
     )
 
     @field_validator("min", "max", "max_change_pct", mode="before")
@@ -113,13 +137,31 @@ class GuardConfig(StageConfigBase):
             seen.add(f)
         return v
 
+    @field_validator("exempt", "allow", "approvers")
+    @classmethod
+    def _check_names(cls, v: list[str], info: Any) -> list[str]:
+        return check_roles(v, info.field_name)
+
     @model_validator(mode="after")
     def _check_rules(self) -> GuardConfig:
-        on_field = [n for n in ("min", "max", "max_change_pct", "not_below") if getattr(self, n) is not None]
+        limits = [n for n in ("min", "max", "max_change_pct", "not_below") if getattr(self, n) is not None]
+        on_field = limits + (["allow"] if self.allow else [])
+        if self.exempt and not limits:
+            raise ValueError(
+                "exempt lifts this guard's limits: give one (min, max, not_below, max_change_pct)"
+            )
         if not on_field and not self.required:
             raise ValueError(
-                "guard needs at least one rule: min, max, max_change_pct, not_below (with field) or required"
+                "guard needs at least one rule: min, max, max_change_pct, not_below, allow (with field) or "
+                "required"
             )
+        if (self.exempt or self.allow) and self.who is None:
+            raise ValueError(
+                f"{'exempt' if self.exempt else 'allow'} needs who: the row's column naming who changed it, "
+                "e.g. who: {column: updated_by, lookup: {table: public.pos_users, key: user_id, value: role}}"
+            )
+        if self.who is not None and not (self.exempt or self.allow):
+            raise ValueError("who is used by exempt or allow: give one of them, e.g. exempt: [pricing]")
         if on_field and self.field is None:
             raise ValueError(f"{', '.join(on_field)} need(s) field: the column to guard, e.g. field: price")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -154,6 +196,13 @@ class GuardStage:
         self._other = config.not_below
         self._required = tuple(config.required)
         self._rule_prefix = f"{name}:"
+        who = config.who
+        self.permissions = (
+            None if who is None else Permissions(who, config.exempt, config.allow, config.field, name)
+        )
+        self._exempt = bool(config.exempt)
+        self._allow = bool(config.allow)
+        self._limited = any(v is not None for v in (self._min, self._max, self._pct, self._other))
 
     def _violation(self, ev: ChangeEvent, rule: str, reason: str, **details: Any) -> GuardViolation:
         details = {"field": self.field, **details, "op": ev.op, "action": self.action}
@@ -174,6 +223,22 @@ class GuardStage:
         field = self.field
         if field is None:
             return ev
+        if self._allow:
+            exc = self.permissions.judge_allow(ev, row, self.current)  # type: ignore[union-attr]
+            if exc is not None:
+                raise self._violation(ev, "allow", exc.reason, **exc.details)
+            if not self._limited:
+                return ev  # who may change it is all this guard asks (the field need not be a number)
+        if self._exempt:
+            try:
+                return self._limits(ev, row, field)
+            except GuardViolation as exc:
+                self.permissions.judge_exempt(ev, row, exc)  # type: ignore[union-attr]
+                return ev
+        return self._limits(ev, row, field)
+
+    def _limits(self, ev: ChangeEvent, row: dict, field: str) -> ChangeEvent:
+        op = ev.op
         raw = row.get(field)
         if raw is None or raw is UNCHANGED_TOAST:
             return ev

@@ -191,7 +191,8 @@ class SqlSink:
 
     def wire(self, stages: list[Stage]) -> None:
         """Gives the stages their lookups: a guard's max_change_pct compares with the storefront's current
-        value (the sink's open transaction, so changes of this batch count). The stages are kept for
+        value (the sink's open transaction, so changes of this batch count), and so does a guard's allow when
+        the storefront has the column. The stages are kept for
         scheduled prices, which run again from their schedule stage."""
         self.stages = stages
         for st in stages:
@@ -204,6 +205,11 @@ class SqlSink:
                     )
                 st.current = lambda row, f=st.field: self.lookups.current_value(f, row)
                 self.writer.reads_between_writes = True  # keep writes synchronous
+            elif isinstance(st, GuardStage) and st.config.allow:
+                # who may change the field: without an old image, "changed" is judged against the storefront
+                if self.target.table is None or st.field in self.target.c:
+                    st.current = lambda row, f=st.field: self.lookups.current_value(f, row)
+                    self.writer.reads_between_writes = True
 
     def prefetch(self, field: str, rows: list[dict[str, Any]]) -> None:
         self.lookups.prefetch(field, rows)
