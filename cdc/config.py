@@ -110,10 +110,11 @@ class PostgresSource(Strict):
 
 class HistoryConfig(Strict):
     """Price history: every applied change's old and new values, its source transaction (txid, commit LSN),
-    commit time, who changed it and how it came (`stream`, `snapshot`, `schedule`, `approve:<who>`,
+    commit time, who changed it and how it came (`stream`, `snapshot`, `schedule`, `approve:<who>#<entry>`,
     `pick_fallback`: a pick's fallback row taking over from the designated store's deleted one), in the
     bookkeeping table cdc_price_history of the sink database, written in the same transaction as the change.
-    A change that leaves the recorded columns as they were is not recorded. `history: true` takes the
+    A change that leaves the recorded columns as they were is not recorded; a rejected quarantine entry is
+    (op `x`, via `reject:<who>#<entry>`, new_value the refused values). `history: true` takes the
     defaults."""
 
     fields: list[str] | None = Field(

@@ -71,7 +71,11 @@ def quarantine(
     action: str = typer.Argument(..., help="list | approve | reject"),
     entry: int | None = typer.Argument(None, help="entry id (approve, reject)"),
     as_json: bool = typer.Option(False, "--json"),
-    by: str | None = typer.Option(None, "--by", help="who decides (default: the OS user)"),
+    by: str | None = typer.Option(
+        None,
+        "--by",
+        help="who decides (default: the OS user); a guard with approvers accepts only them",
+    ),
     key: str | None = typer.Option(None, "--key", help="list: only this storefront key"),
     show_all: bool = typer.Option(False, "--all", help="list: decided entries too (approved, rejected, ...)"),
 ) -> None:

@@ -5,8 +5,9 @@ been applied since (the key's row state, read under a lock, is past that positio
 entry is marked superseded. A change held at the position the row state already has (a scheduled price the
 guard held, whose source change was applied with its base price) is applied over it. The change is rebuilt with
 its value types (`typed_event`, cdc/stored.py), so Decimals and times reach the later stages and the storefront
-exactly. Every resolution records who and when; an applied one also reaches price history as approve:<who> or
-retry:<who>.
+exactly. Every resolution records who and when; an applied one also reaches price history as
+approve:<who>#<entry> or retry:<who>#<entry>, a rejected one as op x, reject:<who>#<entry>. A guard with
+`approvers` lets only them approve or reject what it held.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import ChangeEvent, Position
 from cdc.lanes import lane_connectors
+from cdc.roles import wire_roles
 from cdc.sinks.sql import SqlSink
 from cdc.sinks.sql.bookkeeping import held_table, utcnow
 from cdc.sinks.sql.storefront import Storefront
@@ -154,8 +156,13 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
             raise CdcError(
                 f"entry {held_id} is already {row.status} (by {row.resolved_by} at {row.resolved_at})"
             )
+        if kind == "quarantine":
+            check_approver(cfg, row, by, "approve" if apply else "reject")
         if not apply:
             outcome = Outcome("rejected" if kind == "quarantine" else "dropped", "nothing was applied")
+            if kind == "quarantine" and sink.history is not None and row.row_key is not None:
+                via = f"reject:{by}#{row.id}"
+                sink.history.refused(conn, row.row_key, event_from_held(row), via, utcnow())
         else:
             outcome = _apply(cfg, sink, conn, row, kind, by)
         conn.execute(
@@ -176,9 +183,22 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
         sink.close()
 
 
+def check_approver(cfg: ConnectorConfig, row, by: str, verb: str) -> None:
+    """Refuses (CdcError) a decision on quarantine entry `row` by someone not among the approvers of the guard
+    that held it."""
+    stage_name = (row.rule or "").split(":")[0]
+    for i, t in enumerate(cfg.transforms, start=1):
+        if f"{t.type}#{i}" == stage_name and t.type == "guard" and t.approvers and by not in t.approvers:
+            raise CdcError(
+                f"{by} may not {verb} entry {row.id}: it was held by {row.rule}, whose approvers are "
+                f"{', '.join(t.approvers)} (give --by one of them; transforms[{i - 1}].approvers in {cfg.path} "
+                "lists them)"
+            )
+
+
 def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: str, by: str) -> Outcome:
     ev = event_from_held(row)
-    ev.headers["via"] = f"{'approve' if kind == 'quarantine' else 'retry'}:{by}"
+    ev.headers["via"] = f"{'approve' if kind == 'quarantine' else 'retry'}:{by}#{row.id}"
     again = False  # held at the position the key already has: a scheduled price of an applied change
     if row.row_key is not None:
         # the connector waits meanwhile (sink.begin holds its lock): positions are final
@@ -197,7 +217,13 @@ def _apply(cfg: ConnectorConfig, sink: SqlSink, conn: sa.Connection, row, kind: 
     names = [s.name for s in stages]
     if stage_name in names:
         at = names.index(stage_name)
-        ev = apply_stages(stages[at + (1 if kind == "quarantine" else 0) :], ev)
+        rest = stages[at + (1 if kind == "quarantine" else 0) :]
+        roles = wire_roles(rest, cfg) if cfg.source.type == "postgres" else None
+        try:
+            ev = apply_stages(rest, ev)
+        finally:
+            if roles is not None:
+                roles.close()
         if ev is None:
             return Outcome("superseded", "the stages now filter this change out; nothing applied")
     sink.add(ev)

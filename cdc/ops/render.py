@@ -44,9 +44,8 @@ def print_explanation(info: dict) -> None:
         decided = (
             f", {h['status']} by {h['resolved_by']} at {h['resolved_at']}" if h["status"] != "held" else ""
         )
-        out.print(
-            f"{h['kind'].replace('_', ' ')} {h['id']} ({h['status']}{decided}): {h['reason']} [{h['rule']}, POS {h['position']}]"
-        )
+        line = f"{h['kind'].replace('_', ' ')} {h['id']} ({h['status']}{decided}): {h['reason']}"
+        out.print(f"{line} [{h['rule']}, POS {h['position']}]", markup=False)  # the rule in brackets, as text
     if info.get("scheduled"):
         s = info["scheduled"]
         out.print(f"scheduled: the promotion {s['what']}s at {s['due']} ({s['stage']})")

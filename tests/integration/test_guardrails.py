@@ -79,7 +79,7 @@ def test_fat_finger_is_quarantined_while_the_rest_flows_then_approved(env):
         (op, json.loads(o) if o else None, json.loads(n), who, via) for op, o, n, who, via in history
     ] == [
         ("c", None, {"price": "10.00"}, "alice", "snapshot"),
-        ("u", {"price": "10.00"}, {"price": "0.10"}, "bob", "approve:dba-anna"),
+        ("u", {"price": "10.00"}, {"price": "0.10"}, "bob", f"approve:dba-anna#{entry['id']}"),
         ("u", {"price": "0.10"}, {"price": "0.12"}, "bob", "stream"),
     ]
 

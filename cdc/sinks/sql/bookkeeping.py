@@ -44,7 +44,8 @@ row_state_table = sa.Table(
     sa.Column("txid", sa.BigInteger),
     sa.Column("op", sa.String(1), nullable=False),
     sa.Column("applied_at", sa.DateTime(timezone=True)),
-    # how the change came: stream, snapshot, schedule, approve:<who>, retry:<who>, repair, pick_fallback
+    # how the change came: stream, snapshot, schedule, approve:<who>#<entry>, retry:<who>#<entry>, repair,
+    # pick_fallback
     sa.Column("via", sa.String(200)),
 )
 applied_table = sa.Table(  # append-only, no index but the id (insertion order): see fold()
@@ -99,7 +100,7 @@ history_table = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("connector", sa.String(200), nullable=False),
     sa.Column("row_key", sa.String(500), nullable=False),
-    sa.Column("op", sa.String(1), nullable=False),  # of the storefront row: c created | u updated | d deleted
+    sa.Column("op", sa.String(1), nullable=False),  # c created | u updated | d deleted | x rejected
     sa.Column("old_value", sa.Text),  # JSON: the recorded columns before (null: no row)
     sa.Column("new_value", sa.Text),  # JSON: after (null: deleted)
     sa.Column("commit_lsn", sa.BigInteger, nullable=False),

@@ -6,8 +6,12 @@ says how the change came), the recorded columns' old value (as the storefront ha
 there was no row) and new value (null for a delete), the source transaction (txid, commit LSN, sequence), its
 commit time, the POS's "changed by" column (`sink.history.changed_by`, read by the pipeline from the source row
 before any transform) and how the change came: stream, snapshot, schedule (a promotion starting or ending),
-approve:<who> (from quarantine) or retry:<who> (a dead letter). A change that leaves the recorded columns as
-they were (and the row visible) is not recorded. Values are JSON; Decimals are exact strings.
+approve:<who>#<entry> (from quarantine entry <entry>) or retry:<who>#<entry> (a dead letter). A change that
+leaves the recorded columns as they were (and the row visible) is not recorded. Values are JSON; Decimals are
+exact strings.
+
+A rejected quarantine entry is a decision too: `refused` records it as op `x` (not applied), old_value the
+storefront's values (which it keeps), new_value the refused ones, via reject:<who>#<entry>.
 """
 
 from __future__ import annotations
@@ -66,6 +70,34 @@ class History:
         if rows:
             rows.sort(key=lambda r: (r["commit_lsn"], r["seq"]))  # ids in source order
             conn.execute(history_table.insert(), rows)
+
+    def refused(self, conn: sa.Connection, kt: str, ev, via: str, now: dt.datetime) -> bool:
+        """Records the rejection of held change `ev` (key text `kt`); False when its row lacks the key."""
+        t, row = self.target, ev.after
+        if row is None or t.table is None or any(k not in row for k in t.key_cols):
+            return False
+        cols = self.fields or [c for c in row if c not in t.key_cols and c in t.c]
+        cols = [c for c in cols if c in t.c]
+        stored = list(t.stored_rows(conn, [tuple(row[k] for k in t.key_cols)], cols, visible=True))
+        by = ev.headers.get("changed_by")
+        conn.execute(
+            history_table.insert(),
+            {
+                "connector": self.connector,
+                "row_key": kt,
+                "op": "x",
+                "old_value": json.dumps(jsonable({c: stored[0].get(c) for c in cols})) if stored else None,
+                "new_value": json.dumps(jsonable({c: row.get(c) for c in cols})),
+                "commit_lsn": ev.commit_lsn,
+                "seq": ev.seq,
+                "txid": ev.txid,
+                "commit_time": dt.datetime.fromtimestamp(ev.ts_ms / 1000, dt.UTC),
+                "changed_by": None if by is None else str(by)[:200],
+                "via": via[:200],
+                "applied_at": now,
+            },
+        )
+        return True
 
     def _new_only(self, conn: sa.Connection, rows: list[dict]) -> list[dict]:
         h, seen = history_table, set()
