@@ -187,3 +187,37 @@ def test_a_wrong_user_table_stops_the_connector_saying_what_to_fix(env):
     assert r.error is not None
     assert 'relation "public.pos_user" does not exist' in str(r.error)  # what is wrong, and the query it ran
     assert "SELECT role FROM public.pos_user WHERE user_id = <user>" in str(r.error)
+
+
+def test_mistakes_in_the_rules_are_reported_as_file_line_field(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        CONFIG.replace("@NAME@", "perms")
+        .replace("@POS@", "host=pos.internal dbname=pos")
+        .replace("@STORE@", "sqlite:///shop.db")
+        .replace("@USERS@", "pos_users")  # not schema.table
+        .replace("exempt: [pricing]", "exempt: [pricing, pricing]")
+    )
+    out = cdc("validate", path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert f"{path}:10: transforms.2.exempt: Value error, exempt: a name is listed twice" in lines, lines
+    for i in (2, 3):  # both guards share the anchored `who` of line 12
+        assert any(
+            line.startswith(f"{path}:12: transforms.{i}.who.lookup.table: ")
+            and "must be schema.table" in line
+            for line in lines
+        ), lines
+    # a connector that reads Kafka cannot ask the POS for roles
+    path.write_text(
+        CONFIG.replace("@USERS@", "public.pos_users")
+        .replace("@NAME@", "perms")
+        .replace('{type: postgres, dsn: "@POS@", tables: [public.item], heartbeat_interval_s: 0}',
+                 "{type: kafka, bootstrap_servers: 'k:9092', topics: [pos.public.item], group: shop}")
+        .replace("@STORE@", "sqlite:///shop.db")
+    )  # fmt: skip
+    out = cdc("validate", path)
+    assert out.returncode == 2, out.stderr
+    assert f"{path}:12: transforms.2.who.lookup: reads the roles from the POS database" in out.stderr, (
+        out.stderr
+    )
