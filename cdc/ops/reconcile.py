@@ -49,6 +49,7 @@ from cdc.ops.reconcile_repair import Resolver
 from cdc.ops.reconcile_report import EXIT_CANNOT, EXIT_DRIFT, EXIT_IN_SYNC, KINDS, ReconcileReport
 from cdc.ops.reconcile_sides import PosSnapshot, StoreReader
 from cdc.progress import Progress
+from cdc.roles import wire_roles
 from cdc.sinks.sql import SqlSink
 from cdc.sinks.sql.offsets import stored_positions
 from cdc.stages import build_stages
@@ -130,7 +131,7 @@ class _Run:
         self.lanes = lane_connectors(cfg)
         sink = SqlSink(self.lanes[0])
         sink.open()
-        pos = reader = None
+        pos = reader = roles = None
         try:
             if sink.target.table is None:
                 report.cannot(
@@ -139,6 +140,7 @@ class _Run:
                 return
             pos = PosSnapshot(cfg, key_src)
             pos.open()
+            roles = wire_roles(self.stages, cfg)  # a guard's who.lookup: the roles as the POS has them now
             report.snapshot_position = lsn_to_str(pos.point)
             t0 = time.monotonic()
             why = None
@@ -173,6 +175,8 @@ class _Run:
                 self.progress.close()
                 report.phases["compare_s"] = time.monotonic() - t0
         finally:
+            if roles is not None:
+                roles.close()
             if reader is not None:
                 reader.close()
             if pos is not None:

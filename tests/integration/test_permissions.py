@@ -221,3 +221,26 @@ def test_mistakes_in_the_rules_are_reported_as_file_line_field(tmp_path):
     assert f"{path}:12: transforms.2.who.lookup: reads the roles from the POS database" in out.stderr, (
         out.stderr
     )
+
+
+def test_reconcile_asks_the_pos_for_roles_as_the_connector_does(env):
+    path = setup(env)
+    text = path.read_text().replace(
+        "  - {type: drop, fields: [updated_by]}",
+        "  - {type: guard, field: price, min: 1.00, exempt: [pricing], who: *who}\n"
+        "  - {type: drop, fields: [updated_by]}",
+    )
+    path.write_text(text)
+    put(env, "A", 50, "DAIRY", "p1")  # below the minimum, by pricing: published
+    put(env, "B", 50, "DAIRY", "c1")  # by a cashier: held
+    with Running(path) as r:
+        wait_until(lambda: "A" in products(env) and len(entries(path)) == 1, running=r, what="A in, B held")
+    assert products(env) == {"A": (D("0.50"), "DAIRY")}
+    out = cdc("reconcile", path, "--json")
+    report = json.loads(out.stdout)
+    # A is in sync: reconcile judged it with p1's role; B is the held one
+    # A is in sync (judged with p1's role, as the connector did), B is the held one, with who and the rule
+    assert (out.returncode, report["in_sync"], report["counts"]["held"]) == (0, True, 1), report
+    ((held,),) = [report["held"]]
+    assert held["key"] == "B" and held["why"].startswith("guard#5:min: price 0.50 is below the minimum 1")
+    assert held["why"].endswith("changed by c1 (role cashier): only role pricing may")
