@@ -211,6 +211,10 @@ def test_guard_rules_on_every_storefront(env, store):
     # exactly the change's Decimal on every dialect (SQLite keeps the text), not a float or a JSON string
     assert price_text(store, "B") == "2.49" and price_text(store, "A") == "2.50"
     assert prices(store) == {"A": D("2.50"), "B": D("2.49"), "D": D("7.77")}
+    # the rejection is in the history too: not applied (x), the refused price, who and which entry
+    assert store(
+        "SELECT op, old_value, new_value, changed_by, via FROM cdc_price_history WHERE row_key = 'C'"
+    ) == [("x", None, '{"price": "0.00"}', "alice", f"reject:dba#{ids['C']}")]
     with Running(path) as r:  # a newer good price supersedes a held one, on this dialect too
         put(env, "D", 1, by="bob")
         wait_until(lambda: len(held(store)) == 4, running=r)

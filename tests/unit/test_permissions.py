@@ -191,3 +191,38 @@ class TestConfig:
             type="guard", **{**CAT, "who": {"column": "by", "roles": {17: "hq", "a": ["x", "y"]}}}
         )
         assert cfg.who.roles == {"17": ["hq"], "a": ["x", "y"]}
+
+
+class TestApprovers:
+    CFG = {
+        "name": "shop",
+        "source": {"type": "postgres", "dsn": "host=pos", "tables": ["public.item"]},
+        "transforms": [
+            {"type": "rename", "fields": {"price_fen": "price"}},
+            {**PCT, "type": "guard", "approvers": ["anna", "li"]},
+            {"type": "guard", "field": "price", "min": 1},
+        ],
+        "sink": {"type": "sql", "url": "sqlite://", "table": "product", "key": ["sku"]},
+    }
+
+    def entry(self, rule):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(id=17, rule=rule)
+
+    def test_only_the_holding_guards_approvers_decide(self):
+        from cdc.config import ConnectorConfig
+        from cdc.errors import CdcError
+        from cdc.ops.held import check_approver
+
+        cfg = ConnectorConfig.model_validate({**self.CFG, "path": ""})
+        cfg.path = "shop.yaml"
+        check_approver(cfg, self.entry("guard#2:max_change_pct"), "li", "approve")
+        with pytest.raises(CdcError) as ei:
+            check_approver(cfg, self.entry("guard#2:max_change_pct"), "bob", "reject")
+        assert str(ei.value) == (
+            "bob may not reject entry 17: it was held by guard#2:max_change_pct, whose approvers are anna, li "
+            "(give --by one of them; transforms[1].approvers in shop.yaml lists them)"
+        )
+        check_approver(cfg, self.entry("guard#3:min"), "bob", "approve")  # a guard without approvers: anyone
+        check_approver(cfg, self.entry(None), "bob", "approve")
