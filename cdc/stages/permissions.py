@@ -31,6 +31,7 @@ user*: a rule that needs the role holds the change, and the reason says "unknown
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -131,7 +132,13 @@ def _show(v: Any) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    return a == b or str(a) == str(b)
+    """Equal as values, as text, or as numbers (the storefront may give 9.9 for the row's 9.90)."""
+    if a == b or str(a) == str(b):
+        return True
+    try:
+        return Decimal(str(a)) == Decimal(str(b))
+    except (InvalidOperation, ValueError):
+        return False
 
 
 class Permissions:

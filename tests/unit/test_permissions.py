@@ -138,6 +138,9 @@ class TestAllow:
 
     def test_without_an_old_image_the_storefront_tells(self):
         assert guard(CAT, {"category": "DAIRY", "by": "u1"}, current="DAIRY") is not None
+        money = {**CAT, "field": "price"}  # a number the storefront keeps as it likes (SQLite REAL: 9.9)
+        assert guard(money, {"price": P("9.90"), "by": "u1"}, current=9.9) is not None
+        assert "from 9.9 to 9.91 by u1" in held(money, {"price": P("9.91"), "by": "u1"}, current=9.9).reason
         v = held(CAT, {"category": "SNACK", "by": "u1"}, current="DAIRY")
         assert "from 'DAIRY' to 'SNACK' by u1 (role cashier)" in v.reason
         assert guard(CAT, {"category": "SNACK", "by": "u1"}, op="c") is not None  # a new row
