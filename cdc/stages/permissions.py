@@ -123,8 +123,9 @@ def check_roles(v: list[str], what: str) -> list[str]:
     return v
 
 
-def _text(v: Any) -> str:
-    return ", ".join(map(str, v))
+def _roles(v: Any) -> str:
+    """'role pricing' / 'roles pricing, hq'."""
+    return ("role " if len(v) == 1 else "roles ") + ", ".join(map(str, v))
 
 
 def _show(v: Any) -> str:
@@ -149,8 +150,8 @@ class Permissions:
         self.column = who.column
         self.exempt = frozenset(exempt)
         self.allow = frozenset(allow)
-        self._exempt_text = _text(exempt)
-        self._allow_text = _text(allow)
+        self._exempt_text = _roles(exempt)
+        self._allow_text = _roles(allow)
         self.field = field
         self.name = name
         self.roles_of: Callable[[str], list[str] | None] | None = None  # injected for who.lookup
@@ -198,7 +199,7 @@ class Permissions:
                 return f"by an unknown user ({self.column} is {'null' if user is None else 'empty'})", details
             where = self.who.lookup.table if self.who.lookup else "who.roles" if self.who.roles else ""
             return f"by unknown user {str(user)!r} (no role in {where})", details
-        return f"by {user} (role {_text(roles)})", details
+        return f"by {user} ({_roles(roles)})", details
 
     # -- exempt: a broken limit, unless the role may break it
 
@@ -210,7 +211,7 @@ class Permissions:
         if roles is not None and not self.exempt.isdisjoint(roles):
             return
         whom, details = self._whom(user, roles)
-        exc.reason = f"{exc.reason}; changed {whom}: only role {self._exempt_text} may"
+        exc.reason = f"{exc.reason}; changed {whom}: only {self._exempt_text} may"
         exc.args = (exc.reason,)
         exc.details.update(details, exempt=sorted(self.exempt))
         raise exc
@@ -243,7 +244,7 @@ class Permissions:
                     return None  # a new row, and no storefront to say otherwise
                 whom, details = self._whom(user, roles)
                 return HoldError(
-                    f"cannot tell whether {field} changed ({whom}; only role {self._allow_text} may change it): "
+                    f"cannot tell whether {field} changed ({whom}; only {self._allow_text} may change it): "
                     f"the POS sent no old image (ALTER TABLE ... REPLICA IDENTITY FULL) and the storefront "
                     f"table has no column {field}",
                     details={"field": field, **details, "allow": sorted(self.allow)},
@@ -253,6 +254,6 @@ class Permissions:
                 return None  # a new key, or no change
         whom, details = self._whom(user, roles)
         return HoldError(
-            f"{field} changed from {_show(old)} to {_show(new)} {whom}: only role {self._allow_text} may change {field}",
+            f"{field} changed from {_show(old)} to {_show(new)} {whom}: only {self._allow_text} may change {field}",
             details={"field": field, "value": new, "current": old, **details, "allow": sorted(self.allow)},
         )

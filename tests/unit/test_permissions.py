@@ -75,6 +75,15 @@ class TestExempt:
         v = held(PCT, {"sku": "A", "price": P("1.00"), "by": "  "}, current=P("9.99"))
         assert "(by is empty)" in v.reason
 
+    def test_several_roles_are_named_as_roles(self):
+        cfg = {
+            **PCT,
+            "exempt": ["pricing", "hq"],
+            "who": {"column": "by", "roles": {"u1": ["cashier", "stock"]}},
+        }
+        v = held(cfg, {"sku": "A", "price": P("1.00"), "by": "u1"}, current=P("9.99"))
+        assert v.reason.endswith("changed by u1 (roles cashier, stock): only roles pricing, hq may")
+
     def test_a_numeric_user_id_matches_the_configs_text(self):
         v = held(PCT, {"sku": "A", "price": P("1.00"), "by": 17}, current=P("9.99"))
         assert "changed by 17 (role cashier)" in v.reason
