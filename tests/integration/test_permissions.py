@@ -155,10 +155,17 @@ def test_who_may_change_a_price_and_who_may_approve(env):
         assert out.returncode == 0 and "rejected" in out.stdout, out.stderr
         assert products(env)["C"] == (D("10.00"), "DAIRY")
 
+        # the POS's user table is read as it is now (cache_s: 0): c1 promoted to pricing may cut by 40 %
+        env.pos("UPDATE pos_users SET role = 'pricing' WHERE user_id = 'c1'")
+        put(env, "A", 420, "DAIRY", "c1")
+        wait_until(lambda: products(env)["A"] == (D("4.20"), "DAIRY"), running=r, what="c1's cut as pricing")
+        assert len(entries(path)) == 1  # A2's
+
     assert history(env, "A") == [
         ("c", None, {"price": "10.00", "category": "DAIRY"}, "h1", "snapshot"),
         ("u", {"price": "10.00", "category": "DAIRY"}, {"price": "7.00", "category": "DAIRY"}, "c1",
          f"approve:dba-li#{a['id']}"),
+        ("u", {"price": "7.00", "category": "DAIRY"}, {"price": "4.20", "category": "DAIRY"}, "c1", "stream"),
     ]  # fmt: skip
     assert history(env, "B")[-1] == (
         "u",
