@@ -156,6 +156,11 @@ class TestAllow:
         v = held(CAT, {"category": "SNACK", "by": "u1"})  # an update nothing can tell about
         assert "cannot tell whether category changed" in v.reason and "REPLICA IDENTITY FULL" in v.reason
 
+    def test_a_field_dropped_before_the_guard_is_held_not_passed(self):
+        v = held(CAT, {"sku": "A", "by": "u1"}, before={"category": "DAIRY"})
+        assert v.rule == "guard#1:allow" and "category is missing from the row" in v.reason
+        assert not isinstance(v, GuardViolation)  # a dead letter (a config mistake), not a quarantine
+
     def test_an_unknown_user_changing_it_is_held(self):
         v = held(CAT, {"category": "SNACK", "by": None}, before={"category": "DAIRY"})
         assert "by an unknown user (by is null): only role hq may change category" in v.reason
