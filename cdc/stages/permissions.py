@@ -22,6 +22,8 @@ user*: a rule that needs the role holds the change, and the reason says "unknown
   `<stage>:allow`). "Changed" compares with the old image when the POS sends one (REPLICA IDENTITY FULL),
   else with the storefront's value for the key (when the storefront table has the column); a new key passes;
   when neither can tell, the change is held and the reason says how to make it tellable.
+* a row without the `who` column or the `allow` field cannot be judged: a plain HoldError (a dead letter)
+  saying to move the guard before the stage that drops it.
 * `approvers: [users]`: only these may approve or reject what this guard held (`cdc quarantine approve ID
   --by NAME`); empty: anyone.
 
