@@ -208,10 +208,12 @@ def test_mistakes_in_the_rules_are_reported_as_file_line_field(tmp_path):
     out = cdc("validate", path)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert f"{path}:10: transforms.2.exempt: Value error, exempt: a name is listed twice" in lines, lines
+    assert f"{path}:10: transforms[guard#3].exempt: Value error, exempt: a name is listed twice" in lines, (
+        lines
+    )
     for i in (2, 3):  # both guards share the anchored `who` of line 12
         assert any(
-            line.startswith(f"{path}:12: transforms.{i}.who.lookup.table: ")
+            line.startswith(f"{path}:12: transforms[guard#{i + 1}].who.lookup.table: ")
             and "must be schema.table" in line
             for line in lines
         ), lines
@@ -225,9 +227,9 @@ def test_mistakes_in_the_rules_are_reported_as_file_line_field(tmp_path):
     )  # fmt: skip
     out = cdc("validate", path)
     assert out.returncode == 2, out.stderr
-    assert f"{path}:12: transforms.2.who.lookup: reads the roles from the POS database" in out.stderr, (
-        out.stderr
-    )
+    assert (
+        f"{path}:12: transforms[guard#3].who.lookup: reads the roles from the POS database" in out.stderr
+    ), out.stderr
 
 
 def test_reconcile_asks_the_pos_for_roles_as_the_connector_does(env):
