@@ -39,6 +39,12 @@ class Pane:
         raise AssertionError(f"{words!r} never showed in the pane:\n{self.text()}")
 
     def close(self) -> None:
+        """Stops the demo as a user would (Ctrl-C: it removes its databases), then the pane."""
+        if "DEMO-EXIT" not in self.text():
+            self.tmux("send-keys", "-t", "demo", "C-c")
+            deadline = time.monotonic() + 60
+            while "DEMO-EXIT" not in self.text() and time.monotonic() < deadline:
+                time.sleep(0.5)
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
 
 
