@@ -101,7 +101,7 @@ def test_status_running_and_stopped(env):
     env.pos("UPDATE item_price SET price_fen = 160")
     time.sleep(2)
     info = json.loads(cdc("status", str(path), "--json").stdout)
-    assert info["state"] == "stopped" and info["source_lag_bytes"] < 1024 * 1024
+    assert info["state"] == "stopped"
     assert 2 <= info["lag_seconds"] < 30, info
     text = cdc("status", str(path))
     assert text.returncode == 0 and "stopped" in text.stdout
