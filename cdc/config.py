@@ -159,6 +159,21 @@ class SqlSink(Strict):
         "group: each key's POS position is then shared and claimed row by row, so the newest POS change wins "
         "whichever lane brings it (default: the connector's own positions)",
     )
+    bookkeeping_schema: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$",
+        description="PostgreSQL storefront: the schema of pos-cdc's bookkeeping tables (cdc_offsets, ...), "
+        "e.g. one `cdc setup-sink` made for them; default: the first schema of the search path, as the target's",
+    )
+
+    @model_validator(mode="after")
+    def _schema_needs_postgres(self) -> SqlSink:
+        if self.bookkeeping_schema and not self.url.startswith(("postgresql", "postgres:")):
+            raise ValueError(
+                "bookkeeping_schema: only a PostgreSQL storefront has schemas; on MariaDB and SQLite the "
+                "bookkeeping tables live in the storefront database (leave bookkeeping_schema out)"
+            )
+        return self
 
 
 SourceConfig = Annotated[PostgresSource | KafkaSource, Field(discriminator="type")]

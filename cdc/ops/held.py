@@ -116,7 +116,7 @@ def resolve(cfg: ConnectorConfig, held_id: int, kind: str, apply: bool, by: str 
     the lane that held the entry."""
     lanes = lane_connectors(cfg)
     if len(lanes) > 1 and cfg.sink.type == "sql":
-        store = Storefront(cfg.sink.url, cfg.name)
+        store = Storefront(cfg.sink.url, cfg.name, cfg.sink.bookkeeping_schema)
         store.open()
         try:
             with store.engine.connect() as c:  # the lane that held the entry

@@ -24,6 +24,7 @@ from cdc.sinks.sql.bookkeeping import (
     row_state_table,
     scheduled_table,
 )
+from cdc.sinks.sql.storefront import engine as store_engine
 
 
 def gather(cfg: ConnectorConfig) -> dict:
@@ -60,7 +61,7 @@ CAUGHT_UP_BYTES = 1024 * 1024
 
 def _sink_side(cfg: ConnectorConfig) -> dict:
     try:
-        engine = sa.create_engine(cfg.sink.url, poolclass=sa.pool.NullPool)
+        engine = store_engine(cfg.sink.url, cfg.sink.bookkeeping_schema)
         with engine.connect() as c:
             insp = sa.inspect(c)
             if not insp.has_table("cdc_offsets"):

@@ -59,7 +59,7 @@ class SqlSink:
         self.key_cols = tuple(cfg.sink.key)
         self.positions = positions_of(cfg)  # whose recorded key positions: a position group's, or its own
         self.shared = self.positions != self.name
-        self.store = Storefront(self.scfg.url, self.name)
+        self.store = Storefront(self.scfg.url, self.name, self.scfg.bookkeeping_schema)
         self.target = Target(self.scfg, self.name, self.store.dialect)
         self.held = HeldLog(self.name, self.key_cols)
         self.schedules = Schedules(

@@ -19,8 +19,9 @@ class Storefront:
     """The engine and the writing connection of one sink. `untouched`: the open transaction has written
     nothing yet (a lone merge may then go without a savepoint)."""
 
-    def __init__(self, url: str, connector: str):
+    def __init__(self, url: str, connector: str, bookkeeping_schema: str | None = None):
         self.connector = connector
+        self.bookkeeping_schema = bookkeeping_schema
         self.url = _url(url)
         self.dialect = self.url.get_backend_name()
         self.engine: sa.Engine | None = None
@@ -28,7 +29,7 @@ class Storefront:
         self.untouched = False
 
     def open(self) -> None:
-        self.engine = engine(self.url)
+        self.engine = engine(self.url, self.bookkeeping_schema)
 
     def connect(self) -> sa.Connection:
         self.conn = self.engine.connect()
@@ -79,10 +80,17 @@ def _url(text: str) -> sa.URL:
     return url
 
 
-def engine(url: sa.URL) -> sa.Engine:
+def engine(url: sa.URL | str, bookkeeping_schema: str | None = None) -> sa.Engine:
+    """The storefront's engine. `bookkeeping_schema` (PostgreSQL, sink.bookkeeping_schema): put first on every
+    connection's search path, so the bookkeeping tables are found (and made) there and the target table where
+    it was."""
+    url = _url(url) if isinstance(url, str) else url
     if url.get_backend_name() != "sqlite":
         # an unreachable storefront fails a connect in seconds (then retried), never hangs it
-        return sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
+        eng = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
+        if bookkeeping_schema and url.get_backend_name() == "postgresql":
+            _search_path_first(eng, bookkeeping_schema)
+        return eng
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
 
     # pysqlite's own transaction handling breaks SAVEPOINT; let SQLAlchemy emit BEGIN itself
@@ -96,6 +104,19 @@ def engine(url: sa.URL) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return eng
+
+
+def _search_path_first(eng: sa.Engine, schema: str) -> None:
+    from psycopg import sql
+
+    @sa.event.listens_for(eng, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(
+                "SELECT set_config('search_path', %s || ', ' || current_setting('search_path'), false)",
+                (sql.Identifier(schema).as_string(dbapi_conn),),
+            )
+        dbapi_conn.commit()
 
 
 def first_line(err: BaseException) -> str:
