@@ -102,6 +102,9 @@ class ReplaySource(PostgresSource):
         super().__init__(cfg)
         self.frames, self.stop, self.times = frames, stop, times
 
+    def check(self) -> None:
+        pass  # no POS server: nothing to check
+
     def prepare(self) -> None:
         self.db = "pos"
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from cdc.checkpoint import Checkpointer
 from cdc.config import ConnectorConfig
-from cdc.errors import CdcError, TransientError
+from cdc.errors import CdcError, TerminalError, TransientError
 from cdc.events import Abandon, ChangeEvent, Idle, TxnEnd, Unreadable
 from cdc.metrics import Metrics
 from cdc.sinks.base import Sink, build_sink
@@ -159,17 +159,24 @@ class Pipeline:
 
     def _session(self) -> None:
         self._progressed = False
-        self.sink = sink = self.make_sink(self.cfg, self.metrics)
-        sink.open()
-        sink.wire(self.stages)
         self.source = source = self.make_source(self.cfg, self.metrics)
-        source.prepare()
+        source.check()  # the privileges, before anything is made on either side
+        self.sink = sink = self.make_sink(self.cfg, self.metrics)
+        sink.open()  # (checks its own privileges, then makes its bookkeeping)
+        sink.wire(self.stages)
+        source.prepare()  # publication, slot: only once the sink has what it needs
         self.runner = StageRunner(self.stages, sink, source.wire(self.stages))
         self.checkpoint = Checkpointer(source, sink, self.cfg.name)
         self._m_up.set(1)
         self.metrics.healthy.set()
         sink.start_folding()
-        self._consume(source.read(self.checkpoint.resume(), self.checkpoint.stored))
+        resume = self.checkpoint.resume()
+        try:
+            self._consume(source.read(resume, self.checkpoint.stored))
+        except TerminalError:
+            if resume is None and self.checkpoint.last is None:  # a first run that never committed: a slot
+                source.undo_prepare()  # kept would hold the POS's WAL for a connector that cannot start
+            raise
 
     def _consume(self, items) -> None:
         sink, runner, changed_by = self.sink, self.runner, self.changed_by

@@ -31,6 +31,14 @@ class SourcePosition(Protocol):
 
 
 class Source(Protocol):
+    def check(self) -> None:
+        """Checks the privileges reading needs (naming each GRANT missing), before the sink or this source
+        creates anything."""
+
+    def undo_prepare(self) -> None:
+        """A first run failed before anything was committed: removes what prepare() made this session (the
+        slot, which would hold the POS's WAL back meanwhile)."""
+
     def prepare(self) -> None:
         """Checks (and creates, where it may) what reading needs: publication and slot, topics."""
 

@@ -104,6 +104,12 @@ class KafkaSource:
 
     # --- set-up ---------------------------------------------------------------------------------------
 
+    def check(self) -> None:
+        """Nothing to check before start: the group and topics are the broker's to allow (read() says)."""
+
+    def undo_prepare(self) -> None:
+        """Nothing to undo: a group with no committed offsets holds nothing back."""
+
     def prepare(self) -> None:
         """The brokers answer; topics named in the config that do not exist yet are reported (the consumer
         waits for them: the connector that writes them may not have started)."""

@@ -55,6 +55,7 @@ class PostgresSource:
         self._exits: LaneExits | None = None  # a lane's DELETEs of rows that moved to another lane
         self._heartbeat_off = False
         self._last_heartbeat = 0.0
+        self._made: list[str] = []  # what prepare() made this session: "slot", "publication"
 
     # --- plain SQL connection -------------------------------------------------------------------------
 
@@ -79,6 +80,16 @@ class PostgresSource:
         except psycopg.Error as e:
             raise classify(e) from e
         return out
+
+    def check(self) -> None:
+        """The privileges the connector's role needs on the POS (cdc/privileges.py), before anything is made."""
+        from cdc.privileges import check_source
+
+        try:
+            with self.connect(autocommit=True) as conn:
+                check_source(conn, self.cfg)
+        except psycopg.Error as e:
+            raise classify(e) from e
 
     def prepare(self) -> None:
         """Checks wal_level and tables; creates the publication and the slot when missing."""
@@ -168,6 +179,7 @@ class PostgresSource:
                     f"{pub}: {e.diag.message_primary} (a row filter takes the row's columns, built-in operators "
                     "and immutable functions)"
                 ) from e
+            self._made.append("publication")
             log.info("created publication %s%s", pub, f" WHERE ({row_filter})" if row_filter else "")
         else:
             if row_filter:
@@ -191,6 +203,7 @@ class PostgresSource:
                 )
             finally:
                 conn.finish()
+            self._made.append("slot")
             log.info("created replication slot %s", self.cfg.slot)
         else:
             plugin, database, wal_status = slot
@@ -293,6 +306,16 @@ class PostgresSource:
                 "WHERE slot_name=%s AND NOT active",
                 (self.cfg.slot,),
             )
+
+    def undo_prepare(self) -> None:
+        """Drops the slot (and publication) this session made, the stream closed first (cdc/pipeline.py calls
+        it when a first run fails before its first commit, e.g. on a column the storefront refuses)."""
+        from cdc.sources.pg_undo import remove_made
+
+        made, self._made = self._made, []
+        if made:
+            self.close()
+            remove_made(self.connect, self.cfg, made)
 
     def reset(self) -> None:
         self.drop_slot()

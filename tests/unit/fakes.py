@@ -127,6 +127,12 @@ class FakeSource:
         self.resumed_from: Any = _UNREAD
         self.skipped: list[Pos] = []  # transactions not sent again: at or before the resume position
 
+    def check(self) -> None:
+        pass
+
+    def undo_prepare(self) -> None:
+        pass
+
     def prepare(self) -> None:
         self.prepared = True
 
