@@ -81,14 +81,17 @@ def lane_of(cfg: ConnectorConfig, name: str) -> ConnectorConfig:
 def publication_sql(cfg: ConnectorConfig) -> list[str]:
     """The statements a DBA runs on the POS for the connector's publication(s): with a row filter, the tables'
     REPLICA IDENTITY FULL first."""
+    from cdc.privileges import pg_name
+
     if cfg.source.type != "postgres":
         return []
     out: list[str] = []
     connectors = lane_connectors(cfg)
+    names = [pg_name(*t.split(".", 1)) for t in cfg.source.tables]
     if any(c.source.row_filter for c in connectors):
-        out += [f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in cfg.source.tables]
+        out += [f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in names]
     for c in connectors:
         f = c.source.row_filter
-        tables = ", ".join(f"{t} WHERE ({f})" if f else t for t in c.source.tables)
-        out.append(f"CREATE PUBLICATION {c.publication} FOR TABLE {tables};")
+        tables = ", ".join(f"{t} WHERE ({f})" if f else t for t in names)
+        out.append(f"CREATE PUBLICATION {pg_name(c.publication)} FOR TABLE {tables};")
     return out

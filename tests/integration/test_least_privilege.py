@@ -5,6 +5,7 @@ pos-cdc made (refused while the connector runs)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,98 @@ def prices(env) -> dict:
     return dict(env.store("SELECT sku, price FROM product_price"))
 
 
+def test_the_pipeline_runs_as_the_two_roles_setup_made(env):
+    src, snk = f"src_{env.name}", f"snk_{env.name}"
+    env.pos(POS_TABLE)
+    env.pos("INSERT INTO item_price VALUES ('A', 100), ('B', 200)")
+    env.store(STORE_TABLE)
+    env.pg.execute(f"CREATE ROLE {src} LOGIN; CREATE ROLE {snk} LOGIN")
+    path = config(env, role_src=src, role_sink=snk, sink_extra=", bookkeeping_schema: cdc")
+
+    # before the DBA's set-up: refused, each GRANT named, nothing made on either side
+    out = cdc("run", path)
+    assert out.returncode == 1, out.stderr
+    assert f"the role {src} lacks the REPLICATION attribute: ALTER ROLE {src} REPLICATION" in out.stderr
+    assert f"SELECT on public.item_price: GRANT SELECT ON public.item_price TO {src}" in out.stderr
+    assert f"cdc setup-source {path} --role {src}" in out.stderr
+    assert slots(env) == [] and env.pos("SELECT pubname FROM pg_publication") == []
+
+    # the POS set up (the printed SQL names the role and never a password); the storefront not yet
+    printed = cdc("setup-source", path)
+    assert printed.returncode == 0, printed.stderr
+    assert f"CREATE ROLE {src} WITH LOGIN REPLICATION;" in printed.stdout
+    assert f"GRANT SELECT ON public.item_price TO {src};" in printed.stdout
+    secret = {"CDC_ROLE_PASSWORD": "s3cret-Pa55"}
+    out = cdc("setup-source", path, "--apply", "--admin-dsn", env.pos_dsn, env=secret)
+    assert out.returncode == 0, out.stderr
+    assert "s3cret" not in out.stdout + out.stderr
+    assert env.pg.execute(
+        f"SELECT rolpassword LIKE 'SCRAM-SHA-256$%%' FROM pg_authid WHERE rolname = '{src}'"
+    ) == [(True,)]
+    assert env.pos("SELECT pubname, pg_get_userbyid(pubowner) FROM pg_publication") == [
+        (f"cdc_{env.name}", "postgres")
+    ]
+    assert env.pos(f"SELECT has_database_privilege('{src}', current_database(), 'CREATE')") == [(False,)]
+    out = cdc("run", path)
+    assert out.returncode == 1
+    assert f"the role {snk} lacks SELECT, INSERT, UPDATE, DELETE on public.product_price" in out.stderr
+    assert f"GRANT SELECT, INSERT, UPDATE, DELETE ON public.product_price TO {snk}" in out.stderr
+    assert "the bookkeeping schema cdc (sink.bookkeeping_schema), missing: CREATE SCHEMA cdc" in out.stderr
+    assert slots(env) == [], "the slot was made before the storefront was checked"
+
+    out = cdc("setup-sink", path, "--apply", "--admin-url", env.store_url, env=secret)
+    assert out.returncode == 0, out.stderr
+    assert cdc_tables(env, "cdc") == [
+        "cdc_applied",
+        "cdc_held",
+        "cdc_offsets",
+        "cdc_price_history",
+        "cdc_row_state",
+        "cdc_scheduled",
+    ]
+    again = cdc("setup-sink", path, "--apply", "--admin-url", env.store_url)  # idempotent
+    assert again.returncode == 0, again.stderr
+
+    with Running(path) as r:
+        wait_until(
+            lambda: prices(env) == {"A": Decimal("1.00"), "B": Decimal("2.00")}, running=r, what="snapshot"
+        )
+        env.pos("UPDATE item_price SET price_fen = 150 WHERE item_code = 'A'")
+        env.pos("UPDATE item_price SET price_fen = 0 WHERE item_code = 'B'")  # below the guard's min: held
+        wait_until(lambda: prices(env)["A"] == Decimal("1.50"), running=r, what="streamed change")
+        wait_until(
+            lambda: (
+                env.store("SELECT row_key, kind FROM cdc.cdc_held WHERE status = 'held'")
+                == [("B", "quarantine")]
+            ),
+            running=r,
+            what="held change",
+        )
+        status = cdc("status", path, "--json")
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert info["slot"] == f"cdc_{env.name}" and info["held"], info
+        explain = cdc("explain", path, "A")
+        assert explain.returncode == 0, explain.stdout + explain.stderr
+        refused = cdc("drop", path)
+        assert refused.returncode == 1 and "is running" in refused.stderr, refused.stdout + refused.stderr
+    assert prices(env)["B"] == Decimal("2.00")
+    assert cdc_tables(env, "public") == [], "bookkeeping outside its schema"
+
+    # drop, as the connector's roles: its slot and rows go; the DBA's publication and tables stay, named
+    out = cdc("drop", path)
+    assert out.returncode == 0, out.stderr
+    assert f"would drop replication slot cdc_{env.name}" in out.stdout
+    assert f"publication cdc_{env.name} is kept: role postgres made it" in out.stdout
+    assert slots(env) != []
+    out = cdc("drop", path, "--execute")
+    assert out.returncode == 0, out.stderr
+    assert slots(env) == []
+    assert env.store(f"SELECT count(*) FROM cdc.cdc_offsets WHERE connector = '{env.name}'") == [(0,)]
+    assert env.store("SELECT count(*) FROM cdc.cdc_held") == [(0,)]
+    assert "cdc_offsets" in cdc_tables(env, "cdc")
+
+
 def test_a_first_run_that_fails_on_the_storefront_leaves_no_slot(env):
     env.pos(POS_TABLE)
     env.store(STORE_TABLE)
@@ -100,3 +193,37 @@ def test_a_first_run_that_fails_on_a_column_the_storefront_refuses_leaves_no_slo
     out = cdc("run", config(env))
     assert out.returncode == 1 and "requires category" in out.stderr
     assert slots(env) == [(f"cdc_{env.name}", False)]
+
+
+def test_drop_removes_one_connectors_rows_and_the_tables_with_the_last(env):
+    env.pos(POS_TABLE)
+    env.pos("INSERT INTO item_price VALUES ('A', 100)")
+    env.store(STORE_TABLE)
+    a = config(env, "a.yaml")
+    b_text = a.read_text().replace(f"name: {env.name}", f"name: {env.name}_b")
+    b = env.tmp / "b.yaml"
+    b.write_text(b_text)
+    with Running(a) as ra, Running(b) as rb:
+        wait_until(lambda: prices(env) == {"A": Decimal("1.00")}, running=ra)
+        wait_until(
+            lambda: len(env.store("SELECT DISTINCT connector FROM cdc_offsets")) == 2, running=rb, what="both"
+        )
+        out = cdc("drop", a, "--execute")
+        assert out.returncode == 1 and f"{env.name} is running" in out.stderr, out.stdout + out.stderr
+    out = cdc("drop", a)
+    assert out.returncode == 0, out.stderr
+    assert f"the bookkeeping tables are kept: connectors {env.name}_b use them" in out.stdout
+    assert "(a dry run:" in out.stdout
+    assert len(slots(env)) == 2, "a dry run dropped something"
+    out = cdc("drop", a, "--execute")
+    assert out.returncode == 0, out.stderr
+    assert slots(env) == [(f"cdc_{env.name}_b", False)]
+    assert env.pos("SELECT pubname FROM pg_publication") == [(f"cdc_{env.name}_b",)]
+    assert env.store("SELECT DISTINCT connector FROM cdc_offsets") == [(f"{env.name}_b",)]
+    assert env.store(f"SELECT count(*) FROM cdc_row_state WHERE connector = '{env.name}'") == [(0,)]
+    out = cdc("drop", b, "--execute")
+    assert out.returncode == 0, out.stderr
+    assert "drop the bookkeeping tables" in out.stdout
+    assert slots(env) == [] and env.pos("SELECT pubname FROM pg_publication") == []
+    assert cdc_tables(env) == []
+    assert prices(env) == {"A": Decimal("1.00")}, "the storefront table is never touched"

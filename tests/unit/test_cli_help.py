@@ -10,7 +10,18 @@ from cdc.cli import app
 def test_help_shows_flags_without_a_value():
     """`cdc CMD --help` lists a flag (--json, --resnapshot, --help) as a flag, never as taking a <bool>."""
     runner = CliRunner()
-    for cmd in ("run", "status", "explain", "reconcile", "validate", "setup-source", "replay", "demo"):
+    for cmd in (
+        "run",
+        "status",
+        "explain",
+        "reconcile",
+        "validate",
+        "setup-source",
+        "setup-sink",
+        "drop",
+        "replay",
+        "demo",
+    ):
         out = runner.invoke(app, [cmd, "--help"], terminal_width=120)
         assert out.exit_code == 0, out.output
         assert "<bool>" not in out.output and "--help" in out.output, out.output

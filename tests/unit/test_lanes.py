@@ -90,8 +90,14 @@ def test_the_dba_gets_the_publications_with_their_row_filters(tmp_path):
     assert len(sql) == 4 and sql[3].startswith(
         "CREATE PUBLICATION cdc_pos_prices_bulk FOR TABLE public.item_price WHERE (NOT ("
     )
+    out = CliRunner().invoke(app, ["setup-source", str(write(tmp_path)), "--role", "pos_cdc"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert "CREATE ROLE pos_cdc WITH LOGIN REPLICATION;" in lines
+    assert "GRANT SELECT ON public.item_price TO pos_cdc;" in lines
+    assert lines[-len(sql) :] == sql  # the role and its grants, then the publications
     out = CliRunner().invoke(app, ["setup-source", str(write(tmp_path))])
-    assert out.exit_code == 0 and out.output.splitlines() == sql
+    assert out.exit_code == 2 and "names no user: give the role with --role NAME" in out.output
     out = CliRunner().invoke(app, ["validate", str(write(tmp_path))])
     assert (
         out.exit_code == 0 and "lane pos-prices.fresh (slot cdc_pos_prices_fresh): rows where" in out.output
