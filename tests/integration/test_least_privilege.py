@@ -227,3 +227,38 @@ def test_drop_removes_one_connectors_rows_and_the_tables_with_the_last(env):
     assert slots(env) == [] and env.pos("SELECT pubname FROM pg_publication") == []
     assert cdc_tables(env) == []
     assert prices(env) == {"A": Decimal("1.00")}, "the storefront table is never touched"
+
+
+def test_connectors_started_at_once_on_a_fresh_storefront_all_run(env):
+    """`cdc run a.yaml b.yaml c.yaml` beside a unit of its own for d.yaml, on a storefront with no bookkeeping
+    yet: every connector makes or finds the tables and runs (before, all but one died on `duplicate key value
+    violates unique constraint "pg_type_typname_nsp_index"`)."""
+    from tests.integration.support import CdcProcess
+
+    env.pos(POS_TABLE)
+    env.pos("INSERT INTO item_price VALUES ('A', 100)")
+    names = ["a", "b", "c", "d"]
+    for n in names:
+        env.store(STORE_TABLE.replace("product_price", f"price_{n}"))
+    paths = [config(env, f"{n}.yaml", table=f"price_{n}") for n in names]
+    for p, n in zip(paths, names, strict=True):
+        p.write_text(p.read_text().replace(f"name: {env.name}", f"name: {env.name}_{n}"))
+    # one process running three, and a unit of its own for the fourth, all started together
+    procs = [
+        CdcProcess(paths[0], env.tmp / "abc.log", *map(str, paths[1:3])),
+        CdcProcess(paths[3], env.tmp / "d.log"),
+    ]
+    try:
+
+        def synced() -> bool:
+            for p in procs:
+                p.assert_alive("(starting beside the others)")
+            return all(env.store(f"SELECT count(*) FROM price_{n}") == [(1,)] for n in names)
+
+        wait_until(synced, timeout=60, what="all four connectors to copy the table")
+        assert len(env.store("SELECT DISTINCT connector FROM cdc_offsets")) == 4
+        for p in procs:
+            assert p.terminate()[0] == 0, p.tail()
+    finally:
+        for p in procs:
+            p.ensure_dead()
