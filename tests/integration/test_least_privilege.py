@@ -262,3 +262,59 @@ def test_connectors_started_at_once_on_a_fresh_storefront_all_run(env):
     finally:
         for p in procs:
             p.ensure_dead()
+
+
+LANES_CONFIG = """
+name: @NAME@
+source:
+  type: postgres
+  dsn: "{dsn}"
+  tables: [public.item_price]
+  lanes:
+    - {{name: fast, where: "category = 'promo'"}}
+    - {{name: bulk}}
+transforms:
+  - {{type: rename, fields: {{item_code: sku, price_fen: price}}}}
+  - {{type: money, field: price, divide_by: 100, scale: 2}}
+  - {{type: drop, fields: [category]}}
+sink: {{type: sql, url: "@STORE@", table: product_price, key: [sku]}}
+"""
+
+
+def test_lanes_run_as_a_role_on_the_dbas_filtered_publications_and_drop_takes_every_lanes_slot(env):
+    from tests.integration.support import CdcProcess
+
+    src = f"src_{env.name}"
+    env.pos("CREATE TABLE item_price (item_code text PRIMARY KEY, category text NOT NULL, price_fen bigint)")
+    env.pos("INSERT INTO item_price VALUES ('P', 'promo', 100), ('R', 'regular', 200)")
+    env.store(STORE_TABLE)
+    env.pg.execute(f"CREATE ROLE {src} LOGIN")
+    dsn, _ = as_role(env, role_src=src)
+    path = env.write_config(LANES_CONFIG.format(dsn=dsn))
+    out = cdc("setup-source", path, "--apply", "--admin-dsn", env.pos_dsn)
+    assert out.returncode == 0, out.stderr
+    assert "ALTER TABLE public.item_price REPLICA IDENTITY FULL;" in out.stdout
+    pubs = dict(env.pos("SELECT pubname, rowfilter FROM pg_publication_tables ORDER BY 1"))
+    assert pubs == {f"cdc_{env.name}_bulk": "(NOT ((category = 'promo'::text) IS TRUE))",
+                    f"cdc_{env.name}_fast": "((category = 'promo'::text) IS TRUE)"}  # fmt: skip
+    again = cdc(
+        "setup-source", path, "--apply", "--admin-dsn", env.pos_dsn
+    )  # ALTER PUBLICATION ... SET TABLE
+    assert again.returncode == 0 and f"ALTER PUBLICATION cdc_{env.name}_fast SET TABLE" in again.stdout
+    run = CdcProcess(path, env.tmp / "run.log")
+    try:
+        wait_until(lambda: prices(env) == {"P": Decimal("1.00"), "R": Decimal("2.00")}, timeout=60)
+        env.pos("UPDATE item_price SET price_fen = price_fen + 1")
+        wait_until(lambda: prices(env) == {"P": Decimal("1.01"), "R": Decimal("2.01")}, timeout=60)
+        run.assert_alive()
+        assert [s for s, _ in slots(env)] == [f"cdc_{env.name}_bulk", f"cdc_{env.name}_fast"]
+        refused = cdc("drop", path, "--execute")
+        assert refused.returncode == 1 and "is running" in refused.stderr
+        assert run.terminate()[0] == 0, run.tail()
+    finally:
+        run.ensure_dead()
+    out = cdc("drop", path, "--execute")
+    assert out.returncode == 0, out.stderr
+    assert slots(env) == []
+    assert len(env.pos("SELECT pubname FROM pg_publication")) == 2, "the DBA's publications are kept"
+    assert cdc_tables(env) == [], "no other connector used the bookkeeping (the superuser made it)"
