@@ -1,7 +1,8 @@
 """A throwaway local MariaDB server (Debian's mariadb-server binaries) in a temp dir on a free loopback port.
 
 Used by the test suite and the MariaDB benchmark. Grant tables are skipped: it is a private, loopback-only
-server that lives as long as the tests.
+server that lives as long as the tests. `grants=True` keeps them (the least-privilege tests: users and GRANTs
+that hold); root then reaches it over TCP as root@127.0.0.1, made at start over the socket.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from cdc.localpg import _run_as_kwargs, free_port
 
 
 class LocalMariaDB:
-    def __init__(self, base_dir: str | None = None, port: int | None = None):
+    def __init__(self, base_dir: str | None = None, port: int | None = None, grants: bool = False):
+        self.grants = grants
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="pos-cdc-mariadb-"))
         self.datadir = self.base / "data"
         self.port = port or free_port()
@@ -62,7 +64,7 @@ class LocalMariaDB:
                 f"--socket={self.base / 'sock'}",
                 f"--port={self.port}",
                 "--bind-address=127.0.0.1",
-                "--skip-grant-tables",
+                *([] if self.grants else ["--skip-grant-tables"]),
                 "--skip-name-resolve",
                 f"--pid-file={self.base / 'pid'}",
                 f"--log-error={self.base / 'error.log'}",
@@ -83,11 +85,24 @@ class LocalMariaDB:
                 log = (self.base / "error.log").read_text() if (self.base / "error.log").exists() else ""
                 raise TerminalError(f"mariadbd exited: {log.strip().splitlines()[-1:] or '?'}")
             try:
+                if self.grants:
+                    self._root_over_tcp()
                 self.execute("SELECT 1")
                 return self
             except Exception:  # noqa: BLE001 - not accepting connections yet
                 time.sleep(0.2)
         raise TerminalError("mariadbd did not accept connections within 60 s")
+
+    def _root_over_tcp(self) -> None:
+        import pymysql
+
+        conn = pymysql.connect(unix_socket=str(self.base / "sock"), user="root", autocommit=True)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE USER IF NOT EXISTS 'root'@'127.0.0.1'")
+                cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION")
+        finally:
+            conn.close()
 
     def connect(self, database: str | None = None):
         import pymysql

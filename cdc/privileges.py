@@ -122,6 +122,35 @@ def target_privileges(scfg) -> list[str]:
 BOOKKEEPING_PRIVILEGES = ["SELECT", "INSERT", "UPDATE", "DELETE"]
 
 
+def check_storefront(engine: sa.Engine, cfg) -> None:
+    """check_sink on a connection of `engine`; a role that may not even use the database is told so."""
+    import re
+
+    try:
+        conn = engine.connect()
+    except sa.exc.DBAPIError as e:
+        orig, url = e.orig, engine.url
+        code = orig.args[0] if getattr(orig, "args", None) and isinstance(orig.args[0], int) else None
+        hint = f"cdc setup-sink {cfg.path or 'CONFIG'} gives all it needs"
+        if code == 1044:  # MariaDB: access denied to the database
+            m = re.search(r"user '([^']*)'@'([^']*)'", str(orig))
+            who = f"'{m.group(1)}'@'{m.group(2)}'" if m else f"'{url.username}'"
+            t = my_name(url.database, cfg.sink.table.rpartition(".")[2])
+            raise TerminalError(
+                f"the user {who} has no privilege on database {url.database}: GRANT "
+                f"{', '.join(target_privileges(cfg.sink))} ON {t} TO {who} ({hint})"
+            ) from e
+        if getattr(orig, "sqlstate", None) == "42501":  # PostgreSQL: no CONNECT on the database
+            r = PG.quote(url.username or "")
+            raise TerminalError(
+                f"the role {url.username} lacks CONNECT on database {url.database}: GRANT CONNECT ON DATABASE "
+                f"{pg_name(url.database)} TO {r} ({hint})"
+            ) from e
+        raise
+    with conn:
+        check_sink(conn, cfg)
+
+
 def check_sink(conn: sa.Connection, cfg) -> None:
     """`conn`: a connection to the storefront as the connector's role (its engine sets the search path)."""
     dialect = conn.dialect.name
@@ -243,6 +272,13 @@ def _check_my_sink(conn: sa.Connection, cfg) -> None:
     wanted += [(t.name, BOOKKEEPING_PRIVILEGES) for t in meta.sorted_tables]
     absent = []
     for table, privileges in wanted:
+        if table not in existing and table not in meta.tables:  # the target: missing, or hidden from the user
+            t = my_name(db, table)
+            missing.add(
+                f"{', '.join(privileges)} on {t} (the user cannot see it: no privilege on it, or it does not exist)",
+                f"GRANT {', '.join(privileges)} ON {t} TO {grantee}",
+            )
+            continue
         if table not in existing:
             absent.append(table)
             continue
@@ -250,7 +286,6 @@ def _check_my_sink(conn: sa.Connection, cfg) -> None:
         if lacking:
             t = my_name(db, table)
             missing.add(f"{', '.join(lacking)} on {t}", f"GRANT {', '.join(lacking)} ON {t} TO {grantee}")
-    absent = [t for t in absent if t in meta.tables]
     if absent and not any(has(t, "CREATE") for t in absent):
         missing.add(
             f"CREATE on database {my_name(db)}, to make the missing bookkeeping tables ({', '.join(absent)});"

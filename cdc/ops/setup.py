@@ -213,11 +213,13 @@ def apply_sink(cfg: ConnectorConfig, role: str, host: str, admin_url: str, passw
                     f"{verb} {user}" + (" IDENTIFIED BY '…' (from the environment)" if password else "") + ";"
                 )
                 if password:
-                    c.exec_driver_sql(f"{verb} {user} IDENTIFIED BY %s", (password,))
+                    # (the password a parameter: the host part's % doubled for the driver's interpolation)
+                    c.exec_driver_sql(f"{verb} {user.replace('%', '%%')} IDENTIFIED BY %s", (password,))
                 elif not exists:
                     c.exec_driver_sql(f"CREATE USER {user}")
+            cur = c.connection.driver_connection.cursor()  # no parameters: each statement sent as it is
             for s in steps:
                 say(s)
-                c.exec_driver_sql(s.rstrip(";"))  # no parameters: sent as it is
+                cur.execute(s.rstrip(";"))
     finally:
         eng.dispose()

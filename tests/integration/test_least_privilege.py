@@ -11,6 +11,8 @@ import subprocess
 import sys
 from decimal import Decimal
 
+import pytest
+
 from tests.integration.helpers import Running, wait_until
 from tests.integration.support import POS_TABLE, ROOT, STORE_TABLE
 
@@ -318,3 +320,65 @@ def test_lanes_run_as_a_role_on_the_dbas_filtered_publications_and_drop_takes_ev
     assert slots(env) == []
     assert len(env.pos("SELECT pubname FROM pg_publication")) == 2, "the DBA's publications are kept"
     assert cdc_tables(env) == [], "no other connector used the bookkeeping (the superuser made it)"
+
+
+@pytest.fixture(scope="module")
+def mariadb_grants():
+    """A MariaDB server of its own that keeps its grant tables (the session's skips them: every user may do
+    everything there)."""
+    from cdc.localmariadb import LocalMariaDB
+
+    with LocalMariaDB(grants=True) as server:
+        yield server
+
+
+def test_a_mariadb_user_that_setup_sink_made_runs_the_sink(env, mariadb_grants):
+    user, db = f"snk_{env.name}", f"store_{env.name}"
+    admin_url = mariadb_grants.create_database(db)
+    url = admin_url.replace("//root@", f"//{user}:pw-{env.name}@")
+    mariadb_grants.execute(
+        "CREATE TABLE product_price (sku varchar(50) PRIMARY KEY, price decimal(12,2))", db
+    )
+    mariadb_grants.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw-{env.name}'")
+    env.pos(POS_TABLE)
+    env.pos("INSERT INTO item_price VALUES ('A', 100), ('B', 200)")
+    path = env.write_config(CONFIG.format(dsn=env.pos_dsn, url=url, table="product_price", sink_extra=""))
+
+    out = cdc("run", path)
+    assert out.returncode == 1
+    grant = f"GRANT SELECT, INSERT, UPDATE, DELETE ON {db}.product_price TO '{user}'@'%'"
+    assert f"the user '{user}'@'%' has no privilege on database {db}: {grant}" in out.stderr, out.stderr
+    mariadb_grants.execute(f"{grant}")  # the storefront table only: the bookkeeping is still missing
+    out = cdc("run", path)
+    assert out.returncode == 1
+    assert f"GRANT CREATE ON {db}.* TO '{user}'@'%'" in out.stderr
+    assert slots(env) == []
+
+    out = cdc(
+        "setup-sink", path, "--apply", "--admin-url", admin_url, env={"CDC_ROLE_PASSWORD": f"pw-{env.name}"}
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"pw-{env.name}" not in out.stdout + out.stderr
+    assert f"{grant};" in out.stdout
+    grants = " ".join(r[0] for r in mariadb_grants.execute(f"SHOW GRANTS FOR '{user}'@'%'"))
+    assert "CREATE" not in grants.replace("CREATE USER", "") and "DROP" not in grants, grants
+
+    def rows(sql: str) -> list[tuple]:
+        return mariadb_grants.execute(sql, db)
+
+    with Running(path) as r:
+        wait_until(lambda: dict(rows("SELECT sku, price FROM product_price")) == {"A": Decimal("1.00"),
+                   "B": Decimal("2.00")}, running=r, what="snapshot")  # fmt: skip
+        env.pos("UPDATE item_price SET price_fen = 0 WHERE item_code = 'B'")  # held by the guard
+        env.pos("UPDATE item_price SET price_fen = 150 WHERE item_code = 'A'")
+        wait_until(
+            lambda: rows("SELECT price FROM product_price WHERE sku = 'A'") == [(Decimal("1.50"),)], running=r
+        )
+        assert rows("SELECT row_key, kind, status FROM cdc_held") == [("B", "quarantine", "held")]
+    out = cdc("drop", path, "--execute")
+    assert out.returncode == 0, out.stderr
+    assert "the bookkeeping tables (" in out.stdout and "are kept: another role owns them" in out.stdout
+    assert rows("SELECT count(*) FROM cdc_offsets") == [(0,)] and rows("SELECT count(*) FROM cdc_held") == [
+        (0,)
+    ]
+    assert slots(env) == []

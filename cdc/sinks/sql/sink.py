@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError
 from cdc.events import ChangeEvent
-from cdc.privileges import check_sink
+from cdc.privileges import check_storefront
 from cdc.sinks.sql.bookkeeping import (
     applied_table,
     create_bookkeeping,
@@ -81,8 +81,7 @@ class SqlSink:
         store = self.store
         try:
             store.open()
-            with store.engine.connect() as c:  # the privileges, before the bookkeeping is made
-                check_sink(c, self.cfg)
+            check_storefront(store.engine, self.cfg)  # the privileges, before the bookkeeping is made
             create_bookkeeping(store.engine)
             self.folder = Folder(store.engine, store.dialect, self.positions)
             self.writer = Writer(
