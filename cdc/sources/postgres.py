@@ -309,10 +309,19 @@ class PostgresSource:
 
     def undo_prepare(self) -> None:
         """Drops the slot (and publication) this session made, the stream closed first (cdc/pipeline.py calls
-        it when a first run fails before its first commit, e.g. on a column the storefront refuses)."""
+        it when a first run fails before its first commit, e.g. on a column the storefront refuses): the next
+        run copies the tables anew. With `snapshot: never` the slot is kept: where it starts is where the
+        stream starts, and a new one would start later."""
         from cdc.sources.pg_undo import remove_made
 
         made, self._made = self._made, []
+        if made and self.scfg.snapshot != "initial":  # no snapshot to start again from: the slot's start
+            log.info(
+                "%s: keeping slot %s (snapshot: never; it marks where the stream starts)",
+                self.cfg.name,
+                self.cfg.slot,
+            )
+            return
         if made:
             self.close()
             remove_made(self.connect, self.cfg, made)

@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 
 from tests.integration.helpers import Running, wait_until
-from tests.integration.support import POS_TABLE, ROOT, STORE_TABLE
+from tests.integration.support import POS_TABLE, ROOT, STORE_TABLE, slot_pids
 
 CONFIG = """
 name: @NAME@
@@ -194,6 +194,27 @@ def test_a_first_run_that_fails_on_a_column_the_storefront_refuses_leaves_no_slo
     env.pos("INSERT INTO item_price VALUES ('B', 200)")
     out = cdc("run", config(env))
     assert out.returncode == 1 and "requires category" in out.stderr
+    assert slots(env) == [(f"cdc_{env.name}", False)]
+
+
+def test_with_snapshot_never_a_failed_first_run_keeps_its_slot(env):
+    """No snapshot to start again from: the slot marks where the stream starts; a new one would start later."""
+    from tests.integration.support import CdcProcess
+
+    env.pos(POS_TABLE)
+    env.store(
+        "CREATE TABLE product_price (sku text PRIMARY KEY, price numeric(12,2), category text NOT NULL)"
+    )
+    path = config(env)
+    path.write_text(path.read_text().replace("[public.item_price]", "[public.item_price], snapshot: never"))
+    run = CdcProcess(path, env.tmp / "run.log")
+    try:
+        wait_until(lambda: slot_pids(env), what="the stream")
+        env.pos("INSERT INTO item_price VALUES ('A', 100)")
+        wait_until(lambda: not run.alive, what="the connector to stop")
+    finally:
+        run.ensure_dead()
+    assert run.proc.returncode == 1 and "requires category" in run.tail(), run.tail()
     assert slots(env) == [(f"cdc_{env.name}", False)]
 
 
