@@ -143,6 +143,13 @@ def test_the_pipeline_runs_as_the_two_roles_setup_made(env):
         assert info["slot"] == f"cdc_{env.name}" and info["held"], info
         explain = cdc("explain", path, "A")
         assert explain.returncode == 0, explain.stdout + explain.stderr
+        held = cdc("quarantine", path, "list")
+        assert held.returncode == 0 and "B" in held.stdout, held.stdout + held.stderr
+        compared = cdc("reconcile", path, "--json")  # both sides read as the roles; B's difference is held
+        assert compared.returncode == 0, compared.stdout + compared.stderr
+        report = json.loads(compared.stdout)
+        assert report["compared"] == {"pos_rows": 2, "storefront_rows": 2}
+        assert [h["key"] for h in report["held"]] == ["B"]
         refused = cdc("drop", path)
         assert refused.returncode == 1 and "is running" in refused.stderr, refused.stdout + refused.stderr
     assert prices(env)["B"] == Decimal("2.00")
