@@ -16,6 +16,8 @@ from pydantic import (
     BeforeValidator,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -166,14 +168,15 @@ class SqlSink(Strict):
         "e.g. one `cdc setup-sink` made for them; default: the first schema of the search path, as the target's",
     )
 
-    @model_validator(mode="after")
-    def _schema_needs_postgres(self) -> SqlSink:
-        if self.bookkeeping_schema and not self.url.startswith(("postgresql", "postgres:")):
+    @field_validator("bookkeeping_schema")
+    @classmethod
+    def _schema_needs_postgres(cls, schema: str | None, info: ValidationInfo) -> str | None:
+        if schema and not str(info.data.get("url", "postgresql")).startswith(("postgresql", "postgres:")):
             raise ValueError(
-                "bookkeeping_schema: only a PostgreSQL storefront has schemas; on MariaDB and SQLite the "
-                "bookkeeping tables live in the storefront database (leave bookkeeping_schema out)"
+                "only a PostgreSQL storefront has schemas; on MariaDB and SQLite the bookkeeping tables live "
+                "in the storefront database (leave bookkeeping_schema out)"
             )
-        return self
+        return schema
 
 
 SourceConfig = Annotated[PostgresSource | KafkaSource, Field(discriminator="type")]

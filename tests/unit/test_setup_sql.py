@@ -99,3 +99,18 @@ def test_a_missing_privilege_is_named_with_its_grant():
     assert str(e.value).startswith(
         "the role pos_cdc lacks SELECT on public.item_price: GRANT SELECT ON public.item_price TO pos_cdc (on the POS;"
     )
+
+
+def test_bookkeeping_schema_is_refused_where_the_storefront_has_no_schemas(tmp_path):
+    import pytest
+
+    from cdc.errors import ConfigError
+
+    assert cfg(tmp_path, extra=", bookkeeping_schema: cdc").sink.bookkeeping_schema == "cdc"
+    with pytest.raises(ConfigError) as e:
+        cfg(tmp_path, url="mysql+pymysql://u@h/shop", extra=", bookkeeping_schema: cdc")
+    (problem,) = e.value.problems
+    assert problem.endswith(
+        "c.yaml:4: sink.bookkeeping_schema: Value error, only a PostgreSQL storefront has schemas; on MariaDB "
+        "and SQLite the bookkeeping tables live in the storefront database (leave bookkeeping_schema out)"
+    )
