@@ -211,6 +211,7 @@ def _check_pg_sink(conn: sa.Connection, cfg) -> None:
             absent.append(t.name)
             continue
         _table_grants(conn, missing, r, schema, t.name, True, BOOKKEEPING_PRIVILEGES)
+        _older(conn, missing, schema, t.name)
         seq = (
             q("SELECT pg_get_serial_sequence(%s, 'id')", (pg_name(schema, t.name),)).scalar()
             if "id" in t.c
@@ -225,6 +226,27 @@ def _check_pg_sink(conn: sa.Connection, cfg) -> None:
             f"GRANT CREATE ON SCHEMA {pg_name(schema)} TO {r}",
         )
     missing.raise_if_any(f"all of it at once: cdc setup-sink {cfg.path or 'CONFIG'} --role {role}")
+
+
+def _older(conn: sa.Connection, missing: Missing, schema: str, table: str) -> None:
+    """A bookkeeping table older than this pos-cdc lacks a column the connector adds at start, which only its
+    owner may do."""
+    from cdc.sinks.sql.bookkeeping import ADDED_COLUMNS
+
+    for name, column, type_ in ADDED_COLUMNS:
+        if name != table:
+            continue
+        lacks, owner = conn.exec_driver_sql(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = c.oid AND attname = %s"
+            " AND NOT attisdropped), pg_has_role(c.relowner, 'USAGE') FROM pg_class c WHERE c.oid = %s::regclass",
+            (column, pg_name(schema, table)),
+        ).one()
+        if lacks and not owner:
+            t = pg_name(schema, table)
+            missing.add(
+                f"the column {column} of {t} (made by an older pos-cdc; only its owner may add it)",
+                f"ALTER TABLE {t} ADD COLUMN {column} {type_}",
+            )
 
 
 def _table_grants(conn, missing: Missing, r: str, schema: str, name: str, usage: bool, privileges) -> None:

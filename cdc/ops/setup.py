@@ -24,6 +24,7 @@ from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError
 from cdc.lanes import lane_connectors, publication_sql
 from cdc.privileges import BOOKKEEPING_PRIVILEGES, my_name, pg_name, split_table, target_privileges
+from cdc.sinks.sql.bookkeeping import ADDED_COLUMNS
 
 PASSWORD_NOTE = "-- its password: psql's \\password {role} (or --apply with the password in ${env})"
 
@@ -145,6 +146,10 @@ def sink_statements(
         out.append(f"GRANT {', '.join(target_privileges(scfg))} ON {table} TO {user};")
         out += bookkeeping_ddl(_dialect("mysql"), db)
         out += [
+            f"ALTER TABLE {my_name(db, t)} ADD COLUMN IF NOT EXISTS {c} {type_};"
+            for t, c, type_ in ADDED_COLUMNS
+        ]
+        out += [
             f"GRANT {', '.join(BOOKKEEPING_PRIVILEGES)} ON {my_name(db, t)} TO {user};" for t in meta.tables
         ]
         return out
@@ -160,6 +165,10 @@ def sink_statements(
             f"GRANT USAGE ON SCHEMA {pg_name(schema)} TO {r};",
         ]
     out += bookkeeping_ddl(_dialect("postgresql"), schema)
+    out += [  # tables an older pos-cdc made
+        f"ALTER TABLE {pg_name(schema, t)} ADD COLUMN IF NOT EXISTS {c} {type_};"
+        for t, c, type_ in ADDED_COLUMNS
+    ]
     tables = ", ".join(pg_name(schema, t) for t in meta.tables)
     out.append(f"GRANT {', '.join(BOOKKEEPING_PRIVILEGES)} ON {tables} TO {r};")
     seqs = [pg_name(schema, f"{t.name}_id_seq") for t in meta.sorted_tables if "id" in t.c]

@@ -119,6 +119,12 @@ def test_the_pipeline_runs_as_the_two_roles_setup_made(env):
         "cdc_row_state",
         "cdc_scheduled",
     ]
+    # a cdc_held an older pos-cdc made: only its owner (the DBA) may add the column; setup-sink again does
+    env.store("ALTER TABLE cdc.cdc_held DROP COLUMN typed_event")
+    out = cdc("run", path)
+    assert out.returncode == 1
+    assert "the column typed_event of cdc.cdc_held (made by an older pos-cdc" in out.stderr, out.stderr
+    assert "ALTER TABLE cdc.cdc_held ADD COLUMN typed_event TEXT" in out.stderr and slots(env) == []
     again = cdc("setup-sink", path, "--apply", "--admin-url", env.store_url)  # idempotent
     assert again.returncode == 0, again.stderr
 
@@ -223,6 +229,24 @@ def test_with_snapshot_never_a_failed_first_run_keeps_its_slot(env):
         run.ensure_dead()
     assert run.proc.returncode == 1 and "requires category" in run.tail(), run.tail()
     assert slots(env) == [(f"cdc_{env.name}", False)]
+
+
+def test_bookkeeping_an_older_pos_cdc_made_gets_the_new_columns_from_its_owner(env):
+    env.pos(POS_TABLE)
+    env.pos("INSERT INTO item_price VALUES ('A', 100)")
+    env.store(STORE_TABLE)
+    path = config(env)
+    with Running(path) as r:
+        wait_until(lambda: prices(env) == {"A": Decimal("1.00")}, running=r)
+    env.store("ALTER TABLE cdc_held DROP COLUMN typed_event; ALTER TABLE cdc_row_state DROP COLUMN via")
+    with Running(path) as r:
+        env.pos("UPDATE item_price SET price_fen = 110")
+        wait_until(lambda: prices(env) == {"A": Decimal("1.10")}, running=r)
+    columns = env.store(
+        "SELECT table_name || '.' || column_name FROM information_schema.columns"
+        " WHERE column_name IN ('typed_event', 'via') AND table_name IN ('cdc_held', 'cdc_row_state') ORDER BY 1"
+    )
+    assert columns == [("cdc_held.typed_event",), ("cdc_row_state.via",)]
 
 
 def test_drop_removes_one_connectors_rows_and_the_tables_with_the_last(env):

@@ -114,6 +114,10 @@ history_table = sa.Table(
 )
 
 
+# columns added since the tables were first made: (table, column, type), added at start to older tables
+ADDED_COLUMNS = (("cdc_held", "typed_event", "TEXT"), ("cdc_row_state", "via", "VARCHAR(200)"))
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

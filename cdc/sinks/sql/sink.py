@@ -29,6 +29,7 @@ from cdc.errors import HoldError, TerminalError
 from cdc.events import ChangeEvent
 from cdc.privileges import check_storefront
 from cdc.sinks.sql.bookkeeping import (
+    ADDED_COLUMNS,
     applied_table,
     create_bookkeeping,
     ensure_lock_row,
@@ -109,10 +110,9 @@ class SqlSink:
     def _load_bookkeeping(self) -> None:
         with self.store.engine.begin() as c:
             insp = sa.inspect(c)
-            if "typed_event" not in {col["name"] for col in insp.get_columns("cdc_held")}:
-                c.execute(sa.text("ALTER TABLE cdc_held ADD COLUMN typed_event TEXT"))  # an older cdc_held
-            if "via" not in {col["name"] for col in insp.get_columns("cdc_row_state")}:
-                c.execute(sa.text("ALTER TABLE cdc_row_state ADD COLUMN via VARCHAR(200)"))  # an older one
+            for table, column, type_ in ADDED_COLUMNS:  # older tables
+                if column not in {col["name"] for col in insp.get_columns(table)}:
+                    c.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {type_}"))
             ensure_lock_row(c, self.name)
             self.held.load(c)
             self.schedules.load(c)
