@@ -1,7 +1,8 @@
 """`cdc validate --check-source`: what only the databases know, checked before anything runs and without
 creating anything (no slot, no publication, no bookkeeping table).
 
-On the POS: every captured table exists. Through the stages: a probe row with every column of the table
+On both: the privileges `cdc run` checks at start (cdc/privileges.py), each missing GRANT named. On the POS:
+every captured table exists. Through the stages: a probe row with every column of the table
 (a value of each column's type) goes through them as a change would; a stage that finds a field the row lacks
 (a misspelt column in a `where`, a `money` field that is not there) is reported with the columns the table
 has. On the storefront: the target table exists with the key's unique index (the sink's own check), the
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, HoldError
 from cdc.events import ChangeEvent
+from cdc.privileges import check_source as check_source_privileges
+from cdc.privileges import check_storefront
 from cdc.sources import pgoutput as po
 from cdc.sources.pg_snapshot import COLUMNS_QUERY, table_regclass
 
@@ -60,6 +63,10 @@ def check_source(cfg: ConnectorConfig) -> list[str]:
 def _pos_probes(cfg: ConnectorConfig) -> tuple[list[ChangeEvent], list[str]]:
     probes, problems = [], []
     with psycopg.connect(cfg.source.dsn, autocommit=True) as conn:
+        try:
+            check_source_privileges(conn, cfg)  # what `cdc run` checks first, each missing GRANT named
+        except CdcError as e:
+            problems.append(f"source: {e}")
         for table in cfg.source.tables:
             schema, _, name = table.rpartition(".")
             if conn.execute("SELECT to_regclass(%s)", (table_regclass(schema, name),)).fetchone()[0] is None:
@@ -129,6 +136,7 @@ def _storefront(cfg: ConnectorConfig, outputs: list[dict]) -> list[str]:
     target = Target(cfg.sink, cfg.name, engine.dialect.name)
     try:
         target.reflect(engine)
+        check_storefront(engine, cfg)
     except CdcError as e:
         return [str(e)]
     except sa.exc.SQLAlchemyError as e:

@@ -85,6 +85,11 @@ def test_the_pipeline_runs_as_the_two_roles_setup_made(env):
     assert f"SELECT on public.item_price: GRANT SELECT ON public.item_price TO {src}" in out.stderr
     assert f"cdc setup-source {path} --role {src}" in out.stderr
     assert slots(env) == [] and env.pos("SELECT pubname FROM pg_publication") == []
+    # validate --check-source says the same before anything runs: both roles' missing GRANTs
+    out = cdc("validate", "--check-source", path)
+    assert out.returncode == 2, out.stdout
+    assert f"GRANT SELECT ON public.item_price TO {src}" in out.stderr, out.stderr
+    assert f"the role {snk} lacks SELECT, INSERT, UPDATE, DELETE on public.product_price" in out.stderr
 
     # the POS set up (the printed SQL names the role and never a password); the storefront not yet
     printed = cdc("setup-source", path)
