@@ -172,86 +172,98 @@ class WalStream:
         in_stream: int | None = None  # the xid of the stream block being read (protocol 2)
         streamed = self.streamed
         sock = conn.socket
-        while True:
-            n, data = conn.get_copy_data(1)
-            if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
-                conn.consume_input()
+        data = b""
+        try:
+            while True:
                 n, data = conn.get_copy_data(1)
-            if n == 0:
-                # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
-                mark, self._mark = self._mark, 0
-                yield Idle(WalPosition(mark, mark) if mark and not self._in_txn else None)
-                self._maybe_status(conn, interval)
-                r, _, _ = select.select([sock], [], [], min(interval, 1.0))
-                if r:
+                if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
                     conn.consume_input()
-                continue
-            if n == -1:
-                conn.get_result()
-                raise TransientError("the POS ended replication (walsender stopped); reconnecting")
-            if n < 0:
-                raise TransientError(
-                    f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
-                )
-            kind = data[0]
-            if kind == 0x6B:  # 'k' keepalive
-                wal_end, _, reply = HDR_K.unpack_from(data, 1)
-                self.wal_end = max(self.wal_end, wal_end)
-                if not self._in_txn:
-                    # once everything received is durable downstream, the idle WAL in between is ours to
-                    # confirm (the checkpointer does, at the next Idle)
-                    self._mark = max(self._mark, wal_end)
-                if reply:
-                    self._send_status(conn)
-                continue
-            if kind != 0x77:  # 'w'
-                continue
-            lsn, wal_end, _ = HDR_W.unpack_from(data, 1)
-            if wal_end > self.wal_end:
-                self.wal_end = wal_end
-            body = data[25:]
-            tag = bytes(body[:1])
-            if in_stream is not None or tag in STREAM_TAGS:  # protocol 2: a transaction streamed as it runs
-                if tag == b"c":
-                    x, _, c_lsn, e_lsn, ts = STREAM_COMMIT.unpack_from(body, 1)
-                    if c_lsn <= skip_through:  # applied downstream already
-                        streamed.drop(x)
-                        self._mark = max(self._mark, e_lsn)
-                        continue
-                    t_ms = po.pg_epoch_us_to_unix_ms(ts)
-                    for change_lsn, payload in streamed.commit(x):
-                        yield from self._events(decode(payload), change_lsn, c_lsn, t_ms, x)
-                    yield TxnEnd(WalPosition(c_lsn, e_lsn), t_ms)
-                elif tag == b"S":
-                    in_stream = XID.unpack_from(body, 1)[0]
-                    streamed.start(in_stream, body[5] == 1)
-                elif tag == b"E":
-                    in_stream = None
-                elif tag == b"A":
-                    streamed.abort(*TWO_XIDS.unpack_from(body, 1))
-                else:  # a message of the block: its (sub)transaction's xid after the type
-                    subxid, plain = without_xid(body)
-                    if tag in b"IUDT":
-                        streamed.add(in_stream, subxid, lsn, plain)
-                    elif tag in b"RY":
-                        decode(plain)  # the relation (or type) as it is now, for the changes that follow
-                continue
-            msg = decode(body)
-            t = type(msg)
-            if t is po.Begin:
-                self._in_txn = True
-                commit_lsn, xid = msg.final_lsn, msg.xid
-                ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
-                skipping = commit_lsn <= skip_through
-            elif t is po.Commit:
-                self._in_txn = False
-                if skipping:
-                    self._mark = max(self._mark, msg.end_lsn)
-                else:
-                    yield TxnEnd(WalPosition(msg.commit_lsn, msg.end_lsn), ts_ms)
-            elif t in CHANGES and not skipping:
-                yield from self._events(msg, lsn, commit_lsn, ts_ms, xid)
-            # Relation, Type, Origin and logical messages need nothing more here
+                    n, data = conn.get_copy_data(1)
+                if n == 0:
+                    # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
+                    mark, self._mark = self._mark, 0
+                    yield Idle(WalPosition(mark, mark) if mark and not self._in_txn else None)
+                    self._maybe_status(conn, interval)
+                    r, _, _ = select.select([sock], [], [], min(interval, 1.0))
+                    if r:
+                        conn.consume_input()
+                    continue
+                if n == -1:
+                    conn.get_result()
+                    raise TransientError("the POS ended replication (walsender stopped); reconnecting")
+                if n < 0:
+                    raise TransientError(
+                        f"replication connection lost: {conn.error_message.decode(errors='replace').strip()}"
+                    )
+                kind = data[0]
+                if kind == 0x6B:  # 'k' keepalive
+                    wal_end, _, reply = HDR_K.unpack_from(data, 1)
+                    self.wal_end = max(self.wal_end, wal_end)
+                    if not self._in_txn:
+                        # once everything received is durable downstream, the idle WAL in between is ours to
+                        # confirm (the checkpointer does, at the next Idle)
+                        self._mark = max(self._mark, wal_end)
+                    if reply:
+                        self._send_status(conn)
+                    continue
+                if kind != 0x77:  # 'w'
+                    continue
+                lsn, wal_end, _ = HDR_W.unpack_from(data, 1)
+                if wal_end > self.wal_end:
+                    self.wal_end = wal_end
+                body = data[25:]
+                tag = bytes(body[:1])
+                if (
+                    in_stream is not None or tag in STREAM_TAGS
+                ):  # protocol 2: a transaction streamed as it runs
+                    if tag == b"c":
+                        x, _, c_lsn, e_lsn, ts = STREAM_COMMIT.unpack_from(body, 1)
+                        if c_lsn <= skip_through:  # applied downstream already
+                            streamed.drop(x)
+                            self._mark = max(self._mark, e_lsn)
+                            continue
+                        t_ms = po.pg_epoch_us_to_unix_ms(ts)
+                        for change_lsn, payload in streamed.commit(x):
+                            yield from self._events(decode(payload), change_lsn, c_lsn, t_ms, x)
+                        yield TxnEnd(WalPosition(c_lsn, e_lsn), t_ms)
+                    elif tag == b"S":
+                        in_stream = XID.unpack_from(body, 1)[0]
+                        streamed.start(in_stream, body[5] == 1)
+                    elif tag == b"E":
+                        in_stream = None
+                    elif tag == b"A":
+                        streamed.abort(*TWO_XIDS.unpack_from(body, 1))
+                    else:  # a message of the block: its (sub)transaction's xid after the type
+                        subxid, plain = without_xid(body)
+                        if tag in b"IUDT":
+                            streamed.add(in_stream, subxid, lsn, plain)
+                        elif tag in b"RY":
+                            decode(plain)  # the relation (or type) as it is now, for the changes that follow
+                    continue
+                msg = decode(body)
+                t = type(msg)
+                if t is po.Begin:
+                    self._in_txn = True
+                    commit_lsn, xid = msg.final_lsn, msg.xid
+                    ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
+                    skipping = commit_lsn <= skip_through
+                elif t is po.Commit:
+                    self._in_txn = False
+                    if skipping:
+                        self._mark = max(self._mark, msg.end_lsn)
+                    else:
+                        yield TxnEnd(WalPosition(msg.commit_lsn, msg.end_lsn), ts_ms)
+                elif t in CHANGES and not skipping:
+                    yield from self._events(msg, lsn, commit_lsn, ts_ms, xid)
+                # Relation, Type, Origin and logical messages need nothing more here
+        except (
+            struct.error,
+            IndexError,
+        ) as exc:  # a frame shorter than its layout (pgoutput's own are checked)
+            raise po.MalformedMessage(
+                f"malformed replication message {bytes(data[:1])!r} from the walsender ({len(data)} bytes; "
+                f"last WAL position {lsn_to_str(self.wal_end)}): it ends too early"
+            ) from exc
 
     def _events(self, msg, lsn: int, commit_lsn: int, ts_ms: int, xid: int) -> list[ChangeEvent]:
         """A change message's events; `seq` is the change's own WAL position, the same in every slot (see

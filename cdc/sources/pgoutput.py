@@ -31,7 +31,8 @@ Date/time values Python cannot represent stay the plain str PostgreSQL sent: 'in
 BC dates (' BC' suffix), years after 9999, and the time '24:00:00'. A value in a 'b' (binary) column is
 the raw bytes. NULL is None; an unchanged TOASTed value is `cdc.events.UNCHANGED_TOAST`.
 
-Malformed or short buffers raise ValueError naming the message type and the offset; a data message for a
+Malformed or short buffers, and message types outside protocol version 1, raise `MalformedMessage` (a
+`cdc.errors.TerminalError`, and a ValueError) naming the message type and the offset; a data message for a
 relation whose Relation message has not been seen raises `cdc.errors.TerminalError`.
 """
 
@@ -213,8 +214,9 @@ _TAG_K, _TAG_O, _TAG_N = ord("K"), ord("O"), ord("N")
 _KIND_T = ord("t")
 
 
-class MalformedMessage(ValueError):
-    """A pgoutput message whose bytes do not follow the format (short, unknown tag, bad value text...)."""
+class MalformedMessage(TerminalError, ValueError):
+    """A pgoutput message whose bytes do not follow the format (short, unknown tag, bad value text...): the
+    connector stops with this one line (reading the same WAL again gives the same bytes)."""
 
 
 def _malformed(what: str, pos: int, buf: bytes, detail: str) -> MalformedMessage:
@@ -328,7 +330,7 @@ class Decoder:
         if type(buf) is not bytes:
             buf = bytes(buf)
         if not buf:
-            raise ValueError("malformed pgoutput message at offset 0 (of 0 bytes): empty buffer")
+            raise MalformedMessage("malformed pgoutput message at offset 0 (of 0 bytes): empty buffer")
         handler = self._dispatch.get(buf[0])
         if handler is None:
             tag = buf[0]
@@ -336,7 +338,9 @@ class Decoder:
                 detail = f"{_UNSUPPORTED[tag]} ({chr(tag)!r}) is not part of protocol version 1"
             else:
                 detail = f"unknown message type {chr(tag)!r} (0x{tag:02x})"
-            raise ValueError(f"unsupported pgoutput message at offset 0 (of {len(buf)} bytes): {detail}")
+            raise MalformedMessage(
+                f"unsupported pgoutput message at offset 0 (of {len(buf)} bytes): {detail}"
+            )
         return handler(buf)
 
     # -- data messages -------------------------------------------------------------------------------------
