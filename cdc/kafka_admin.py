@@ -42,6 +42,12 @@ def admin_options(client: str, options: dict[str, Any] | None) -> dict[str, Any]
     return {_LIBRDKAFKA_TO_KAFKA_PYTHON[k]: v for k, v in options.items() if k in _LIBRDKAFKA_TO_KAFKA_PYTHON}
 
 
+def _known(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The options a kafka-python client takes (it refuses any other): a consumer's session_timeout_ms or a
+    producer's linger_ms in a connector's `options` is for its consumer or producer, not for these calls."""
+    return {k: v for k, v in options.items() if k in defaults}
+
+
 class Admin:
     def __init__(self, bootstrap: str, options: dict[str, Any] | None = None):
         from kafka import KafkaAdminClient
@@ -49,7 +55,9 @@ class Admin:
         self.bootstrap = bootstrap
         self.options = options or {}
         with kafka_errors(bootstrap, "connecting"):
-            self._a = KafkaAdminClient(bootstrap_servers=_servers(bootstrap), **self.options)
+            self._a = KafkaAdminClient(
+                bootstrap_servers=_servers(bootstrap), **_known(self.options, KafkaAdminClient.DEFAULT_CONFIG)
+            )
         self._offsets_reader = None
 
     def topics(self) -> set[str]:
@@ -140,7 +148,7 @@ class Admin:
                     bootstrap_servers=_servers(self.bootstrap),
                     enable_auto_commit=False,
                     allow_auto_create_topics=False,
-                    **self.options,
+                    **_known(self.options, KafkaConsumer.DEFAULT_CONFIG),
                 )
         return self._offsets_reader
 
