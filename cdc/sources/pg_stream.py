@@ -148,6 +148,8 @@ class WalStream:
         if res is None or res.status != pq.ExecStatus.COPY_BOTH:
             msg = ((res.error_message if res else b"") or conn.error_message).decode(errors="replace").strip()
             conn.finish()
+            if "invalidated" in msg or "can no longer get changes" in msg:  # lost while it was away
+                raise TerminalError(f"{slot_lost_message(self.cfg)} ({msg.splitlines()[0]})")
             if "does not exist" in msg or "is active" in msg or "wal_status" in msg or "removed" in msg:
                 raise TerminalError(f"cannot stream from slot {self.cfg.slot}: {msg}")
             raise TransientError(f"cannot start replication: {msg}")
@@ -338,3 +340,14 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+def slot_lost_message(cfg) -> str:
+    """What a connector whose slot lost WAL says: what happened and the recovery (docs/faults.md)."""
+    path = cfg.path or "CONFIG"
+    return (
+        f"replication slot {cfg.slot} has lost WAL it needed (wal_status=lost, e.g. max_slot_wal_keep_size or "
+        f"a failover): changes were missed. Recover: `cdc run {path} --resnapshot` (drops the slot, copies the "
+        f"tables anew and streams on), then, while it runs, `cdc reconcile {path} --repair` (removes the rows "
+        f"deleted on the POS meanwhile, which a copy cannot see); see docs/faults.md"
+    )

@@ -36,6 +36,7 @@ from cdc.sources.pg_stream import (
     open_replication,
     quote_ident,
     replication_command,
+    slot_lost_message,
 )
 
 log = logging.getLogger("cdc.source.postgres")
@@ -213,11 +214,7 @@ class PostgresSource:
                     f"{database}; pos-cdc needs a pgoutput slot on {self.db} (name another slot)"
                 )
             if wal_status == "lost":
-                raise TerminalError(
-                    f"replication slot {self.cfg.slot} has lost WAL it needed (wal_status=lost, e.g. "
-                    f"max_slot_wal_keep_size or a failover): changes were missed. Re-snapshot: "
-                    f"`cdc run {self.cfg.path or 'CONFIG'} --resnapshot` drops the slot and copies the tables anew"
-                )
+                raise TerminalError(slot_lost_message(self.cfg))
 
     def slot_stats(self) -> dict | None:
         """The slot as the server sees it: lag and retained WAL in bytes, active, wal_status."""
