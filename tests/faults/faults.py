@@ -83,6 +83,29 @@ class SteadyWriter(Writer):
                 return
 
 
+class SteadyMonitor(Monitor):
+    """support.Monitor that outlives its storefront going away: polls again once it is back."""
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                super().run()
+            finally:
+                if isinstance(self.error, psycopg.OperationalError):
+                    self.error = None
+                    time.sleep(0.2)
+            if self.error is not None:
+                return
+
+
+def own_store(env) -> LocalPostgres:
+    """Moves env's storefront to a cluster of its own (to stop it): the caller destroys it."""
+    cluster = LocalPostgres().start()
+    env.store_dsn = cluster.create_database("shop")
+    env.store_url = cluster.url("shop")
+    return cluster
+
+
 def wait_in_sync(env, procs: list[CdcProcess], timeout: float) -> float:
     """Until the storefront holds exactly the POS's prices, every process alive meanwhile; -> seconds taken."""
     t0 = time.monotonic()
@@ -147,10 +170,12 @@ __all__ = [
     "CdcProcess",
     "Monitor",
     "PeakRss",
+    "SteadyMonitor",
     "SteadyWriter",
     "Writer",
     "check_end_state",
     "fill",
     "own_pos",
+    "own_store",
     "wait_in_sync",
 ]

@@ -95,7 +95,9 @@ def test_kafka_sink_connector_killed_while_it_applies(env, kafka, tmp_path):
     print(f"seed {seed}")
     env.pos(POS_TABLE)
     env.store(STORE_TABLE)
-    env.pos("INSERT INTO item_price SELECT 'K' || lpad(i::text, 4, '0'), i * 7 FROM generate_series(0, 499) i")
+    env.pos(
+        "INSERT INTO item_price SELECT 'K' || lpad(i::text, 4, '0'), i * 7 FROM generate_series(0, 499) i"
+    )
     env.pos("INSERT INTO item_price VALUES (%s, 0)", WATCHED)
     hop = Hop(env, kafka)
     text = hop.k2s.read_text()
@@ -134,5 +136,7 @@ def test_kafka_sink_connector_killed_while_it_applies(env, kafka, tmp_path):
             p.ensure_dead()
         writer.stop()
         monitor.stop()
-    print(f"{kills} kills of the sink connector; {writer.changes} changes; in sync {took:.1f}s after the writer")
+    print(
+        f"{kills} kills of the sink connector; {writer.changes} changes; in sync {took:.1f}s after the writer"
+    )
     check_end_state(env, monitor, writer.watched_value)

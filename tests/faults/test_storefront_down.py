@@ -1,0 +1,73 @@
+"""The storefront database down for 20 s under load (longer than several retry backoffs: 0.5, 1, 2, 4, 8 s
+with jitter): the connector retries, does not exit, loses nothing, and catches up when it returns."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from tests.faults.faults import (
+    WATCHED,
+    CdcProcess,
+    SteadyMonitor,
+    Writer,
+    check_end_state,
+    fill,
+    own_store,
+    wait_in_sync,
+)
+from tests.integration.support import price_config, store_prices
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+DOWN_S = 20
+
+
+def test_storefront_down_20s_under_load(env, tmp_path):
+    cluster = own_store(env)
+    try:
+        fill(env, nkeys=500)
+        cfg = env.write_config(price_config())
+        writer = Writer(env.pos_dsn, total_changes=10**9, nkeys=2000, rate=500, watched=WATCHED, seed=11)
+        monitor = SteadyMonitor(env.store_dsn, WATCHED)
+        proc = CdcProcess(cfg, tmp_path / "cdc.log")
+        monitor.start()
+        try:
+            wait_in_sync(env, [proc], timeout=60)
+            writer.start()
+            time.sleep(2)
+            cluster.stop("fast")
+            changes_before = writer.changes
+            time.sleep(DOWN_S)
+            proc.assert_alive(f"after {DOWN_S}s without the storefront: it must wait for it, not exit")
+            during = writer.changes - changes_before
+            cluster.start()
+            back = time.monotonic()
+            seen = len(monitor.values)
+            while len(monitor.values) == seen and time.monotonic() - back < 60:
+                time.sleep(0.05)
+            resumed = time.monotonic() - back
+            time.sleep(2)
+            writer.stop()
+            writer.finish(timeout=30)
+            wait_in_sync(env, [proc], timeout=90)
+            rc, _ = proc.terminate(timeout=15)
+            assert rc == 0, proc.tail()
+        finally:
+            proc.ensure_dead()
+            writer.stop()
+            monitor.stop()
+        log = proc.log_path.read_text()
+        waits = [float(w) for w in re.findall(r"attempt \d+ failed, next in ([0-9.]+)s", log)]
+        print(f"{during} POS changes while the storefront was down; retries waited {waits}; "
+              f"the watched price moved again {resumed:.1f}s after it came back")  # fmt: skip
+        assert during > 2000, "the POS should go on while the storefront is down"
+        assert len(waits) >= 4, f"the connector should retry with backoff while it is down: {waits}"
+        assert max(waits) < DOWN_S, "the outage must outlast a single backoff"
+        assert "Traceback" not in log
+        assert store_prices(env)
+        check_end_state(env, monitor, writer.watched_value)
+    finally:
+        cluster.destroy()
