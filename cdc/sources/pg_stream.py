@@ -118,6 +118,8 @@ class WalStream:
         self.streamed = StreamedTxns()  # transactions streamed before their commit (pg_streamed.py)
         # (schema, table) -> primary key columns, for tables with REPLICA IDENTITY FULL (PostgresSource.prepare)
         self.primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.tables = frozenset(self.scfg.tables)
+        self._listed: dict[int, tuple[po.Relation, bool]] = {}  # oid -> (its Relation, in source.tables)
 
     def key_columns(self, rel: po.Relation) -> tuple[str, ...]:
         """The key of a relation's events: its replica identity's columns, except under REPLICA IDENTITY FULL,
@@ -272,9 +274,11 @@ class WalStream:
         ChangeEvent.seq)."""
         t, db, name = type(msg), self.db, self.cfg.name
         if t is po.Truncate:
-            rels, op, before, after = msg.relations, TRUNCATE, None, None
+            rels, op, before, after = [r for r in msg.relations if self.listed(r)], TRUNCATE, None, None
         else:
             rels = (msg.relation,)
+            if not self.listed(msg.relation):
+                return []
             if t is po.Insert:
                 op, before, after = CREATE, None, msg.new
             elif t is po.Update:
@@ -303,6 +307,27 @@ class WalStream:
             )
             for rel in rels
         ]
+
+    def listed(self, rel: po.Relation) -> bool:
+        """Whether a relation is one of source.tables. The publication may send others (a DBA added a table to
+        it, or it is shared): their changes are not this connector's, and are skipped, said once per table."""
+        known = self._listed.get(rel.oid)
+        if known is not None and known[0] is rel:
+            return known[1]
+        table = f"{rel.schema or 'pg_catalog'}.{rel.name}"
+        ok = table in self.tables
+        if not ok:
+            log.warning(
+                "%s: publication %s sends changes of %s, which is not in source.tables: skipped (add it to "
+                "source.tables to capture it, or ALTER PUBLICATION %s DROP TABLE %s)",
+                self.cfg.name,
+                self.cfg.publication,
+                table,
+                self.cfg.publication,
+                table,
+            )
+        self._listed[rel.oid] = (rel, ok)
+        return ok
 
     def confirm(self, end_lsn: int) -> None:
         """Everything up to `end_lsn` is durable downstream: reported as flushed in the next status update."""
