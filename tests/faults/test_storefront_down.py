@@ -1,5 +1,7 @@
 """The storefront database down for 20 s under load (longer than several retry backoffs: 0.5, 1, 2, 4, 8 s
-with jitter): the connector retries, does not exit, loses nothing, and catches up when it returns."""
+with jitter): the connector retries, does not exit, loses nothing, and catches up when it returns. The backoff
+in progress when the storefront returns runs out first: here the first change after it came back was applied
+1-24 s later (the wait of the retry then pending, 16 s * jitter 0.5-1.5 at the sixth attempt)."""
 
 from __future__ import annotations
 
@@ -65,7 +67,7 @@ def test_storefront_down_20s_under_load(env, tmp_path):
               f"the watched price moved again {resumed:.1f}s after it came back")  # fmt: skip
         assert during > 2000, "the POS should go on while the storefront is down"
         assert len(waits) >= 4, f"the connector should retry with backoff while it is down: {waits}"
-        assert max(waits) < DOWN_S, "the outage must outlast a single backoff"
+        assert sum(waits[:3]) < DOWN_S, f"the outage must outlast several backoffs: {waits}"
         assert "Traceback" not in log
         assert store_prices(env)
         check_end_state(env, monitor, writer.watched_value)
