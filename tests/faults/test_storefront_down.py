@@ -73,3 +73,28 @@ def test_storefront_down_20s_under_load(env, tmp_path):
         check_end_state(env, monitor, writer.watched_value)
     finally:
         cluster.destroy()
+
+
+def test_a_storefront_connection_dropped_in_a_transaction_is_given_back_without_a_traceback(env, caplog):
+    """The outage test's log once held SQLAlchemy's 'Exception during reset or similar' with three tracebacks:
+    the pool rolled back the dead connection (which failed in a statement sent on psycopg's own connection, as
+    the small-commit path sends them) before closing it. Closing it ends its transaction anyway."""
+    import psycopg
+
+    from cdc.sinks.sql.storefront import Storefront
+
+    store = Storefront(env.store_url, "c")
+    store.open()
+    conn = store.connect()
+    pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    conn.commit()
+    env.store("SELECT pg_terminate_backend(%s)", pid)
+    pg = conn.connection.driver_connection  # as pg_merge's commit_small uses it: one simple query, autocommit
+    pg.autocommit = True
+    with pytest.raises(psycopg.OperationalError):
+        pg.execute("BEGIN; SELECT 1; COMMIT")
+    with pytest.raises(psycopg.OperationalError):
+        pg.autocommit = False
+    store.close()  # what the pipeline does with the sink after a failed commit
+    noisy = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert noisy == []

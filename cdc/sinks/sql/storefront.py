@@ -86,8 +86,13 @@ def engine(url: sa.URL | str, bookkeeping_schema: str | None = None) -> sa.Engin
     it was."""
     url = _url(url) if isinstance(url, str) else url
     if url.get_backend_name() != "sqlite":
-        # an unreachable storefront fails a connect in seconds (then retried), never hangs it
-        eng = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 10})
+        # an unreachable storefront fails a connect in seconds (then retried), never hangs it. NullPool closes a
+        # connection when it is given back, which ends its transaction: no rollback first (on a connection the
+        # server dropped, that rollback failed and SQLAlchemy logged its traceback in the middle of an outage
+        # the connector handles with one line per retry)
+        eng = sa.create_engine(
+            url, poolclass=sa.pool.NullPool, pool_reset_on_return=None, connect_args={"connect_timeout": 10}
+        )
         if bookkeeping_schema and url.get_backend_name() == "postgresql":
             _search_path_first(eng, bookkeeping_schema)
         return eng
