@@ -10,8 +10,9 @@ pieces inside one open storefront transaction; with streaming the connector rece
 it until its commit in memory up to 64 MB (pg_streamed.SPILL_BYTES), the rest in a temporary file. Either way
 what is held at once is about one sink batch (sink.batch_size, 20,000 changes by default, here of 4 kB each).
 
-Measured here (2026-12-04, 2 cores): idle 70 MB; 150k rows (586 MB) peak 224-226 MB on both paths; 300k rows
-(1,172 MB, FAULT_BIG_ROWS=300000) peak 230 MB: flat in the transaction's size."""
+Measured here (2026-12-04, 2 cores): idle 70 MB; 150k rows (586 MB) peak 224-253 MB on both paths over three
+runs (higher when the POS commits faster); 300k rows (1,172 MB, FAULT_BIG_ROWS=300000) peak 230 MB: flat in
+the transaction's size."""
 
 from __future__ import annotations
 
@@ -70,5 +71,7 @@ def test_huge_transaction_with_bounded_memory(env, tmp_path, streaming):
         f"peak RSS {rss.hwm_mb:.0f} MB (caught up and idle before: {idle_mb:.0f} MB)"
     )
     assert rss.hwm_mb > 0, "no reading of the connector's memory"
-    assert rss.hwm_mb < min(BOUND_MB, passed_mb / 2), f"peak RSS {rss.hwm_mb:.0f} MB for {passed_mb:.0f} MB"
+    # holding the transaction would take more than its values' bytes (586 MB of str); one batch takes ~250 MB
+    assert passed_mb > 1.9 * BOUND_MB, "the transaction must be much larger than the bound to prove it"
+    assert rss.hwm_mb < BOUND_MB, f"peak RSS {rss.hwm_mb:.0f} MB for {passed_mb:.0f} MB"
     check_end_state(env, monitor)
