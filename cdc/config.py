@@ -23,12 +23,13 @@ from pydantic import (
 
 from cdc.config_base import Strict
 from cdc.config_kafka import KafkaSink, KafkaSource
+from cdc.config_vars import expand
 from cdc.errors import ConfigError
+from cdc.secrets import remember_secrets_of
 from cdc.stages import StageConfig
 from cdc.stages.lineage import pick_fallback_problems
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def _ident(name: str) -> str:
@@ -296,23 +297,15 @@ def _to_data(node: yaml.Node, lines: dict[tuple, int], path: tuple, problems: li
         return [_to_data(v, lines, path + (i,), problems, fname) for i, v in enumerate(node.value)]
     text = node.value
     if "${" in text:
-
-        def sub(m: re.Match) -> str:
-            if m.group(1) not in os.environ:
-                field = ".".join(str(p) for p in path) or "(root)"
-                problems.append(
-                    f"{fname}:{lines[path]}: {field}: environment variable {m.group(1)} is not set "
-                    f"(export it, or write the value in the file)"
-                )
-                return ""
-            return os.environ[m.group(1)]
-
+        field = ".".join(str(p) for p in path) or "(root)"
         before = len(problems)
-        text = VAR_RE.sub(sub, text)
+        text = expand(text, f"{fname}:{lines[path]}: {field}", Path(fname).parent, problems)
         if len(problems) > before:
             return _Unset(text)
-    # a plain scalar gets its implicit type (int, bool, null...) from its final text; quoted ones stay str
-    tag = _LOADER.resolve(yaml.ScalarNode, text, (True, False)) if node.style is None else node.tag
+    # a plain scalar gets its implicit type (int, bool, null...) from its final text; quoted ones stay str,
+    # and so does one holding a file's secret (a password of digits is still a password)
+    plain = node.style is None and "${file:" not in node.value
+    tag = _LOADER.resolve(yaml.ScalarNode, text, (True, False)) if plain else node.tag
     return _LOADER.construct_object(yaml.ScalarNode(tag, text), deep=True)
 
 
@@ -399,5 +392,6 @@ def load_config(file: str | os.PathLike) -> ConnectorConfig:
             problems.append(f"{fname}:{line}: {field}: {msg}")
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: int(p[len(fname) + 1 :].split(":", 1)[0])))
+    remember_secrets_of(cfg)
     cfg.path = fname
     return cfg

@@ -4,11 +4,12 @@ settings they share."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from cdc.config_base import Strict, comma_list
+from cdc.kafka_security import check_security, security_settings
 
 TOPIC_RE = r"^[A-Za-z0-9._-]{1,200}$"
 
@@ -30,6 +31,36 @@ class KafkaClientOptions(Strict):
         "security_protocol, ssl_cafile; librdkafka's for confluent-kafka, e.g. security.protocol); pos-cdc's "
         "own delivery settings (acks, idempotence, offsets) cannot be overridden",
     )
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = Field(
+        None,
+        description="how pos-cdc talks to the brokers: SSL (TLS), SASL_SSL (TLS and a user name and password), "
+        "SASL_PLAINTEXT, or PLAINTEXT (Kafka's default); see SECURITY.md",
+    )
+    ssl_cafile: str | None = Field(
+        None,
+        description="PEM file of the CA that signed the brokers' certificates (default: the system's CAs)",
+    )
+    ssl_certfile: str | None = Field(
+        None, description="PEM file of pos-cdc's client certificate (mutual TLS)"
+    )
+    ssl_keyfile: str | None = Field(None, description="PEM file of the client certificate's private key")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism of security_protocol SASL_SSL or SASL_PLAINTEXT"
+    )
+    sasl_username: str | None = Field(None, description="SASL user name")
+    sasl_password: SecretStr | None = Field(
+        None,
+        description="SASL password; give it as ${file:/run/secrets/NAME} or ${VAR}: it is never shown",
+    )
+
+    @model_validator(mode="after")
+    def _security_fits(self) -> KafkaClientOptions:
+        return check_security(self)
+
+    def client_options(self) -> dict[str, Any]:
+        """`options` with the security settings added, in the names of the chosen client."""
+        return {**self.options, **security_settings(self)}
 
     @field_validator("options")
     @classmethod

@@ -13,6 +13,7 @@ import typer
 
 from cdc.config import ConnectorConfig, load_config
 from cdc.errors import CdcError, ConfigError
+from cdc.secrets import install_log_redaction, redact
 
 app = typer.Typer(
     add_completion=False,
@@ -38,6 +39,7 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks and
     logging.getLogger("kafka").setLevel(logging.DEBUG if debug else logging.WARNING)
     for noisy in ("kafka.cluster", "kafka.coordinator", "kafka.producer.sender", "kafka.librdkafka"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.CRITICAL)
+    install_log_redaction()  # no log line shows a password (cdc/secrets.py)
 
 
 def tune_gc() -> None:
@@ -52,7 +54,7 @@ def tune_gc() -> None:
 
 
 def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(redact(f"error: {message}"), err=True)
     raise typer.Exit(code)
 
 
@@ -70,7 +72,7 @@ def load_all(files: list[Path]) -> list[ConnectorConfig]:
             break
     if problems:
         for p in problems:
-            typer.echo(p, err=True)
+            typer.echo(redact(p), err=True)
         raise typer.Exit(2)
     return configs
 
@@ -93,7 +95,7 @@ def main() -> None:
     except CdcError as e:
         if state["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(redact(f"error: {e}"), err=True)
         sys.exit(1)
 
 

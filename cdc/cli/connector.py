@@ -8,6 +8,7 @@ import typer
 
 from cdc.cli import app, describe, fail, load_all, state, tune_gc
 from cdc.errors import CdcError
+from cdc.secrets import redact
 
 
 @app.command()
@@ -29,12 +30,12 @@ def validate(
 
             found = check(c)
             for p in found:
-                typer.echo(f"{c.path}: {p}", err=True)
+                typer.echo(redact(f"{c.path}: {p}"), err=True)
             problems += len(found)
             if found:
                 continue
         typer.echo(
-            f"{c.path}: ok ({c.name}: {describe(c)})"
+            redact(f"{c.path}: ok ({c.name}: {describe(c)})")
             + (", checked against the databases" if check_source else "")
         )
         lanes = lane_connectors(c)
@@ -97,7 +98,8 @@ def run(
             raise errors[0]
         for e in errors:
             typer.echo(
-                f"error: {e}" if isinstance(e, CdcError) else f"error: {type(e).__name__}: {e}", err=True
+                redact(f"error: {e}" if isinstance(e, CdcError) else f"error: {type(e).__name__}: {e}"),
+                err=True,
             )
         raise typer.Exit(1)
 
@@ -120,12 +122,12 @@ def status(
     (cfg,) = load_all([config])
     infos = [gather(c) for c in lane_connectors(cfg)]  # a config with lanes: each lane's connector
     if as_json:
-        typer.echo(json.dumps(infos[0] if len(infos) == 1 else infos, default=str))
+        typer.echo(redact(json.dumps(infos[0] if len(infos) == 1 else infos, default=str)))
         return
     for info in infos:
         table = Table(title=f"pos-cdc status: {info['connector']}", show_header=False)
         for k, v in info.items():
-            table.add_row(k, _readable(v))
+            table.add_row(k, redact(_readable(v)))
         Console().print(table)
 
 

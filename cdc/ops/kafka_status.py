@@ -27,7 +27,7 @@ def kafka_source_side(cfg: ConnectorConfig, stored: dict[str, int] | None) -> di
     s = cfg.source
     stored = stored or {}
     try:
-        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
     except CdcError as e:
         return {"group": s.group, "source_error": str(e), "state": "unreachable"}
     try:

@@ -161,7 +161,7 @@ def replay(cfg: ConnectorConfig, how: str, arg, execute: bool) -> tuple[list[Mov
     s = cfg.source
     sink = build_sink(cfg)
     sink.open()
-    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
     try:
         moves = plan(cfg, admin, stored_offsets(sink.load_offsets()), how, arg)
         if not execute:

@@ -35,7 +35,7 @@ log = logging.getLogger("cdc.sink.kafka")
 def read_held(cfg: ConnectorConfig) -> list[dict]:
     """The held topic's entries of this connector, as `cdc deadletter list` shows them (id: the offset)."""
     s, out = cfg.sink, []
-    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+    admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
     try:
         for r in admin.read_all(s.held_topic):
             entry = json.loads(r.value)
@@ -88,11 +88,11 @@ class KafkaSink:
 
     def open(self) -> None:
         s = self.scfg
-        self.admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        self.admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
         self.admin.ensure_topics([s.offsets_topic], partitions=1, compact=True, rf=s.replication_factor)
         self.admin.ensure_topics([s.held_topic], partitions=1, rf=s.replication_factor)
         self._topics = self.admin.topics()
-        self.producer = open_producer(s.client, s.bootstrap_servers, s.options)
+        self.producer = open_producer(s.client, s.bootstrap_servers, s.client_options())
         log.info("%s: Kafka client %s", self.name, s.client)
 
     def start_folding(self) -> None:
@@ -111,7 +111,7 @@ class KafkaSink:
     def load_offsets(self) -> dict[str, str]:
         """The newest position stored for this connector in the offsets topic ({} when none)."""
         s, key = self.scfg, self.name.encode()
-        admin = self.admin or Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        admin = self.admin or Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
         try:
             latest = None
             for r in admin.read_all(s.offsets_topic):

@@ -114,7 +114,7 @@ class KafkaSource:
         """The brokers answer; topics named in the config that do not exist yet are reported (the consumer
         waits for them: the connector that writes them may not have started)."""
         s = self.scfg
-        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
         try:
             missing = sorted(set(s.topics) - admin.topics())
         finally:
@@ -139,7 +139,7 @@ class KafkaSource:
         """For `cdc run --resnapshot`: the sink forgets its stored positions; the group's committed offsets go
         too, so the topics are read again from `start` (refused while a member of the group runs)."""
         s = self.scfg
-        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.options))
+        admin = Admin(s.bootstrap_servers, admin_options(s.client, s.client_options()))
         try:
             state, members = admin.group(s.group)
             if members:
@@ -181,7 +181,7 @@ class KafkaSource:
             s.client,
             s.bootstrap_servers,
             s.group,
-            s.options,
+            s.client_options(),
             on_assigned=self._assigned,
             on_revoked=self._revoked,
             auto_offset_reset=s.start,
