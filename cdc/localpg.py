@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from cdc.errors import TerminalError
+from cdc.localtls import TlsFiles
 
 RUN_AS = "cdcpg"
 
@@ -80,9 +81,28 @@ def _run_as_kwargs() -> dict:
     return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
 
 
+# tls: TCP only over TLS, every role by password (SCRAM); the cluster's own admin connections use the socket
+TLS_HBA = """\
+local all all trust
+hostssl all all 127.0.0.1/32 scram-sha-256
+hostssl replication all 127.0.0.1/32 scram-sha-256
+"""
+
+
 class LocalPostgres:
-    def __init__(self, base_dir: str | None = None, port: int | None = None, settings: dict | None = None):
+    """`tls` (cdc/localtls.py) makes a cluster that takes TCP connections only over TLS and only with a
+    password (pg_hba `hostssl ... scram-sha-256`, nothing for plain TCP): `execute` then goes through the
+    cluster's Unix socket, and the connectors' roles need passwords."""
+
+    def __init__(
+        self,
+        base_dir: str | None = None,
+        port: int | None = None,
+        settings: dict | None = None,
+        tls: TlsFiles | None = None,
+    ):
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="pos-cdc-pg-"))
+        self.tls = tls
         self.datadir = self.base / "data"
         self.port = port or free_port()
         self.settings = {**LOGICAL_SETTINGS, **(settings or {})}
@@ -118,6 +138,8 @@ class LocalPostgres:
                 for k, v in self.settings.items():
                     f.write(f"{k} = {v}\n")
                 f.write(f"port = {self.port}\nunix_socket_directories = '{self.base}'\n")
+            if self.tls is not None:
+                self._setup_tls()
         self._cmd(
             str(self.bin / "pg_ctl"),
             "-D",
@@ -131,6 +153,21 @@ class LocalPostgres:
         )
         self.started = True
         return self
+
+    def _setup_tls(self) -> None:
+        """The server's certificate and key in the data dir (the key readable by the server's user only),
+        ssl=on, and pg_hba.conf's TLS_HBA."""
+        assert self.tls is not None
+        for src, name in ((self.tls.cert, "server.crt"), (self.tls.key, "server.key")):
+            dest = self.datadir / name
+            shutil.copyfile(src, dest)
+            if self._as:
+                os.chown(dest, self._as["user"], self._as["group"])
+            dest.chmod(0o600)
+        with open(self.datadir / "postgresql.auto.conf", "a") as f:
+            f.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+            f.write("password_encryption = 'scram-sha-256'\n")
+        (self.datadir / "pg_hba.conf").write_text(TLS_HBA)
 
     def stop(self, mode: str = "fast") -> None:
         if self.started:
@@ -152,10 +189,16 @@ class LocalPostgres:
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{dbname}"
 
+    def admin_dsn(self, dbname: str = "postgres") -> str:
+        """The superuser's connection, for set-up: over the Unix socket on a `tls` cluster."""
+        if self.tls is None:
+            return self.dsn(dbname)
+        return f"host={self.base} port={self.port} user=postgres dbname={dbname}"
+
     def execute(self, sql: str, dbname: str = "postgres") -> list[tuple]:
         import psycopg
 
-        with psycopg.connect(self.dsn(dbname), autocommit=True) as conn:
+        with psycopg.connect(self.admin_dsn(dbname), autocommit=True) as conn:
             cur = conn.execute(sql)
             return cur.fetchall() if cur.description else []
 

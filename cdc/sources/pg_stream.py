@@ -23,6 +23,7 @@ from psycopg import pq
 from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError, TransientError
 from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeEvent, Idle, TxnEnd, lsn_to_str
+from cdc.refusals import refusal_hint
 from cdc.sources import pgoutput as po
 from cdc.sources.pg_streamed import STREAM_COMMIT, TWO_XIDS, XID, StreamedTxns, without_xid
 
@@ -63,6 +64,9 @@ def now_pg_us() -> int:
 def classify(err: Exception) -> Exception:
     """psycopg errors -> TransientError (retry) or TerminalError (stop and say what to fix)."""
     sqlstate = getattr(err, "sqlstate", None) or ""
+    hint = refusal_hint(str(err)) if isinstance(err, psycopg.OperationalError) else None
+    if hint:
+        return TerminalError(f"the POS database refused the connection: {_message(err)} ({hint})")
     if isinstance(err, psycopg.OperationalError) and sqlstate[:2] in ("", "08", "57", "53"):
         return TransientError(f"POS database unavailable: {str(err).strip().splitlines()[0]}")
     if sqlstate == "42501":
@@ -71,6 +75,11 @@ def classify(err: Exception) -> Exception:
             "(the connector's role needs REPLICATION and SELECT on the captured tables)"
         )
     return TerminalError(f"POS database error [{sqlstate or '?'}]: {str(err).strip().splitlines()[0]}")
+
+
+def _message(err: Exception) -> str:
+    """A connection error's text in one line (libpq gives the server's reason on a line of its own)."""
+    return " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
 
 
 def open_replication(dsn: str, connector: str) -> pq.PGconn:
@@ -86,6 +95,9 @@ def open_replication(dsn: str, connector: str) -> pq.PGconn:
     if conn.status != pq.ConnStatus.OK:
         msg = conn.error_message.decode(errors="replace").strip()
         conn.finish()
+        hint = refusal_hint(msg)
+        if hint:
+            raise TerminalError(f"the POS database refused the replication connection: {msg} ({hint})")
         if "permission" in msg or "must be superuser or replication role" in msg:
             raise TerminalError(f"cannot open a replication connection: {msg}")
         raise TransientError(f"cannot open a replication connection to the POS: {msg}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from cdc.errors import HoldError, TerminalError, TransientError
+from cdc.refusals import refusal_hint
 from cdc.sinks.sql.bookkeeping import lock_connector
 
 DIALECTS = ("postgresql", "mysql", "sqlite")
@@ -165,6 +166,12 @@ def classify(err: Exception) -> Exception:
     import psycopg
 
     orig = getattr(err, "orig", None) or err
+    hint = (
+        refusal_hint(str(orig)) if isinstance(err, sa.exc.OperationalError | sa.exc.InterfaceError) else None
+    )
+    if hint:
+        text = " ".join(line.strip() for line in str(orig).strip().splitlines() if line.strip())
+        return TerminalError(f"the storefront database refused the connection: {text} ({hint})")
     if (
         isinstance(err, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.DisconnectionError)
         and (state[:2] in ("", "08", "57", "53", "40") or code in MYSQL_TRANSIENT or "locked" in first)
