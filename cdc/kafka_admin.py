@@ -12,6 +12,7 @@ from typing import Any
 
 from cdc.errors import TerminalError, TransientError
 from cdc.kafka_client import TP, Record, _servers, kafka_errors
+from cdc.kafka_preflight import check_access
 
 log = logging.getLogger("cdc.kafka")
 
@@ -54,6 +55,7 @@ class Admin:
 
         self.bootstrap = bootstrap
         self.options = options or {}
+        check_access(bootstrap, self.options)  # a TLS or SASL refusal: stop now, saying what to fix
         with kafka_errors(bootstrap, "connecting"):
             self._a = KafkaAdminClient(
                 bootstrap_servers=_servers(bootstrap), **_known(self.options, KafkaAdminClient.DEFAULT_CONFIG)

@@ -30,7 +30,9 @@ import weakref
 from pathlib import Path
 
 from cdc.errors import TerminalError
+from cdc.localkafka_tls import SecureListeners
 from cdc.localpg import free_port
+from cdc.localtls import TlsFiles
 
 KAFKA_VERSION = "4.1.0"
 LIBS_ENV = "POS_CDC_KAFKA_LIBS"
@@ -138,7 +140,14 @@ class LocalKafka:
     `stop()`/`kill()` and the next `start()`.
     """
 
-    def __init__(self, base_dir: str | None = None, port: int | None = None, settings: dict | None = None):
+    def __init__(
+        self,
+        base_dir: str | None = None,
+        port: int | None = None,
+        settings: dict | None = None,
+        tls: TlsFiles | None = None,
+        scram_users: dict[str, str] | None = None,
+    ):
         self.libs = ensure_jars()
         self.java = find_java()
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="pos-cdc-kafka-"))
@@ -147,6 +156,8 @@ class LocalKafka:
         self.controller_port = free_port()
         while self.controller_port == self.port:
             self.controller_port = free_port()
+        # tls: an SSL listener and, with scram_users, a SASL_SSL one (cdc/localkafka_tls.py)
+        self.secure = SecureListeners(self.base, tls, scram_users, {self.port, self.controller_port})
         self.settings = {**SETTINGS, **(settings or {})}
         self.proc: subprocess.Popen | None = None
         self.start_seconds: float | None = None  # how long the last start() took, for reports
@@ -156,6 +167,16 @@ class LocalKafka:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def ssl_bootstrap(self) -> str:
+        """host:port of the SSL listener (LocalKafka(tls=...))."""
+        return f"127.0.0.1:{self.secure.ssl_port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """host:port of the SASL_SSL listener (SCRAM-SHA-512; LocalKafka(tls=..., scram_users=...))."""
+        return f"127.0.0.1:{self.secure.sasl_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.base / "server.log"
 
@@ -163,12 +184,15 @@ class LocalKafka:
         return str(self.libs / "*")
 
     def _write_config(self) -> Path:
+        extra = self.secure.listeners()
         props = {
             **self.settings,
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+            + "".join(f",{x}" for x in extra),
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}" + "".join(f",{x}" for x in extra),
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
             "log.dirs": str(self.datadir),
+            **self.secure.properties(),
         }
         path = self.base / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -194,7 +218,13 @@ class LocalKafka:
         cluster_id = _kafka_uuid()
         proc = subprocess.run(
             self._java(
-                "kafka.tools.StorageTool", "format", "--config", str(config), "--cluster-id", cluster_id
+                "kafka.tools.StorageTool",
+                "format",
+                "--config",
+                str(config),
+                "--cluster-id",
+                cluster_id,
+                *self.secure.format_args(),
             ),
             capture_output=True,
             text=True,
