@@ -1,6 +1,7 @@
 """`${VAR}` and `${file:PATH}` in a connector config's values (cdc/config.py): the environment variable's value,
 or the secret in a file (a Docker/Kubernetes secret, systemd's LoadCredential=) without its trailing newline.
-A relative PATH is relative to the config file's directory. What a file holds is remembered as a secret
+A relative PATH is relative to the config file's directory; PATH may hold ${VAR}s
+(`${file:${CREDENTIALS_DIRECTORY}/pos_password}`). What a file holds is remembered as a secret
 (cdc/secrets.py): it is masked wherever pos-cdc shows text."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 
 from cdc.secrets import read_secret_file, remember
 
-VAR_RE = re.compile(r"\$\{(?:file:([^}]*)|([A-Za-z_][A-Za-z0-9_]*))\}")
+NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# a file's path may itself hold ${VAR}s: ${file:${CREDENTIALS_DIRECTORY}/pos_password} (systemd's LoadCredential=)
+VAR_RE = re.compile(rf"\$\{{(?:file:((?:\$\{{{NAME}\}}|[^}}])*)|({NAME}))\}}")
 
 
 def expand(text: str, where: str, config_dir: Path, problems: list[str]) -> str:
@@ -28,6 +31,11 @@ def expand(text: str, where: str, config_dir: Path, problems: list[str]) -> str:
                 return ""
             return os.environ[name]
         raw = m.group(1).strip()
+        if "${" in raw:
+            before = len(problems)
+            raw = VAR_RE.sub(sub, raw)
+            if len(problems) > before:
+                return ""  # the path's variable is unset: said once
         if not raw:
             problems.append(f"{where}: ${{file:}} needs a path, e.g. ${{file:/run/secrets/pos_password}}")
             return ""

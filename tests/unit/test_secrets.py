@@ -225,3 +225,27 @@ def test_log_records_are_redacted(caplog):
     assert PW not in caplog.text
     assert "connecting with host=h password=***" in caplog.text
     assert "RuntimeError: failed: ***" in caplog.text
+
+
+def test_a_secret_file_path_may_name_a_directory_by_variable(tmp_path, monkeypatch):
+    """systemd's LoadCredential= puts secrets in $CREDENTIALS_DIRECTORY."""
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "pos_pw").write_text(PW + "\n")
+    (tmp_path / "creds" / "store_pw").write_text("s" + PW)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "creds"))
+    cfg = load_config(
+        write(
+            tmp_path,
+            CONFIG.format(pos="${CREDENTIALS_DIRECTORY}/pos_pw", store="${CREDENTIALS_DIRECTORY}/store_pw"),
+        )
+    )
+    assert f"password={PW} " in cfg.source.dsn and f":s{PW}@" in cfg.sink.url
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError) as e:
+        load_config(
+            write(tmp_path, CONFIG.format(pos="${CREDENTIALS_DIRECTORY}/pos_pw", store="creds/store_pw"))
+        )
+    (problem,) = e.value.problems
+    assert problem.startswith(
+        f"{tmp_path / 'c.yaml'}:4: source.dsn: environment variable CREDENTIALS_DIRECTORY is not set"
+    )
