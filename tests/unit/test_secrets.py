@@ -249,3 +249,28 @@ def test_a_secret_file_path_may_name_a_directory_by_variable(tmp_path, monkeypat
     assert problem.startswith(
         f"{tmp_path / 'c.yaml'}:4: source.dsn: environment variable CREDENTIALS_DIRECTORY is not set"
     )
+
+
+def test_kafka_pythons_debug_log_of_its_configuration_is_redacted(tmp_path, caplog):
+    """kafka-python logs every setting, the SASL password with them, at DEBUG (`cdc --debug`): the password a
+    loaded config holds is masked there by the filter `cdc` puts on its log handlers."""
+    from kafka import KafkaAdminClient
+
+    (tmp_path / "kafka_pw").write_text("kafka-" + PW + "\n")
+    path = write(
+        tmp_path,
+        KAFKA.format(
+            extra="security_protocol: SASL_PLAINTEXT, sasl_mechanism: SCRAM-SHA-512, sasl_username: u, "
+            "sasl_password: '${file:kafka_pw}'"
+        ),
+    )
+    options = load_config(path).sink.client_options()
+    caplog.handler.addFilter(RedactingFilter())
+    try:
+        with caplog.at_level(logging.DEBUG, logger="kafka"), pytest.raises(Exception):  # noqa: B017 - no broker
+            KafkaAdminClient(bootstrap_servers="127.0.0.1:1", bootstrap_timeout_ms=300, **options)
+    finally:
+        caplog.handler.removeFilter(caplog.handler.filters[-1])
+    assert "Starting KafkaAdminClient with configuration" in caplog.text
+    assert "'sasl_plain_password': '***'" in caplog.text
+    assert PW not in caplog.text
