@@ -40,7 +40,10 @@ def admin_options(client: str, options: dict[str, Any] | None) -> dict[str, Any]
     options = options or {}
     if client != "confluent-kafka":
         return options
-    return {_LIBRDKAFKA_TO_KAFKA_PYTHON[k]: v for k, v in options.items() if k in _LIBRDKAFKA_TO_KAFKA_PYTHON}
+    out = {_LIBRDKAFKA_TO_KAFKA_PYTHON[k]: v for k, v in options.items() if k in _LIBRDKAFKA_TO_KAFKA_PYTHON}
+    if str(options.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
+        out["ssl_check_hostname"] = False  # as the streaming client, which does not check the host name
+    return out
 
 
 def _known(options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:

@@ -274,3 +274,25 @@ def test_kafka_pythons_debug_log_of_its_configuration_is_redacted(tmp_path, capl
     assert "Starting KafkaAdminClient with configuration" in caplog.text
     assert "'sasl_plain_password': '***'" in caplog.text
     assert PW not in caplog.text
+
+
+def test_admin_calls_of_a_confluent_connector_take_its_security_settings(tmp_path):
+    from cdc.kafka_admin import admin_options
+
+    path = write(
+        tmp_path,
+        KAFKA.format(
+            extra="client: confluent-kafka, security_protocol: SASL_SSL, ssl_cafile: ca.pem, "
+            "sasl_mechanism: SCRAM-SHA-512, sasl_username: u, sasl_password: pw-x, "
+            "options: {ssl.endpoint.identification.algorithm: none}"
+        ),
+    )
+    sink = load_config(path).sink
+    assert admin_options(sink.client, sink.client_options()) == {
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "ca.pem",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "pw-x",
+        "ssl_check_hostname": False,
+    }
