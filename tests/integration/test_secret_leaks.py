@@ -126,6 +126,9 @@ def test_the_password_appears_nowhere(secure_pg, tmp_path, form, monkeypatch, ca
             running.error = None
         outputs[f"{fault}: exception"] = exception_texts(caught.value)
         outputs[f"{fault}: cdc validate"] = (lambda r: r.stdout + r.stderr)(cdc("validate", path, env=env))
+        outputs[f"{fault}: cdc validate --check-source"] = (lambda r: r.stdout + r.stderr)(
+            cdc("validate", "--check-source", path, env=env)
+        )
 
     # and once it works: a run with metrics, status and validate beside it
     path, env = write("good.yaml")
@@ -164,6 +167,8 @@ def test_the_password_appears_nowhere(secure_pg, tmp_path, form, monkeypatch, ca
         validate = cdc("validate", path, env=env)
         assert validate.returncode == 0, validate.stderr
         outputs["cdc validate"] = validate.stdout + validate.stderr
+        checked = cdc("validate", "--check-source", path, env=env)
+        outputs["cdc validate --check-source"] = checked.stdout + checked.stderr
         proc.assert_alive()
     finally:
         rc, _ = proc.terminate(30)
@@ -171,7 +176,7 @@ def test_the_password_appears_nowhere(secure_pg, tmp_path, form, monkeypatch, ca
     outputs["cdc run log"] = proc.log_path.read_text()
     assert rc == 0, proc.tail()
     outputs["in-process log records (no redacting filter)"] = caplog.text
-    assert len(outputs) == 18
+    assert len(outputs) == 22
     assert not leaks(outputs), "the password appears in: " + "; ".join(
         f"{where}: ...{text[max(0, text.find(PASSWORD) - 200) :][:400]}..."
         for where, text in leaks(outputs).items()
