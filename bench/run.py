@@ -64,6 +64,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import ladder  # noqa: E402  (bench/ladder.py)
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
 from patches import PATCHES  # noqa: E402  (bench/ is the script's directory, first on sys.path)
@@ -567,6 +568,8 @@ class Markers:
             return self.visible[seq]
 
     def start_writer(self, interval: float) -> None:
+        self._stop_writer.clear()  # the ladder starts and stops it once per step
+
         def run() -> None:
             nxt = time.monotonic()
             while not self._stop_writer.is_set():
@@ -886,6 +889,8 @@ def summarize(results: dict) -> list[tuple]:
                      ratio(cu, nat.get("catchup_after_load_s")), "<= 1 s", cu is not None and cu <= 1.0))  # fmt: skip
         if "rss_peak_mb" in cdc:
             rows.append(("cashier", "pos-cdc peak RSS MB", None, cdc["rss_peak_mb"], None, "", None))
+    if results.get("ladder"):
+        rows += ladder.summary_rows(results["ladder"], ratio)
     g = results.get("big")
     if g:
         nat, cdc = g.get("native", {}), g["pos-cdc"]
@@ -960,7 +965,7 @@ def print_table(rows: list[tuple]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", choices=["bulk", "cashier", "big", "all"], default="all")
+    ap.add_argument("--scenario", choices=["bulk", "cashier", "big", "ladder", "all"], default="all")
     ap.add_argument("--rows", type=int, default=200_000, help="bulk rows, and the cashier table's size")
     ap.add_argument("--big-rows", type=int, default=1_000_000)
     ap.add_argument("--no-big-native", action="store_true", help="big: skip the native baseline")
@@ -978,6 +983,8 @@ def main() -> int:
         help="experiment: run pos-cdc with a monkeypatch from bench/patches.py (repeatable)",
     )
     ap.add_argument("--rate", type=int, help="cashier: pgbench -R (TPS limit); default: full rate")
+    ap.add_argument("--ladder", default=ladder.DEFAULT_LADDER, help="ladder: the pgbench -R rates, in order")
+    ap.add_argument("--step-seconds", type=int, default=10, help="ladder: pgbench -T of each step")
     ap.add_argument("--sink-opt", action="append", help="extra pos-cdc sink option key=value (repeatable)")
     ap.add_argument(
         "--peer",
@@ -1036,7 +1043,12 @@ def main() -> int:
         log(f"starting POS and storefront clusters in {workdir}")
         env.start()
         results["machine"]["postgres"] = env.q_pos("SHOW server_version")[0][0]
-        fns = {"bulk": scenario_bulk, "cashier": scenario_cashier, "big": scenario_big}
+        fns = {
+            "bulk": scenario_bulk,
+            "cashier": scenario_cashier,
+            "big": scenario_big,
+            "ladder": lambda env, args: ladder.scenario_ladder(env, args, sys.modules[__name__]),
+        }
         for name in scenarios:
             log(f"scenario {name}")
             ts = time.monotonic()
@@ -1072,7 +1084,7 @@ def main() -> int:
         env.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
     results["elapsed_s"] = round(time.monotonic() - t0, 1)
-    rows = summarize({k: v for k, v in results.items() if k in ("bulk", "cashier", "big")})
+    rows = summarize({k: v for k, v in results.items() if k in ("bulk", "cashier", "big", "ladder")})
     if rows:
         print_table(rows)
     log(f"total {results['elapsed_s']}s")
