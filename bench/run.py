@@ -34,7 +34,7 @@ Scenarios
             end until the sink has everything. Targets: caught up within 1 s; p99 <= 100 ms.
 * big     — one 1M-row INSERT transaction; rate, and peak RSS (VmHWM) of the pos-cdc process.
             Target: <= 300 MB.
-* ladder  — (bench/ladder.py; not in `all`, ~5-8 min) the cashier load stepped up a ladder of pgbench -R
+* ladder  — (bench/ladder.py; not in `all`, ~3-5 min) the cashier load stepped up a ladder of pgbench -R
             rates (--ladder, default 1000..12000 by 1000; --step-seconds 10 each, the system catching up
             between steps) for native, then pos-cdc: the highest rate each sustains with p99
             commit-to-visible <= 100 ms (markers every 20 ms), stopping at a system's second missed step
