@@ -13,7 +13,11 @@ The connector: Debezium's PostgreSQL connector, plugin pgoutput, the POS table o
 its own created when the engine starts (before the load), no snapshot (`snapshot.mode = no_data`), offsets
 in memory, JSON without schemas (`converter.schemas.enable = false`: the handler knows its table), every
 other setting Debezium's default (max.batch.size 2048, max.queue.size 8192, poll.interval.ms 500).
-`dbz_opts` in the config (bench/run.py `--dbz-opt key=value`) overrides any of them.
+`dbz_opts` in the config (bench/run.py `--dbz-opt key=value`) overrides any of them. The JVM has
+pydbzengine's options (-Xms256m -Xmx2g, G1); pydbzengine adds those in $PYDBZ_JVM_OPTS, which bench/run.py
+passes on (smoke runs, noisy: -Xms2g made the no-op insert faster, 19-25k -> 28k changes/s, and left the
+applying handler where it was, 12-16k; max.batch.size 8192, max.queue.size 32768, poll.interval.ms 50
+changed neither beyond the noise).
 
 Two handlers (`mode` in the config):
 
