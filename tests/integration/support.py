@@ -286,6 +286,14 @@ class Monitor(threading.Thread):
         self.polls = 0
         self.error: BaseException | None = None
         self._halt = threading.Event()
+        self._first = threading.Event()  # the first poll is done: what the row held before the test acts
+
+    def start(self) -> None:
+        """Starts polling and returns once the row has been read once, so that the first value recorded is the
+        one from before whatever the test does next (on a busy machine the thread may start late)."""
+        super().start()
+        if not self._first.wait(10):
+            raise AssertionError("the storefront monitor did not read the row within 10 s")
 
     def run(self) -> None:
         try:
@@ -307,9 +315,12 @@ class Monitor(threading.Thread):
                             self.decreases.append((self.values[-1], v))
                         if not self.values or v != self.values[-1]:
                             self.values.append(v)
+                    self._first.set()
                     time.sleep(self.interval)
         except BaseException as e:  # noqa: BLE001 - surfaced by stop()
             self.error = e
+        finally:
+            self._first.set()
 
     def stop(self) -> None:
         self._halt.set()
