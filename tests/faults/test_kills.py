@@ -61,7 +61,8 @@ def test_sigkill_at_random_points_of_a_mixed_workload(env, tmp_path):
         writer.finish(timeout=30)
         proc = CdcProcess(cfg, log)  # the last run catches up
         caught_up = wait_in_sync(env, [proc], timeout=120)
-        rc, took = proc.terminate(timeout=15)
+        proc.wait_for("streaming from slot")  # in sync may be true before it even started: a SIGTERM then
+        rc, took = proc.terminate(timeout=15)  # would find Python still importing, with no handler yet
         assert rc == 0, f"SIGTERM: exit code {rc} after {took:.1f}s\n{proc.tail()}"
     finally:
         if proc is not None:

@@ -91,6 +91,7 @@ class CdcProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()/kill()
         self.log.write(f"\n===== cdc run started at {time.strftime('%H:%M:%S')} =====\n".encode())
         self.log.flush()
+        self.offset = self.log.tell()  # where this run's own lines start
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cdc.cli", "run", str(config_path), *args],
@@ -107,6 +108,18 @@ class CdcProcess:
     def tail(self, lines: int = 40) -> str:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def wait_for(self, words: str, timeout: float = 60) -> None:
+        """Until this run's log says `words` (e.g. that it streams: its signal handlers are in place)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.assert_alive(f"while waiting for {words!r}")
+            with open(self.log_path, "rb") as f:
+                f.seek(self.offset)
+                if words.encode() in f.read():
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"`cdc run` never said {words!r} in {timeout}s; its log:\n{self.tail()}")
 
     def assert_alive(self, what: str = "") -> None:
         rc = self.proc.poll()
