@@ -4,7 +4,6 @@ end check of every fault: the storefront equals the POS exactly and the watched 
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from pathlib import Path
@@ -13,12 +12,11 @@ import psycopg
 
 from cdc.localpg import LocalPostgres
 from tests.integration.support import (
-    POS_TABLE,
-    STORE_TABLE,
     CdcProcess,
     Monitor,
     Writer,
     diff,
+    fill,
     held_rows,
     in_sync,
     pos_prices,
@@ -26,20 +24,6 @@ from tests.integration.support import (
 )
 
 WATCHED = "WATCHED"
-
-
-def fill(env, nkeys: int, seed: int = 1) -> None:
-    """item_price with `nkeys` random prices among K0000..K1999 and the watched key; product_price empty."""
-    env.pos(POS_TABLE)
-    env.store(STORE_TABLE)
-    rng = random.Random(seed)
-    rows = [(f"K{i:04d}", rng.randint(1, 10**7)) for i in range(0, 2000, 2000 // nkeys)]
-    env.pos(
-        "INSERT INTO item_price SELECT * FROM unnest(%s::text[], %s::bigint[])",
-        [k for k, _ in rows],
-        [p for _, p in rows],
-    )
-    env.pos("INSERT INTO item_price VALUES (%s, 0)", WATCHED)
 
 
 def own_pos(env, settings: dict | None = None) -> LocalPostgres:

@@ -4,8 +4,6 @@ connector is stopped. The POS is a cluster of the test's own; the storefront is 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -25,7 +23,8 @@ from tests.faults.faults import (
     wait_in_sync,
 )
 from tests.integration.helpers import wait_until
-from tests.integration.support import ROOT, pos_prices, price_config, slot_pids, store_prices
+from tests.integration.support import pos_prices, price_config, slot_pids, store_prices
+from tests.integration.support import run_cdc as cdc
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -110,12 +109,6 @@ def test_walsender_terminated_under_load(env, tmp_path):
         monitor.stop()
     assert len(set(terminated)) == 3
     check_end_state(env, monitor, writer.watched_value)
-
-
-def cdc(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc.cli", *args], capture_output=True, text=True, timeout=90, cwd=ROOT
-    )
 
 
 def test_slot_invalidated_while_stopped_refuses_to_start_and_says_how_to_recover(env, tmp_path):

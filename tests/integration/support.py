@@ -340,3 +340,30 @@ class Monitor(threading.Thread):
         self.join(10)
         if self.error is not None:
             raise self.error
+
+
+def fill(env, nkeys: int, seed: int = 1, watched: str = "WATCHED") -> None:
+    """item_price with `nkeys` random prices among K0000..K1999 and the watched key at 0; product_price empty."""
+    env.pos(POS_TABLE)
+    env.store(STORE_TABLE)
+    rng = random.Random(seed)
+    rows = [(f"K{i:04d}", rng.randint(1, 10**7)) for i in range(0, 2000, 2000 // nkeys)]
+    env.pos(
+        "INSERT INTO item_price SELECT * FROM unnest(%s::text[], %s::bigint[])",
+        [k for k, _ in rows],
+        [p for _, p in rows],
+    )
+    env.pos("INSERT INTO item_price VALUES (%s, 0)", watched)
+
+
+def run_cdc(*args, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+    """`python -m cdc.cli ARGS` (the `cdc` console script's code) to its end, output captured; `env` on top of
+    this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "cdc.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )

@@ -4,7 +4,8 @@ nothing created on either side."""
 from __future__ import annotations
 
 import subprocess
-import sys
+
+from tests.integration.support import run_cdc
 
 CONFIG = """
 name: @NAME@
@@ -19,12 +20,7 @@ sink: {type: sql, url: "@STORE@", table: product_price, key: [sku]}
 
 
 def validate(path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc.cli", "validate", "--check-source", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cdc("validate", "--check-source", path, timeout=60)
 
 
 def test_check_source_finds_what_only_the_databases_know_and_creates_nothing(env):

@@ -10,13 +10,12 @@ import pytest
 from cdc.config import load_config
 from tests.integration.helpers import Running, wait_until
 from tests.integration.support import (
-    POS_TABLE,
-    STORE_TABLE,
     CdcProcess,
     Monitor,
     Writer,
     diff,
     fen,
+    fill,
     held_rows,
     in_sync,
     pos_prices,
@@ -28,19 +27,6 @@ from tests.integration.support import (
 pytestmark = pytest.mark.slow
 
 WATCHED = "WATCHED"
-
-
-def setup(env, nkeys: int, seed: int = 1) -> None:
-    env.pos(POS_TABLE)
-    env.store(STORE_TABLE)
-    rng = random.Random(seed)
-    rows = [(f"K{i:04d}", rng.randint(1, 10**7)) for i in range(0, 2000, 2000 // nkeys)]
-    env.pos(
-        "INSERT INTO item_price SELECT * FROM unnest(%s::text[], %s::bigint[])",
-        [k for k, _ in rows],
-        [p for _, p in rows],
-    )
-    env.pos("INSERT INTO item_price VALUES (%s, 0)", WATCHED)
 
 
 def stored_position(env, name: str) -> str | None:
@@ -79,7 +65,7 @@ def test_sigkill_20_times_during_50k_changes(env, tmp_path):
     seed = int(time.time())
     rng = random.Random(seed)
     print(f"seed {seed}")
-    setup(env, nkeys=1000, seed=seed)
+    fill(env, nkeys=1000, seed=seed)
     cfg = env.write_config(price_config(sink_extra=", batch_size: 200"))
     name = load_config(cfg).name
     log = tmp_path / "cdc.log"
@@ -125,7 +111,7 @@ def test_sigkill_20_times_during_50k_changes(env, tmp_path):
 
 
 def test_walsender_terminated_during_load_reconnects_by_itself(env):
-    setup(env, nkeys=500)
+    fill(env, nkeys=500)
     cfg = env.write_config(price_config())
     app = f"pos-cdc:{load_config(cfg).name}"
     writer = Writer(env.pos_dsn, total_changes=12_000, nkeys=2000, rate=1000, watched=WATCHED, seed=5)
@@ -165,7 +151,7 @@ def test_walsender_terminated_during_load_reconnects_by_itself(env):
 
 
 def test_sigterm_exits_0_quickly_and_a_restart_resumes(env, tmp_path):
-    setup(env, nkeys=500)
+    fill(env, nkeys=500)
     cfg = env.write_config(price_config())
     app = f"pos-cdc:{load_config(cfg).name}"
     log = tmp_path / "cdc.log"

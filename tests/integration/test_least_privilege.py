@@ -5,16 +5,14 @@ pos-cdc made (refused while the connector runs)."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from decimal import Decimal
 
 import pytest
 
 from tests.integration.helpers import Running, wait_until
-from tests.integration.support import POS_TABLE, ROOT, STORE_TABLE, slot_pids
+from tests.integration.support import POS_TABLE, STORE_TABLE, run_cdc, slot_pids
 
 CONFIG = """
 name: @NAME@
@@ -27,15 +25,7 @@ sink: {{type: sql, url: "{url}", table: {table}, key: [sku]{sink_extra}}}
 """
 
 
-def cdc(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        timeout=timeout,
-    )
+cdc = functools.partial(run_cdc, timeout=120)
 
 
 def as_role(env, role_src: str | None = None, role_sink: str | None = None) -> tuple[str, str]:

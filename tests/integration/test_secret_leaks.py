@@ -7,8 +7,6 @@ password, a missing table) and succeeds once, and the password is in none of: it
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import traceback
 import urllib.request
@@ -18,7 +16,8 @@ import pytest
 from cdc.config import load_config
 from cdc.localpg import free_port
 from tests.integration.helpers import Running, wait_until
-from tests.integration.support import ROOT, CdcProcess
+from tests.integration.support import CdcProcess
+from tests.integration.support import run_cdc as cdc
 from tests.integration.tls_support import PASSWORD, ROLE, fresh_name, secure_cluster
 
 WRONG = "Kp3-wrong-ALSO-hidden-8w"  # a wrong password is as secret as the right one
@@ -70,17 +69,6 @@ def forms(sp, pos: str, store: str, tmp_path, password: str, port: int) -> dict[
 
 
 FAULTS = ["wrong port", "wrong password", "missing table"]
-
-
-def cdc(*args, env: dict, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cdc.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env},
-        timeout=timeout,
-    )
 
 
 def exception_texts(err: BaseException) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 from decimal import Decimal
 
 from tests.integration.helpers import Running, wait_until
+from tests.integration.support import run_cdc
 
 CONFIG = """
 name: @NAME@
@@ -52,9 +51,7 @@ def test_a_decimal_column_keeps_every_price_sqlite_can_keep_and_holds_the_one_it
         ((reason, event),) = c.execute("SELECT reason, event FROM cdc_held WHERE row_key = 'LONG'")
     assert "17 significant digits" in reason and "declare price TEXT" in reason, reason
     assert json.loads(event)["after"]["price"] == "1234567890.1234567"
-    out = subprocess.run(
-        [sys.executable, "-m", "cdc.cli", "reconcile", str(path), "--json"], capture_output=True, text=True
-    )
+    out = run_cdc("reconcile", path, "--json")
     report = json.loads(out.stdout)
     # SQLite's REAL 10.5 and the POS's 10.50 are the same price; the held row is reported apart, as held
     assert report["counts"] | {"held": 0} == dict.fromkeys(report["counts"], 0), report["different"]
