@@ -32,12 +32,18 @@ def gather(cfg: ConnectorConfig) -> dict:
     if cfg.source.type == "postgres":
         out.update(slot=cfg.slot, publication=cfg.publication)
         out.update(_sink_side(cfg) if cfg.sink.type == "sql" else _kafka_sink_side(cfg))
-        out.update(_source_side(cfg))
-        out["state"] = _state(out)
-        if out["state"] == "stopped" and out.get("position"):
-            # stopped: the lag is the age of the oldest change still waiting, however few bytes it takes
-            out["lag_seconds"] = _stopped_lag(cfg, out["position"])
-            return out
+        from cdc.sources.postgres import PostgresSource
+
+        src = PostgresSource(cfg)  # one POS connection for the slot and, when stopped, what waits in it
+        try:
+            out.update(_source_side(src))
+            out["state"] = _state(out)
+            if out["state"] == "stopped" and out.get("position"):
+                # stopped: the lag is the age of the oldest change still waiting, however few bytes it takes
+                out["lag_seconds"] = _stopped_lag(src, out["position"])
+                return out
+        finally:
+            src.close()
         caught_up = out.get("source_lag_bytes") is not None and out["source_lag_bytes"] <= CAUGHT_UP_BYTES
     else:
         from cdc.ops.kafka_status import kafka_source_side
@@ -121,17 +127,13 @@ def _position(stored: dict[str, str]) -> dict | None:
     return {f"{t}:{p}": o for (t, p), o in sorted(stored_offsets(stored).items())}
 
 
-def _stopped_lag(cfg: ConnectorConfig, position: dict) -> float | None:
+def _stopped_lag(src, position: dict) -> float | None:
     from cdc.events import str_to_lsn
-    from cdc.sources.postgres import PostgresSource
 
-    src = PostgresSource(cfg)
     try:
         oldest = src.oldest_pending_commit(str_to_lsn(position["commit_lsn"]))
     except CdcError:
         return None
-    finally:
-        src.close()
     return 0.0 if oldest is None else round(max(0.0, time.time() - oldest), 3)
 
 
@@ -170,16 +172,11 @@ def _applied(c: sa.Connection, connector: str) -> tuple:
     return max((n for n in newest if n is not None), default=None), count
 
 
-def _source_side(cfg: ConnectorConfig) -> dict:
-    from cdc.sources.postgres import PostgresSource
-
-    src = PostgresSource(cfg)
+def _source_side(src) -> dict:
     try:
         stats = src.slot_stats()
     except CdcError as e:
         return {"source_error": str(e)}
-    finally:
-        src.close()
     if stats is None:
         return {"slot_exists": False, "source_error": None}
     return {
