@@ -130,9 +130,12 @@ def _copy(ev: ChangeEvent) -> ChangeEvent:
 
 
 def _storefront(cfg: ConnectorConfig, outputs: list[dict]) -> list[str]:
+    from cdc.sinks.sql.storefront import engine as store_engine
     from cdc.sinks.sql.target import Target
 
-    engine = sa.create_engine(cfg.sink.url, poolclass=sa.pool.NullPool)
+    engine = store_engine(
+        cfg.sink.url, cfg.sink.bookkeeping_schema
+    )  # as the sink connects: timeout, search path
     target = Target(cfg.sink, cfg.name, engine.dialect.name)
     try:
         target.reflect(engine)
