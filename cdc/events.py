@@ -180,6 +180,32 @@ def jsonable(value: Any) -> Any:
 
 
 @dataclass(slots=True)
+class ChangeBatch:
+    """A run of row inserts and updates of one table in one source transaction, still in the source's wire
+    form (PostgreSQL: pgoutput Insert/Update messages). The fast path (cdc/fast/) turns a run into the sink's
+    rows in one pass, without an object per change; `events(start, stop)` gives the same changes as
+    `ChangeEvent`s, the reference path, for whatever the fast path leaves (and for every other consumer).
+    A source yields batches only when asked to (the pipeline does when a fast path applies)."""
+
+    schema: str
+    table: str
+    relation: Any  # the source's description of the table (PostgreSQL: the pgoutput Relation)
+    payloads: list[bytes]  # one message per change
+    lsns: list[int]  # each change's own WAL position (its `seq`)
+    commit_lsn: int
+    ts_ms: int
+    txid: int
+    inserts: int  # how many of the payloads are inserts (the rest are updates)
+    expand: Any  # (batch, start, stop) -> list[ChangeEvent]: the source's decoder for the reference path
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def events(self, start: int = 0, stop: int | None = None) -> list[ChangeEvent]:
+        return self.expand(self, start, len(self.payloads) if stop is None else stop)
+
+
+@dataclass(slots=True)
 class Unreadable:
     """A message the source could not turn into a change (not JSON, no key, wrong types): held as a dead letter
     with the reason while the stream goes on. `ev` carries what is known of it (where it came from, its raw

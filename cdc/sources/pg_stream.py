@@ -2,7 +2,8 @@
 streams a logical slot with pgoutput, decoded into events (cdc/sources/pgoutput.py), and standby status
 updates that report what downstream made durable.
 
-`WalStream.stream(start, skip_through)` yields a `ChangeEvent` per row change, a `TxnEnd` after each
+`WalStream.stream(start, skip_through)` yields a `ChangeEvent` per row change (or, with `batching`, runs of a
+table's inserts and updates as one `ChangeBatch`, still in pgoutput's form: see cdc/fast/), a `TxnEnd` after each
 transaction, and an `Idle` whenever nothing more is waiting on the socket, carrying the WAL that keepalives
 and skipped transactions (already applied downstream) let the checkpointer confirm once everything before it
 is durable. It reports as flushed only what `confirm` was told.
@@ -22,7 +23,7 @@ from psycopg import pq
 
 from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError, TransientError
-from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeEvent, Idle, TxnEnd, lsn_to_str
+from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeBatch, ChangeEvent, Idle, TxnEnd, lsn_to_str
 from cdc.refusals import refusal_hint
 from cdc.sources import pgoutput as po
 from cdc.sources.pg_streamed import STREAM_COMMIT, TWO_XIDS, XID, StreamedTxns, without_xid
@@ -36,6 +37,8 @@ HDR_K = struct.Struct("!QQB")  # keepalive: wal end, send time, reply requested
 STATUS = struct.Struct("!cQQQQB")  # standby status update
 STREAM_TAGS = frozenset((b"S", b"E", b"c", b"A"))  # protocol 2's stream start, stop, commit, abort
 CHANGES = frozenset((po.Insert, po.Update, po.Delete, po.Truncate))
+OID = struct.Struct("!I")
+RUN_MAX = 2000  # changes in one ChangeBatch at most (a bulk transaction is yielded in runs of this size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class WalStream:
         self.primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.tables = frozenset(self.scfg.tables)
         self._listed: dict[int, tuple[po.Relation, bool]] = {}  # oid -> (its Relation, in source.tables)
+        # yield runs of a table's inserts and updates as ChangeBatch (set when a fast path takes them)
+        self.batching = False
 
     def key_columns(self, rel: po.Relation) -> tuple[str, ...]:
         """The key of a relation's events: its replica identity's columns, except under REPLICA IDENTITY FULL,
@@ -189,12 +194,20 @@ class WalStream:
         streamed = self.streamed
         sock = conn.socket
         data = b""
+        batching, relations = self.batching, self.decoder.relations
+        run: list[bytes] = []  # the open run of one table's inserts and updates (batching)
+        run_lsns: list[int] = []
+        run_rel: po.Relation | None = None
+        inserts = 0
         try:
             while True:
                 n, data = conn.get_copy_data(1)
                 if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
                     conn.consume_input()
                     n, data = conn.get_copy_data(1)
+                if run and (n <= 0 or (data[0] == 0x77 and data[25] not in b"IU")):  # the run ends
+                    yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                    run, run_lsns, inserts = [], [], 0
                 if n == 0:
                     # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
                     mark, self._mark = self._mark, 0
@@ -256,6 +269,22 @@ class WalStream:
                         elif tag in b"RY":
                             decode(plain)  # the relation (or type) as it is now, for the changes that follow
                     continue
+                if batching and (tag == b"I" or tag == b"U"):
+                    if skipping:
+                        continue
+                    rel = relations.get(OID.unpack_from(body, 1)[0])
+                    if rel is not None and self.listed(rel):
+                        if run and rel is not run_rel:
+                            yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                            run, run_lsns, inserts = [], [], 0
+                        run_rel = rel
+                        run.append(body if type(body) is bytes else bytes(body))
+                        run_lsns.append(lsn)
+                        inserts += tag == b"I"
+                        if len(run) >= RUN_MAX:
+                            yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                            run, run_lsns, inserts = [], [], 0
+                        continue
                 msg = decode(body)
                 t = type(msg)
                 if t is po.Begin:
@@ -280,6 +309,22 @@ class WalStream:
                 f"malformed replication message {bytes(data[:1])!r} from the walsender ({len(data)} bytes; "
                 f"last WAL position {lsn_to_str(self.wal_end)}): it ends too early"
             ) from exc
+
+    def _batch(
+        self, rel: po.Relation, run: list, lsns: list, inserts: int, commit_lsn: int, ts_ms: int, xid: int
+    ) -> ChangeBatch:
+        return ChangeBatch(
+            rel.schema, rel.name, rel, run, lsns, commit_lsn, ts_ms, xid, inserts, self._expand
+        )
+
+    def _expand(self, batch: ChangeBatch, start: int, stop: int) -> list[ChangeEvent]:
+        """A batch's changes `start:stop` as events (the reference path), decoded with the batch's relation."""
+        rel, lsns, out = batch.relation, batch.lsns, []
+        for i in range(start, stop):
+            buf = batch.payloads[i]
+            msg = po.decode_insert(buf, rel) if buf[0] == 0x49 else po.decode_update(buf, rel)
+            out += self._events(msg, lsns[i], batch.commit_lsn, batch.ts_ms, batch.txid)
+        return out
 
     def _events(self, msg, lsn: int, commit_lsn: int, ts_ms: int, xid: int) -> list[ChangeEvent]:
         """A change message's events; `seq` is the change's own WAL position, the same in every slot (see

@@ -252,49 +252,21 @@ class Decoder:
         return rel
 
     def _insert(self, buf: bytes) -> Insert:
-        pos = 1
-        try:
-            oid = _u32(buf, 1)[0]
-            rel = self.relations.get(oid)
-            if rel is None:
-                rel = self._relation_for(oid, "Insert")  # raises TerminalError
-            pos = 5
-            if buf[5] != _TAG_N:
-                raise _malformed("Insert", 5, buf, f"expected 'N' before the new tuple, got {buf[5]!r}")
-            new, pos, _ = _read_tuple(buf, 6, rel, "Insert")
-        except (struct.error, IndexError) as exc:
-            raise _malformed("Insert", pos, buf, _describe(exc, pos, buf)) from exc
-        if pos != len(buf):
-            raise _malformed("Insert", pos, buf, f"{len(buf) - pos} trailing bytes")
-        return Insert(rel, new)
+        return decode_insert(buf, self._relation_of(buf, "Insert"))
 
     def _update(self, buf: bytes) -> Update:
-        pos = 1
+        return decode_update(buf, self._relation_of(buf, "Update"))
+
+    def _relation_of(self, buf: bytes, what: str) -> Relation:
+        """The Relation a data message names (its oid after the type byte)."""
         try:
             oid = _u32(buf, 1)[0]
-            rel = self.relations.get(oid)
-            if rel is None:
-                rel = self._relation_for(oid, "Update")  # raises TerminalError
-            pos = 5
-            tag = buf[5]
-            old = old_kind = None
-            if tag == _TAG_K:
-                full, pos, _ = _read_tuple(buf, 6, rel, "Update")
-                old = {k: full[k] for k in rel.key_columns}
-                old_kind = "K"
-                tag = buf[pos]
-            elif tag == _TAG_O:
-                old, pos, _ = _read_tuple(buf, 6, rel, "Update")
-                old_kind = "O"
-                tag = buf[pos]
-            if tag != _TAG_N:
-                raise _malformed("Update", pos, buf, f"expected 'K', 'O' or 'N', got {tag!r}")
-            new, pos, toasted = _read_tuple(buf, pos + 1, rel, "Update")
-        except (struct.error, IndexError) as exc:
-            raise _malformed("Update", pos, buf, _describe(exc, pos, buf)) from exc
-        if pos != len(buf):
-            raise _malformed("Update", pos, buf, f"{len(buf) - pos} trailing bytes")
-        return Update(rel, old, old_kind, new, toasted)
+        except struct.error as exc:
+            raise _malformed(what, 1, buf, _describe(exc, 1, buf)) from exc
+        rel = self.relations.get(oid)
+        if rel is None:
+            rel = self._relation_for(oid, what)  # raises TerminalError
+        return rel
 
     def _delete(self, buf: bytes) -> Delete:
         pos = 1
@@ -417,3 +389,42 @@ class Decoder:
         except _BAD_BYTES as exc:
             raise _malformed("logical decoding", pos, buf, _describe(exc, pos, buf)) from exc
         return LogicalMessage(bool(flags & 1), lsn, prefix, buf[pos:])
+
+
+def decode_insert(buf: bytes, rel: Relation) -> Insert:
+    """An Insert message of relation `rel` (whose oid it carries; not looked up again)."""
+    pos = 5
+    try:
+        if buf[5] != _TAG_N:
+            raise _malformed("Insert", 5, buf, f"expected 'N' before the new tuple, got {buf[5]!r}")
+        new, pos, _ = _read_tuple(buf, 6, rel, "Insert")
+    except (struct.error, IndexError) as exc:
+        raise _malformed("Insert", pos, buf, _describe(exc, pos, buf)) from exc
+    if pos != len(buf):
+        raise _malformed("Insert", pos, buf, f"{len(buf) - pos} trailing bytes")
+    return Insert(rel, new)
+
+
+def decode_update(buf: bytes, rel: Relation) -> Update:
+    """An Update message of relation `rel` (whose oid it carries; not looked up again)."""
+    pos = 5
+    try:
+        tag = buf[5]
+        old = old_kind = None
+        if tag == _TAG_K:
+            full, pos, _ = _read_tuple(buf, 6, rel, "Update")
+            old = {k: full[k] for k in rel.key_columns}
+            old_kind = "K"
+            tag = buf[pos]
+        elif tag == _TAG_O:
+            old, pos, _ = _read_tuple(buf, 6, rel, "Update")
+            old_kind = "O"
+            tag = buf[pos]
+        if tag != _TAG_N:
+            raise _malformed("Update", pos, buf, f"expected 'K', 'O' or 'N', got {tag!r}")
+        new, pos, toasted = _read_tuple(buf, pos + 1, rel, "Update")
+    except (struct.error, IndexError) as exc:
+        raise _malformed("Update", pos, buf, _describe(exc, pos, buf)) from exc
+    if pos != len(buf):
+        raise _malformed("Update", pos, buf, f"{len(buf) - pos} trailing bytes")
+    return Update(rel, old, old_kind, new, toasted)

@@ -57,6 +57,7 @@ class PostgresSource:
         self._heartbeat_off = False
         self._last_heartbeat = 0.0
         self._made: list[str] = []  # what prepare() made this session: "slot", "publication"
+        self.batching = False  # the stream yields runs of inserts and updates as ChangeBatch (batch_changes)
 
     # --- plain SQL connection -------------------------------------------------------------------------
 
@@ -347,6 +348,13 @@ class PostgresSource:
             self.fallback.check()
         return self.fallback
 
+    def batch_changes(self) -> bool:
+        """Asked by a fast path (cdc/fast/): the stream yields each run of a table's inserts and updates in a
+        transaction as one ChangeBatch, in pgoutput's form. Not for a lane, whose rows leaving it are turned
+        into deletes change by change (pg_lane_exits.py). Returns whether it will."""
+        self.batching = not self.scfg.row_filter
+        return self.batching
+
     def tick(self) -> None:
         """While idle: a heartbeat now and then, so the slot advances past WAL that other databases write."""
         interval = self.scfg.heartbeat_interval_s
@@ -385,6 +393,7 @@ class PostgresSource:
                     end = item.position
             resume = end
         self.wal = WalStream(self.cfg, self.db)
+        self.wal.batching = self.batching
         self.wal.primary_keys = self.primary_keys()
         start = resume.end_lsn if resume else 0
         stream = self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)

@@ -165,17 +165,22 @@ class MoneyStage:
         else:
             raise self._hold(ev, which, value, f"is a {type(value).__name__}, not an amount")
         try:
-            shift = self._shift
-            if shift is not None:
-                if shift:
-                    d = d.scaleb(-shift, MONEY_CONTEXT)
-                out = d.quantize(self._exp, self._rounding, MONEY_CONTEXT)
-            else:
-                out = self._divide(d)
+            return self.scaled(d)
         except (InvalidOperation, Overflow):
             raise self._hold(
                 ev, which, value, f"{short(value, 40)} is too large to convert to {self._scale} places"
             ) from None
+
+    def scaled(self, d: Decimal) -> Decimal:
+        """A finite Decimal divided and rounded once to `scale` places (a negative zero as zero); raises
+        InvalidOperation or Overflow when it does not fit. The fast path (cdc/fast/) calls it too."""
+        shift = self._shift
+        if shift is not None:
+            if shift:
+                d = d.scaleb(-shift, MONEY_CONTEXT)
+            out = d.quantize(self._exp, self._rounding, MONEY_CONTEXT)
+        else:
+            out = self._divide(d)
         if not out and out.is_signed():
             out = out.copy_abs()
         return out

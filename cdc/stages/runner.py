@@ -1,6 +1,9 @@
 """Runs each change through the stages into the sink: the result is buffered (`sink.add`), a change a stage
 holds goes to the sink's held list with its kind (quarantine or dead letter), a filtered one is dropped.
 
+A ChangeBatch (a run of a table's inserts and updates, still in the source's form) goes to the fast path
+(cdc/fast/), which encodes what it can for the sink in one pass and hands the rest back change by change.
+
 Two things need more than one change at a time:
 * a guard that compares with the storefront (max_change_pct): the stages before it run ahead on a run of up
   to LOOKAHEAD changes, so the storefront values it asks for are read in one statement (`sink.prefetch`)
@@ -16,17 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 from cdc.errors import HoldError
-from cdc.events import ChangeEvent
+from cdc.events import ChangeBatch, ChangeEvent
 from cdc.stages import GuardStage, Stage, apply_stages
 
 LOOKAHEAD = 500  # changes staged together when a guard compares with the storefront (one read for all)
 
 
 class StageRunner:
-    def __init__(self, stages: list[Stage], sink: Any, fallback: Any = None):
+    def __init__(self, stages: list[Stage], sink: Any, fallback: Any = None, fast: Any = None):
         self.stages = stages
         self.sink = sink
         self.fallback = fallback  # a pick's fallback store: .changes(ev) and .stages
+        self.fast = fast  # the fast path (cdc/fast/), which takes ChangeBatches whole
         self.ahead = next(
             (
                 i
@@ -46,6 +50,15 @@ class StageRunner:
         self.run.append(ev)
         if len(self.run) >= LOOKAHEAD:
             self.flush()
+
+    def push_batch(self, batch: ChangeBatch) -> None:
+        """A run of a table's changes (ChangeBatch): to the fast path, or change by change."""
+        if self.fast is not None:
+            self.flush()
+            self.fast.push(batch, self.push)
+        else:
+            for ev in batch.events():
+                self.push(ev)
 
     def flush(self) -> None:
         """Runs what is queued (before the sink writes, commits or the pipeline stops)."""

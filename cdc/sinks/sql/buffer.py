@@ -8,6 +8,10 @@ replaced it, so each gets its history row. A key change moves the row (a remove 
 under the new one). A source TRUNCATE empties the buffer and remembers its position: the writer empties the
 table first.
 
+Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table, newest per key, of one
+set of columns. The sink never holds both kinds at once: whichever arrives while the other is buffered has the
+other written first, so the order of changes holds.
+
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cdc.errors import HoldError
@@ -30,6 +34,25 @@ class Pending:
     row: dict[str, Any]
     ev: ChangeEvent
     earlier: list[Pending] | None = None  # with history: the key's changes this one replaced in the buffer
+
+
+@dataclass(slots=True)
+class Encoded:
+    """Rows the fast path encoded for the staging table (cdc/fast/encode.py): key text -> COPY line, the newest
+    change per key; the storefront columns they carry; and where they came from, (ChangeBatch, start, stop)
+    spans, which `expand(spans)` turns into the reference path's (key, Pending) items should the storefront
+    refuse a row (or the write need to know each change)."""
+
+    cols: list[str]
+    expand: Callable[[list], list[tuple[tuple, Pending]]]
+    lines: dict[bytes, bytes] = field(default_factory=dict)
+    spans: list[tuple[Any, int, int]] = field(default_factory=list)
+    min_commit_lsn: int = 0
+
+    def add_span(self, batch: Any, start: int, stop: int) -> None:
+        if not self.spans or batch.commit_lsn < self.min_commit_lsn:
+            self.min_commit_lsn = batch.commit_lsn
+        self.spans.append((batch, start, stop))
 
 
 class KeyBuffer:
@@ -48,18 +71,19 @@ class KeyBuffer:
         self.on_rename = on_rename
         self.pending: dict[tuple, Pending] = {}
         self.truncate_first: Position | None = None  # a source TRUNCATE's position: empty the table first
+        self.encoded: Encoded | None = None  # the fast path's rows (never beside pending changes)
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + (len(self.encoded.lines) if self.encoded is not None else 0)
 
-    def take(self) -> tuple[dict[tuple, Pending], Position | None]:
+    def take(self) -> tuple[dict[tuple, Pending], Position | None, Encoded | None]:
         """What is buffered, leaving the buffer empty."""
-        taken = (self.pending, self.truncate_first)
-        self.pending, self.truncate_first = {}, None
+        taken = (self.pending, self.truncate_first, self.encoded)
+        self.pending, self.truncate_first, self.encoded = {}, None, None
         return taken
 
     def clear(self) -> None:
-        self.pending, self.truncate_first = {}, None
+        self.pending, self.truncate_first, self.encoded = {}, None, None
 
     def key(self, row: dict[str, Any] | None) -> tuple:
         """The storefront key of `row`; HoldError when a key column is missing or NULL."""

@@ -82,6 +82,7 @@ class Offsets:
             store.dialect != "postgresql"
             or writer.target.table is None
             or not buffer.pending
+            or buffer.encoded is not None
             or len(buffer.pending) > PgMerge.SMALL
             or writer.held.records
             or buffer.truncate_first

@@ -113,6 +113,21 @@ class PgMerge:
                 write_row(row)
         cur.execute(statement, params)
 
+    def merge_encoded(
+        self, conn: sa.Connection, cols: list[str], data: bytes, n: int, check_stale: bool
+    ) -> None:
+        """The fast path's rows (`n` COPY lines of the staging table, cdc/fast/encode.py) staged in one COPY
+        write, then merged by the same statement as merge()'s."""
+        pg = conn.connection.driver_connection
+        copy, _, _, statement = self._statements(pg, tuple(cols), check_stale)
+        cur = self._copy_cur
+        empty = self._empty_stage(n)
+        if empty:
+            cur.execute(empty)
+        with cur.copy(copy) as cp:
+            cp.write(data)
+        cur.execute(statement, {"c": self.positions})
+
     def commit_small(
         self, conn: sa.Connection, groups: list[tuple[list[str], list]], store: str, offset: dict
     ) -> None:

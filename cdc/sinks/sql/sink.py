@@ -36,7 +36,7 @@ from cdc.sinks.sql.bookkeeping import (
     positions_of,
     row_state_table,
 )
-from cdc.sinks.sql.buffer import KeyBuffer
+from cdc.sinks.sql.buffer import Encoded, KeyBuffer
 from cdc.sinks.sql.folding import Folder
 from cdc.sinks.sql.held_log import HeldLog
 from cdc.sinks.sql.history import History
@@ -149,7 +149,21 @@ class SqlSink:
     # --- the data path --------------------------------------------------------------------------------
 
     def add(self, ev: ChangeEvent) -> None:
+        if self.buffer.encoded is not None:  # the fast path's rows came first: they are written first
+            self.writer.write()
         self.buffer.add(ev)
+
+    def encoded_rows(self, cols: list[str], expand) -> Encoded:
+        """The fast path's buffer for rows of these storefront columns (cdc/fast/): the one open, or a new one
+        once whatever else is buffered (changes, rows of other columns) has been written, in order."""
+        buffer = self.buffer
+        enc = buffer.encoded
+        if enc is not None and enc.cols == cols:
+            return enc
+        if enc is not None or buffer.pending or buffer.truncate_first:
+            self.writer.write()
+        buffer.encoded = enc = Encoded(cols, expand)
+        return enc
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
         self.held.hold(ev, err, kind)

@@ -133,6 +133,13 @@ class Target:
             )
         return [c for c in target_cols if c in present or c in self.key_cols]
 
+    def write_columns(self, present: tuple[str, ...]) -> list[str]:
+        """The columns a row carrying `present` writes (as groups() gives them), checked like groups() checks
+        them (the fast path's plans, cdc/fast/plan.py)."""
+        if present not in self._complete:
+            self._check_complete(present)
+        return self.columns(present)
+
     def groups(self, items: list) -> list[tuple[list[str], list]]:
         """The changes that write the same columns, one statement each: [(the target's columns, changes)].
         An update's unchanged TOAST values are left out (the sink keeps its value); a set of columns that

@@ -138,8 +138,8 @@ class Writer:
         self._pool.shutdown(wait=True)
 
     def _take(self) -> tuple:
-        pending, truncate_first = self.buffer.take()
-        return pending, self.held.take(), truncate_first
+        pending, truncate_first, encoded = self.buffer.take()
+        return pending, self.held.take(), truncate_first, encoded
 
     def rename_row(self, old: tuple, new: tuple) -> None:
         """Moves the stored row from key `old` to `new` in place (a key change whose unchanged TOAST values
@@ -162,13 +162,19 @@ class Writer:
     # --- one write ------------------------------------------------------------------------------------
 
     def _write_taken(self, taken: tuple, fresh: bool) -> None:
-        pending, held, truncate_first = taken
+        pending, held, truncate_first, encoded = taken
         store = self.store
         conn = store.tx()
         self.lookups.forget()  # what is written changes what was read
         if truncate_first:
             store.untouched = False
             self._truncate(conn)
+        refused: dict[tuple, dict] = {}  # key -> its dead-letter record
+        if encoded is not None:
+            if self.tracks_applied or self.target.table is None:  # each change must be known: the usual way
+                pending = dict(encoded.expand(encoded.spans))
+            else:
+                self._apply_encoded(conn, encoded, fresh, refused)
         applied: list[tuple[str, Pending]] = []
         old_rows: dict[str, dict] = {}
         if pending and self.target.table is None:
@@ -184,13 +190,12 @@ class Writer:
             self.target.fill_unsent(conn, items)
             if self.history:
                 old_rows = self.history.old_rows(conn, items)
-            refused: dict[tuple, dict] = {}  # key -> its dead-letter record
             for cols, group in self.target.groups(items):
                 alone, store.untouched = store.untouched, False
                 self._apply(conn, group, cols, fresh, refused, alone)
             if self.tracks_applied:
                 applied = self._applied(conn, items, fresh, refused)
-            held = held + list(refused.values())
+        held = held + list(refused.values())
         self.held.insert(conn, held)
         if truncate_first:
             self.held.before_truncate(conn, truncate_first)
@@ -252,6 +257,30 @@ class Writer:
             if p.ev.headers.get(REFUSAL_HINT):
                 reason += f" ({p.ev.headers[REFUSAL_HINT]})"
             refused[key] = self.held.record(p.ev, HoldError(reason, rule="sink.write"))
+
+    def _apply_encoded(self, conn: sa.Connection, encoded, fresh: bool, refused: dict) -> None:
+        """The fast path's rows (buffer.Encoded) merged in one COPY under a savepoint; if the storefront
+        refuses a row, the same changes go the usual way (expanded from their batches), which finds the
+        refused rows and dead-letters them."""
+        floor = self.floor
+        check_stale = not fresh and (floor is None or self.shared or encoded.min_commit_lsn <= floor)
+        if check_stale:
+            self.fold(conn)
+        self.store.untouched = False
+        n = len(encoded.lines)
+        try:
+            with conn.begin_nested():
+                self.merger.merge_encoded(
+                    conn, encoded.cols, b"".join(encoded.lines.values()), n, check_stale
+                )
+            self.folder.appended += n
+        except Exception as e:
+            if not is_row_error(e):
+                raise
+            items = encoded.expand(encoded.spans)
+            self.target.fill_unsent(conn, items)
+            for cols, group in self.target.groups(items):
+                self._apply(conn, group, cols, fresh, refused)
 
     def may_be_stale(self, items: list) -> bool:
         """Whether any change could be older than a row's recorded position. Every recorded position is at or

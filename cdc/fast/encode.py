@@ -1,0 +1,133 @@
+"""The fast path's inner loop: pgoutput Insert/Update messages -> the storefront staging table's COPY lines.
+
+One pass per message, no dict and no event: the new tuple's values are sliced out of the message, the key's
+text is read off its columns, money columns go through their stages' own rounding (`MoneyStage.scaled`), and
+every other value is the text PostgreSQL sent, escaped for COPY. The line has the staging table's layout
+(cdc/sinks/sql/pg_merge.py): the storefront columns in the plan's order, then the key text, the op ('u': an
+upsert), the commit LSN, the change's LSN, the commit time, the xid and the via column (NULL: the stream).
+
+What it cannot encode exactly as the reference path would (an old tuple, an unchanged TOASTed or binary
+value, a NULL key, a money value that is not a finite number or does not fit, a column count the plan does not
+expect) ends the call: it returns that message's index, and the caller sends that message the reference way
+(cdc/stages/runner.py), where the same rules hold it with its reason.
+
+This module is compiled by Cython when a compiler is there (cdc/hotpath.py lists it); it must mean the same
+interpreted or compiled (tests/unit/test_fast_encode.py checks both on random messages).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+PASS, TEXT, MONEY = 0, 1, 2  # how a slot's value is written: as sent, as sent but escaped, via money stages
+KEY_SEP = b"\x1f"  # cdc.sinks.sql.bookkeeping.KEY_SEP, as bytes
+
+_SPECIAL = re.compile(b"[\b\t\n\v\f\r\\\\]")  # what COPY text escapes (psycopg's set)
+_ESCAPES = {
+    b"\b": b"\\b",
+    b"\t": b"\\t",
+    b"\n": b"\\n",
+    b"\v": b"\\v",
+    b"\f": b"\\f",
+    b"\r": b"\\r",
+    b"\\": b"\\\\",
+}
+
+
+def _escape_match(m: re.Match) -> bytes:
+    return _ESCAPES[m.group(0)]
+
+
+def copy_text(value: bytes) -> bytes:
+    """`value` escaped for COPY's text format."""
+    if _SPECIAL.search(value) is None:
+        return value
+    return _SPECIAL.sub(_escape_match, value)
+
+
+def encode_run(
+    payloads: list,
+    lsns: list,
+    start: int,
+    ncols: int,
+    slots: tuple,
+    key_index: tuple,
+    mid: bytes,
+    tail: bytes,
+    lines: dict,
+) -> int:
+    """Encodes `payloads[start:]` into `lines` (key text -> COPY line; a later change of a key replaces the
+    earlier one) until a message it cannot encode; returns that message's index (len(payloads): all were).
+
+    `ncols`: the relation's column count; `slots`: per storefront column, (source column index, PASS | TEXT |
+    MONEY, the money conversions in order); `key_index`: the source columns of the storefront key, in its
+    order; `mid`: b"\\tu\\t<commit lsn>\\t"; `tail`: b"\\t<commit time>\\t<xid>\\t\\\\N\\n".
+    """
+    n = len(payloads)
+    i = start
+    vals = [None] * ncols
+    from_bytes = int.from_bytes
+    while i < n:
+        buf = payloads[i]
+        size = len(buf)
+        if size < 8 or buf[5] != 78:  # 'N': the new tuple follows at once (an Update with an old tuple: no)
+            return i
+        if from_bytes(buf[6:8], "big") != ncols:
+            return i
+        pos = 8
+        j = 0
+        while j < ncols:
+            if pos >= size:
+                return i
+            kind = buf[pos]
+            if kind == 116:  # 't'
+                end = pos + 5 + from_bytes(buf[pos + 1 : pos + 5], "big")
+                if end > size:
+                    return i
+                vals[j] = buf[pos + 5 : end]
+                pos = end
+            elif kind == 110:  # 'n'
+                vals[j] = None
+                pos += 1
+            else:  # 'u' (unchanged TOAST), 'b' (binary): the reference path
+                return i
+            j += 1
+        if pos != size:
+            return i
+        # the key's text: each key column's text as sent (the plan admits only types whose text it is)
+        if len(key_index) == 1:
+            key = vals[key_index[0]]
+            if key is None:
+                return i
+        else:
+            parts = []
+            for k in key_index:
+                v = vals[k]
+                if v is None:
+                    return i
+                parts.append(v)
+            key = KEY_SEP.join(parts)
+        out = []
+        for src, how, convs in slots:
+            v = vals[src]
+            if v is None:
+                out.append(b"\\N")
+            elif how == PASS:
+                out.append(v)
+            elif how == TEXT:
+                out.append(copy_text(v))
+            else:
+                try:
+                    d = Decimal(v.decode("ascii"))
+                    if not d.is_finite():
+                        return i
+                    for conv in convs:
+                        d = conv(d)
+                except Exception:  # noqa: BLE001 - not a number, too large: the reference path holds it
+                    return i
+                out.append(str(d).encode("ascii"))
+        out.append(copy_text(key))
+        lines[key] = b"\t".join(out) + mid + b"%d" % lsns[i] + tail
+        i += 1
+    return i

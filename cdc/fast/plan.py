@@ -1,0 +1,101 @@
+"""How a source table's columns reach the storefront row through the stages: a `RelationPlan` for the encoder.
+
+Each of the relation's columns is followed through the stages in order, as the stages would move a row's
+values: `rename` renames it (two names landing on one: no plan, the reference path holds those changes),
+`drop` removes it, `money` marks it for that stage's rounding (on a column that is not an integer or numeric,
+or is missing: no plan). What is left is the row the sink would get; its storefront columns, in the
+storefront's order, are the plan's slots. A value goes as PostgreSQL sent it only where the reference path
+would write a value the storefront reads the same: text and integers anywhere, numeric into a number
+column, dates and times into date and time columns, booleans into booleans, and so on (`_how`); anything
+else gives no plan, and that table's changes take the reference path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from cdc.fast.encode import MONEY, PASS, TEXT
+from cdc.stages.drop import DropStage
+from cdc.stages.money import MoneyStage
+from cdc.stages.rename import RenameStage
+
+FAST_STAGES = (RenameStage, DropStage, MoneyStage)
+
+# PostgreSQL type OIDs by how their text form compares with what the reference path writes
+TEXT_TYPES = frozenset((25, 1043, 1042, 19, 18, 114, 3802))  # text varchar bpchar name "char" json jsonb
+INT_TYPES = frozenset((20, 21, 23, 26))  # int8 int2 int4 oid: str(int) is PostgreSQL's text
+UUID, NUMERIC, BOOL, DATE, TIMESTAMP, TIMESTAMPTZ = 2950, 1700, 16, 1082, 1114, 1184
+KEY_TYPES = frozenset((25, 1043, 1042, 19, *INT_TYPES))  # the sink's key text is the value's text
+
+
+@dataclass(frozen=True, slots=True)
+class RelationPlan:
+    ncols: int  # the relation's columns (a message with another count goes the reference way)
+    cols: list[str]  # the storefront columns written, in the staging table's order
+    slots: tuple  # per storefront column: (source column index, PASS | TEXT | MONEY, money conversions)
+    key_index: tuple  # the source columns of the storefront key, in its order
+
+
+def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | None, str]:
+    """The plan for a pgoutput Relation (None, and why not)."""
+    if rel.replica_identity == "f":
+        return None, "REPLICA IDENTITY FULL sends every update with its old row"
+    row: dict[str, tuple[int, tuple]] = {c.name: (i, ()) for i, c in enumerate(rel.columns)}
+    for st in stages:
+        if isinstance(st, RenameStage):
+            m = st._map
+            renamed = {m.get(k, k): v for k, v in row.items()}
+            if len(renamed) != len(row):
+                return None, f"{st.name} renames two columns to one name"
+            row = renamed
+        elif isinstance(st, DropStage):
+            for f in st._fields:
+                row.pop(f, None)
+        elif isinstance(st, MoneyStage):
+            if st.field not in row:
+                return None, f"{st.name}: {st.field} is not a column of the row"
+            src, convs = row[st.field]
+            if rel.columns[src].type_oid not in INT_TYPES and rel.columns[src].type_oid != NUMERIC:
+                return None, f"{st.name}: {st.field} is not an integer or numeric column"
+            row[st.field] = (src, (*convs, st.scaled))
+        else:
+            return None, f"{st.name} needs each change as a row"
+    if target.table is None:
+        return None, "the storefront table does not exist yet"
+    for k in target.key_cols:
+        if k not in row:
+            return None, f"the key column {k} is not in the row"
+        src, convs = row[k]
+        if convs or rel.columns[src].type_oid not in KEY_TYPES:
+            return None, f"the key column {k} is not a text or integer column as sent"
+    cols = target.write_columns(tuple(row))
+    slots = []
+    for c in cols:
+        src, convs = row[c]
+        how = MONEY if convs else _how(rel.columns[src].type_oid, target.table.c[c].type)
+        if how is None:
+            return None, f"{c}: its {rel.columns[src].type_oid} values are written as Python would write them"
+        slots.append((src, how, convs))
+    key_index = tuple(row[k][0] for k in target.key_cols)
+    return RelationPlan(len(rel.columns), cols, tuple(slots), key_index), ""
+
+
+def _how(type_oid: int, target_type: sa.types.TypeEngine) -> int | None:
+    """How a source column's text goes into a storefront column: PASS (as sent), TEXT (escaped), or None
+    (the reference path would write other text than PostgreSQL's, and the storefront may read it otherwise)."""
+    if type_oid in TEXT_TYPES:
+        return TEXT
+    if type_oid in INT_TYPES or type_oid == UUID:
+        return PASS
+    if type_oid == NUMERIC:  # str(Decimal) may differ in form (1E-7): only where a number is read
+        return None if isinstance(target_type, sa.String) else PASS
+    if type_oid == DATE:
+        return PASS if isinstance(target_type, sa.Date) else None
+    if type_oid in (TIMESTAMP, TIMESTAMPTZ):
+        return PASS if isinstance(target_type, sa.DateTime) else None
+    if type_oid == BOOL:
+        return PASS if isinstance(target_type, sa.Boolean) else None
+    return None
