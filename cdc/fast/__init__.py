@@ -65,9 +65,10 @@ def _unfit(cfg: Any, stages: list, sink: Any) -> str | None:
 
 
 class FastPath:
-    def __init__(self, stages: list, sink: Any):
+    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN):
         self.stages = stages
         self.sink = sink
+        self.min_run = min_run
         self._plans: dict[int, tuple[Any, RelationPlan | None]] = {}  # relation oid -> (Relation, plan)
         self.encoded = 0  # changes encoded (the rest went the reference way)
 
@@ -85,7 +86,7 @@ class FastPath:
     def push(self, batch: ChangeBatch, push_one) -> None:
         """A batch into the sink: encoded where it can be, the rest change by change through `push_one` (the
         runner's reference path), in order."""
-        plan = self.plan(batch.relation) if len(batch) >= MIN_RUN else None
+        plan = self.plan(batch.relation) if len(batch) >= self.min_run else None
         if plan is None:
             for ev in batch.events():
                 push_one(ev)
