@@ -20,7 +20,10 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-PASS, TEXT, MONEY = 0, 1, 2  # how a slot's value is written: as sent, as sent but escaped, via money stages
+# how a slot's value is written: as sent; as sent but escaped; through money stages' rounding (Decimal); an
+# integer's decimal point shifted (a money stage dividing by a power of ten, no rounding: its own text)
+# (CHECK: a money stage's column the storefront does not have: converted, for its holds, and not written)
+PASS, TEXT, MONEY, SHIFT, CHECK = 0, 1, 2, 3, 4
 KEY_SEP = b"\x1f"  # cdc.sinks.sql.bookkeeping.KEY_SEP, as bytes
 
 _SPECIAL = re.compile(b"[\b\t\n\v\f\r\\\\]")  # what COPY text escapes (psycopg's set)
@@ -46,6 +49,24 @@ def copy_text(value: bytes) -> bytes:
     return _SPECIAL.sub(_escape_match, value)
 
 
+def shifted(v: bytes, shift: int, zeros: bytes) -> bytes:
+    """An integer's text divided by 10**shift, with `zeros` appended: the text str() gives the Decimal a money
+    stage makes of it when no rounding is needed (cdc/fast/plan.py says when: scale <= 6, so no exponent)."""
+    neg = v[0] == 45  # '-'
+    digits = v[1:] if neg else v
+    if shift:
+        if len(digits) <= shift:
+            digits = b"0" * (shift + 1 - len(digits)) + digits
+        text = digits[:-shift] + b"." + digits[-shift:] + zeros
+    elif zeros:
+        text = digits + b"." + zeros
+    else:
+        text = digits
+    if neg and digits.strip(b"0"):
+        return b"-" + text
+    return text
+
+
 def encode_run(
     payloads: list,
     lsns: list,
@@ -61,7 +82,8 @@ def encode_run(
     earlier one) until a message it cannot encode; returns that message's index (len(payloads): all were).
 
     `ncols`: the relation's column count; `slots`: per storefront column, (source column index, PASS | TEXT |
-    MONEY, the money conversions in order); `key_index`: the source columns of the storefront key, in its
+    MONEY | SHIFT, the money conversions in order, or SHIFT's (shift, zeros)), then CHECK slots, written
+    nowhere; `key_index`: the source columns of the storefront key, in its
     order; `mid`: b"\\tu\\t<commit lsn>\\t"; `tail`: b"\\t<commit time>\\t<xid>\\t\\\\N\\n".
     """
     n = len(payloads)
@@ -112,11 +134,14 @@ def encode_run(
         for src, how, convs in slots:
             v = vals[src]
             if v is None:
-                out.append(b"\\N")
+                if how != CHECK:
+                    out.append(b"\\N")
             elif how == PASS:
                 out.append(v)
             elif how == TEXT:
                 out.append(copy_text(v))
+            elif how == SHIFT:
+                out.append(shifted(v, convs[0], convs[1]))
             else:
                 try:
                     d = Decimal(v.decode("ascii"))
@@ -126,7 +151,8 @@ def encode_run(
                         d = conv(d)
                 except Exception:  # noqa: BLE001 - not a number, too large: the reference path holds it
                     return i
-                out.append(str(d).encode("ascii"))
+                if how == MONEY:
+                    out.append(str(d).encode("ascii"))
         out.append(copy_text(key))
         lines[key] = b"\t".join(out) + mid + b"%d" % lsns[i] + tail
         i += 1

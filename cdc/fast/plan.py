@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cdc.fast.encode import MONEY, PASS, TEXT
+from cdc.fast.encode import CHECK, MONEY, PASS, SHIFT, TEXT
 from cdc.stages.drop import DropStage
 from cdc.stages.money import MoneyStage
 from cdc.stages.rename import RenameStage
@@ -35,7 +35,8 @@ KEY_TYPES = frozenset((25, 1043, 1042, 19, *INT_TYPES))  # the sink's key text i
 class RelationPlan:
     ncols: int  # the relation's columns (a message with another count goes the reference way)
     cols: list[str]  # the storefront columns written, in the staging table's order
-    slots: tuple  # per storefront column: (source column index, PASS | TEXT | MONEY, money conversions)
+    slots: tuple  # per storefront column: (source column index, PASS | TEXT | MONEY | SHIFT, its arguments),
+    # then (source column index, CHECK, conversions) per money column the storefront lacks
     key_index: tuple  # the source columns of the storefront key, in its order
 
 
@@ -44,6 +45,7 @@ def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | N
     if rel.replica_identity == "f":
         return None, "REPLICA IDENTITY FULL sends every update with its old row"
     row: dict[str, tuple[int, tuple]] = {c.name: (i, ()) for i, c in enumerate(rel.columns)}
+    checks: list[tuple] = []  # money conversions whose column is not written
     for st in stages:
         if isinstance(st, RenameStage):
             m = st._map
@@ -53,7 +55,9 @@ def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | N
             row = renamed
         elif isinstance(st, DropStage):
             for f in st._fields:
-                row.pop(f, None)
+                src, convs = row.pop(f, (0, ()))
+                if convs:  # converted before it was dropped: its holds still hold
+                    checks.append((src, CHECK, convs))
         elif isinstance(st, MoneyStage):
             if st.field not in row:
                 return None, f"{st.name}: {st.field} is not a column of the row"
@@ -78,9 +82,24 @@ def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | N
         how = MONEY if convs else _how(rel.columns[src].type_oid, target.table.c[c].type)
         if how is None:
             return None, f"{c}: its {rel.columns[src].type_oid} values are written as Python would write them"
-        slots.append((src, how, convs))
+        shift = _shift(rel.columns[src].type_oid, convs)
+        slots.append((src, SHIFT, shift) if shift else (src, how, convs))
+    # a money stage's column the storefront lacks is still converted (a value it cannot take holds the change)
+    slots += checks + [(src, CHECK, convs) for c, (src, convs) in row.items() if convs and c not in cols]
     key_index = tuple(row[k][0] for k in target.key_cols)
     return RelationPlan(len(rel.columns), cols, tuple(slots), key_index), ""
+
+
+def _shift(type_oid: int, convs: tuple) -> tuple[int, bytes] | None:
+    """(shift, zeros) when one money stage only moves an integer's decimal point (divide_by a power of ten up
+    to its scale, scale at most 6, where str() of the Decimal has no exponent); None otherwise."""
+    if type_oid not in INT_TYPES or len(convs) != 1:
+        return None
+    stage = convs[0].__self__  # MoneyStage.scaled, bound
+    shift, scale = stage._shift, stage._scale
+    if shift is None or shift < 0 or shift > scale or scale > 6:
+        return None
+    return shift, b"0" * (scale - shift)
 
 
 def _how(type_oid: int, target_type: sa.types.TypeEngine) -> int | None:
