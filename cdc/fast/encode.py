@@ -20,6 +20,11 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
+try:
+    import cython
+except ImportError:  # interpreted without Cython: its declarations are no-ops
+    from cdc import cython_shim as cython
+
 # how a slot's value is written: as sent; as sent but escaped; through money stages' rounding (Decimal); an
 # integer's decimal point shifted (a money stage dividing by a power of ten, no rounding: its own text)
 # (CHECK: a money stage's column the storefront does not have: converted, for its holds, and not written)
@@ -67,6 +72,17 @@ def shifted(v: bytes, shift: int, zeros: bytes) -> bytes:
     return text
 
 
+@cython.locals(
+    n=cython.Py_ssize_t,
+    i=cython.Py_ssize_t,
+    size=cython.Py_ssize_t,
+    pos=cython.Py_ssize_t,
+    end=cython.Py_ssize_t,
+    j=cython.Py_ssize_t,
+    ncols=cython.Py_ssize_t,
+    kind=cython.Py_ssize_t,
+    buf=bytes,
+)
 def encode_run(
     payloads: list,
     lsns: list,
@@ -83,19 +99,18 @@ def encode_run(
 
     `ncols`: the relation's column count; `slots`: per storefront column, (source column index, PASS | TEXT |
     MONEY | SHIFT, the money conversions in order, or SHIFT's (shift, zeros)), then CHECK slots, written
-    nowhere; `key_index`: the source columns of the storefront key, in its
-    order; `mid`: b"\\tu\\t<commit lsn>\\t"; `tail`: b"\\t<commit time>\\t<xid>\\t\\\\N\\n".
+    nowhere; `key_index`: the source columns of the storefront key, in its order; `mid`:
+    b"\\tu\\t<commit lsn>\\t"; `tail`: b"\\t<commit time>\\t<xid>\\t\\\\N\\n".
     """
     n = len(payloads)
     i = start
     vals = [None] * ncols
-    from_bytes = int.from_bytes
     while i < n:
         buf = payloads[i]
         size = len(buf)
         if size < 8 or buf[5] != 78:  # 'N': the new tuple follows at once (an Update with an old tuple: no)
             return i
-        if from_bytes(buf[6:8], "big") != ncols:
+        if (buf[6] << 8) + buf[7] != ncols:
             return i
         pos = 8
         j = 0
@@ -103,8 +118,17 @@ def encode_run(
             if pos >= size:
                 return i
             kind = buf[pos]
-            if kind == 116:  # 't'
-                end = pos + 5 + from_bytes(buf[pos + 1 : pos + 5], "big")
+            if kind == 116:  # 't': Int32 length, then the text
+                if pos + 5 > size:
+                    return i
+                if cython.compiled:  # C arithmetic on the bytes
+                    end = buf[pos + 1]
+                    end = (end << 8) | buf[pos + 2]
+                    end = (end << 8) | buf[pos + 3]
+                    end = (end << 8) | buf[pos + 4]
+                else:  # the same number, in one call
+                    end = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+                end += pos + 5
                 if end > size:
                     return i
                 vals[j] = buf[pos + 5 : end]

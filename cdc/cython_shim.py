@@ -1,0 +1,20 @@
+"""What a compiled hot module (cdc/hotpath.py) takes from Cython's `cython` module, for when it runs interpreted
+without Cython installed: the type declarations are hints only, as they are to Python.
+
+    try:
+        import cython
+    except ImportError:
+        from cdc import cython_shim as cython
+
+Compiled, `cython.locals(...)` gives the named locals C types (Py_ssize_t: a C integer for positions and
+lengths, which never overflows there); interpreted, it changes nothing.
+"""
+
+from __future__ import annotations
+
+compiled = False
+Py_ssize_t = int
+
+
+def locals(**_types):  # noqa: A001 - Cython's name
+    return lambda fn: fn
