@@ -33,8 +33,8 @@ from psycopg import sql
 from cdc.config import ConnectorConfig
 from cdc.errors import HoldError, TerminalError, TransientError
 from cdc.events import CREATE, UNCHANGED_TOAST, ChangeEvent
+from cdc.sources.pg_conn import classify
 from cdc.sources.pg_snapshot import COLUMNS_QUERY, as_text, table_columns, table_regclass, typed_row
-from cdc.sources.pg_stream import classify
 from cdc.sources.postgres import PostgresSource
 from cdc.stages import PickStage, Stage, apply_stages
 from cdc.stages.lineage import Untraceable, pick_fallback_problems, source_column

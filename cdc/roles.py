@@ -18,7 +18,7 @@ from psycopg import sql
 
 from cdc.config import ConnectorConfig
 from cdc.errors import TerminalError
-from cdc.sources.pg_stream import classify
+from cdc.sources.pg_conn import classify
 from cdc.sources.postgres import PostgresSource
 from cdc.stages import GuardStage, Stage
 from cdc.stages.permissions import RoleLookupConfig

@@ -23,8 +23,8 @@ from cdc.ops.chunks import bucket_count, differing_buckets, merge_sorted
 from cdc.ops.reconcile_sides import FETCH, WORK_MEM, SourceTable
 from cdc.sinks.sql.bookkeeping import KEY_SEP
 from cdc.sinks.sql.target import Target
+from cdc.sources.pg_conn import quote_ident
 from cdc.sources.pg_snapshot import as_text
-from cdc.sources.pg_stream import quote_ident
 
 # type OIDs whose text the checksums may compare (the storefront parses the sink's str(value) of them as a
 # cast from text does), and those a key may have (their text is str() of the value the drivers return)

@@ -30,14 +30,8 @@ from cdc.errors import TerminalError
 from cdc.events import str_to_lsn
 from cdc.sinks.sql.bookkeeping import KEY_SEP, key_text
 from cdc.sinks.sql.target import Target
+from cdc.sources.pg_conn import SESSION_OPTIONS, classify, open_replication, quote_ident, replication_command
 from cdc.sources.pg_snapshot import COLUMNS_QUERY, as_text, table_columns, table_regclass
-from cdc.sources.pg_stream import (
-    SESSION_OPTIONS,
-    classify,
-    open_replication,
-    quote_ident,
-    replication_command,
-)
 
 log = logging.getLogger("cdc.reconcile")
 

@@ -20,7 +20,8 @@ from psycopg import sql
 from cdc.events import READ, ChangeEvent, TxnEnd, str_to_lsn
 from cdc.progress import Progress
 from cdc.sources import pgoutput as po
-from cdc.sources.pg_stream import WalPosition, classify, open_replication, quote_ident, replication_command
+from cdc.sources.pg_conn import classify, open_replication, quote_ident, replication_command
+from cdc.sources.pg_stream import WalPosition
 
 log = logging.getLogger("cdc.source.postgres")
 

@@ -26,18 +26,17 @@ from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError
 from cdc.events import ChangeEvent, Idle, TxnEnd
 from cdc.lanes import publication_sql
-from cdc.sources.pg_lane_exits import LaneExits
-from cdc.sources.pg_snapshot import COLUMNS_QUERY, snapshot, table_columns, table_regclass
-from cdc.sources.pg_stream import (
+from cdc.sources.pg_conn import (
     SESSION_OPTIONS,
-    WalPosition,
-    WalStream,
     classify,
     open_replication,
     quote_ident,
     replication_command,
     slot_lost_message,
 )
+from cdc.sources.pg_lane_exits import LaneExits
+from cdc.sources.pg_snapshot import COLUMNS_QUERY, snapshot, table_columns, table_regclass
+from cdc.sources.pg_stream import WalPosition, WalStream
 
 log = logging.getLogger("cdc.source.postgres")
 
