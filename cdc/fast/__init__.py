@@ -91,12 +91,18 @@ class FastPath:
             for ev in batch.events():
                 push_one(ev)
             return
-        mid = b"\tu\t%d\t" % batch.commit_lsn
-        tail = b"\t%d\t%d\t\\N\n" % (batch.ts_ms, batch.txid)
+        floor = self.sink.lean_above()
+        lean = floor is not None and batch.commit_lsn > floor  # no never-backwards check: positions apart
+        if lean:
+            mid, tail = b'",%d,' % batch.commit_lsn, b',%d,%d,"u",null]' % (batch.ts_ms, batch.txid)
+        else:
+            mid, tail = b"\tu\t%d\t" % batch.commit_lsn, b"\t%d\t%d\t\\N\n" % (batch.ts_ms, batch.txid)
         payloads, lsns, n, i = batch.payloads, batch.lsns, len(batch), 0
         while i < n:
-            enc = self.sink.encoded_rows(plan.cols, self.expand)
-            stop = encode_run(payloads, lsns, i, plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines)
+            enc = self.sink.encoded_rows(plan.cols, lean, self.expand)
+            stop = encode_run(
+                payloads, lsns, i, plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries
+            )
             if stop > i:
                 enc.add_span(batch, i, stop)
                 self.encoded += stop - i

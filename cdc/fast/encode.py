@@ -17,6 +17,7 @@ interpreted or compiled (tests/unit/test_fast_encode.py checks both on random me
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 
@@ -41,6 +42,21 @@ _ESCAPES = {
     b"\r": b"\\r",
     b"\\": b"\\\\",
 }
+
+
+_JSON_SPECIAL = re.compile(
+    b'[\x00-\x1f"\\\\\x7f-\xff]'
+)  # what a JSON string cannot hold as it is (or is not ASCII)
+
+
+def json_text(value: bytes) -> bytes | None:
+    """`value` (UTF-8) as the inside of a JSON string; None when it is not UTF-8."""
+    if _JSON_SPECIAL.search(value) is None:
+        return value
+    try:
+        return json.dumps(value.decode("utf-8"))[1:-1].encode("ascii")
+    except UnicodeDecodeError:
+        return None
 
 
 def _escape_match(m: re.Match) -> bytes:
@@ -93,9 +109,15 @@ def encode_run(
     mid: bytes,
     tail: bytes,
     lines: dict,
+    entries: dict | None = None,
 ) -> int:
     """Encodes `payloads[start:]` into `lines` (key text -> COPY line; a later change of a key replaces the
     earlier one) until a message it cannot encode; returns that message's index (len(payloads): all were).
+
+    Two forms. `entries` None: each line carries the key's position after the storefront columns (the
+    merge checks it, or claims the key: `mid`, `tail` below). Otherwise each line holds the storefront columns
+    only, and `entries` (key text -> its cdc_applied entry, JSON) gets the position: `mid` is
+    b'",<commit lsn>,' and `tail` b',<commit time>,<xid>,"u",null]'.
 
     `ncols`: the relation's column count; `slots`: per storefront column, (source column index, PASS | TEXT |
     MONEY | SHIFT, the money conversions in order, or SHIFT's (shift, zeros)), then CHECK slots, written
@@ -177,7 +199,14 @@ def encode_run(
                     return i
                 if how == MONEY:
                     out.append(str(d).encode("ascii"))
-        out.append(copy_text(key))
-        lines[key] = b"\t".join(out) + mid + b"%d" % lsns[i] + tail
+        if entries is None:
+            out.append(copy_text(key))
+            lines[key] = b"\t".join(out) + mid + b"%d" % lsns[i] + tail
+        else:
+            k = json_text(key)
+            if k is None:
+                return i
+            lines[key] = b"\t".join(out) + b"\n"
+            entries[key] = b'["' + k + mid + b"%d" % lsns[i] + tail
         i += 1
     return i

@@ -45,6 +45,9 @@ class Encoded:
 
     cols: list[str]
     expand: Callable[[list], list[tuple[tuple, Pending]]]
+    # None: each line carries its key's position; else the lines are lean (the storefront columns alone) and
+    # this holds each key's cdc_applied entry (JSON)
+    entries: dict[bytes, bytes] | None = None
     lines: dict[bytes, bytes] = field(default_factory=dict)
     spans: list[tuple[Any, int, int]] = field(default_factory=list)
     min_commit_lsn: int = 0

@@ -113,20 +113,57 @@ class PgMerge:
                 write_row(row)
         cur.execute(statement, params)
 
-    def merge_encoded(
-        self, conn: sa.Connection, cols: list[str], data: bytes, n: int, check_stale: bool
-    ) -> None:
-        """The fast path's rows (`n` COPY lines of the staging table, cdc/fast/encode.py) staged in one COPY
-        write, then merged by the same statement as merge()'s."""
+    def merge_encoded(self, conn: sa.Connection, encoded: Any, check_stale: bool) -> None:
+        """The fast path's rows (buffer.Encoded: COPY lines of the staging table, cdc/fast/encode.py) staged in
+        one COPY write, then merged: by merge()'s statement when the lines carry their positions, else (lean
+        lines: the storefront columns only) by an upsert that stores the entries the encoder made."""
         pg = conn.connection.driver_connection
-        copy, _, _, statement = self._statements(pg, tuple(cols), check_stale)
+        cols, n = tuple(encoded.cols), len(encoded.lines)
         cur = self._copy_cur
         empty = self._empty_stage(n)
         if empty:
             cur.execute(empty)
+        if encoded.entries is None:
+            copy, _, _, statement = self._statements(pg, cols, check_stale)
+            params: dict = {"c": self.positions}
+        else:
+            copy, statement = self._lean_statements(pg, cols)
+            entries = b"[" + b",".join(encoded.entries.values()) + b"]"
+            params = {"c": self.positions, "n": n, "e": entries.decode("ascii")}
         with cur.copy(copy) as cp:
-            cp.write(data)
-        cur.execute(statement, {"c": self.positions})
+            cp.write(b"".join(encoded.lines.values()))
+        cur.execute(statement, params)
+
+    def _lean_statements(self, pg, cols: tuple[str, ...]) -> tuple[bytes, str]:
+        """For lean lines of these columns: the COPY of the columns alone into the staging table, and the
+        upsert that stores the positions given as cdc_applied entries (every staged row is applied: lean lines
+        are above every recorded position, and not shared)."""
+        key = (cols, "lean")
+        if key not in self._cache:
+            ident, S = sql.Identifier, sql.SQL
+            copy = S("COPY cdc_stage ({}) FROM STDIN").format(S(", ").join(map(ident, cols)))
+            stmt = S(
+                "WITH up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM cdc_stage s"
+                " ON CONFLICT ({keys}) {conflict})"
+                " INSERT INTO cdc_applied (connector, size, entries) VALUES (%(c)s, %(n)s, %(e)s)"
+            ).format(
+                tid=self._tid(),
+                cols=S(", ").join(map(ident, cols)),
+                keys=S(", ").join(map(ident, self.target.key_cols)),
+                conflict=self._conflict(cols),
+            )
+            self._cache[key] = (copy.as_bytes(pg), stmt.as_string(pg))
+        return self._cache[key]
+
+    def _conflict(self, cols: tuple[str, ...]) -> sql.Composable:
+        """ON CONFLICT's action: the row's columns but the key take the new values (a soft-deleted row comes
+        back)."""
+        ident, S = sql.Identifier, sql.SQL
+        keys, soft = self.target.key_cols, self.target.soft_delete_column
+        sets = [S("{0} = EXCLUDED.{0}").format(ident(c)) for c in cols if c not in keys]
+        if soft and soft not in cols:
+            sets.append(S("{} = NULL").format(ident(soft)))
+        return S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
 
     def commit_small(
         self, conn: sa.Connection, groups: list[tuple[list[str], list]], store: str, offset: dict
@@ -197,10 +234,7 @@ class PgMerge:
         ident, S = sql.Identifier, sql.SQL
         tid, keys = self._tid(), self.target.key_cols
         soft = self.target.soft_delete_column
-        sets = [S("{0} = EXCLUDED.{0}").format(ident(c)) for c in cols if c not in keys]
-        if soft and soft not in cols:
-            sets.append(S("{} = NULL").format(ident(soft)))
-        conflict = S("DO UPDATE SET {}").format(S(", ").join(sets)) if sets else S("DO NOTHING")
+        conflict = self._conflict(cols)
         match = S(" AND ").join(S("t.{0} = s.{0}").format(ident(k)) for k in keys)
         # the rows to apply: all that were staged, or (checking) those not older than their key's recorded
         # position (the same change again is applied again: idempotent, and a repair of a row changed by hand);

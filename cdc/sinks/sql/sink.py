@@ -153,17 +153,25 @@ class SqlSink:
             self.writer.write()
         self.buffer.add(ev)
 
-    def encoded_rows(self, cols: list[str], expand) -> Encoded:
+    def encoded_rows(self, cols: list[str], lean: bool, expand) -> Encoded:
         """The fast path's buffer for rows of these storefront columns (cdc/fast/): the one open, or a new one
-        once whatever else is buffered (changes, rows of other columns) has been written, in order."""
+        once whatever else is buffered (changes, rows of another form) has been written, in order. `lean`:
+        lines without positions, which go to `entries` (see lean_above)."""
         buffer = self.buffer
         enc = buffer.encoded
-        if enc is not None and enc.cols == cols:
+        if enc is not None and enc.cols == cols and (enc.entries is not None) == lean:
             return enc
         if enc is not None or buffer.pending or buffer.truncate_first:
             self.writer.write()
-        buffer.encoded = enc = Encoded(cols, expand)
+        buffer.encoded = enc = Encoded(cols, expand, {} if lean else None)
         return enc
+
+    def lean_above(self) -> int | None:
+        """Changes of transactions committed above this source position may go as lean lines (their merge needs
+        no never-backwards check: every recorded position is at or below it); None: none may (shared
+        positions, or the floor unknown)."""
+        writer = self.writer
+        return None if writer.shared else writer.floor
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
         self.held.hold(ev, err, kind)

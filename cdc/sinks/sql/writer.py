@@ -265,14 +265,14 @@ class Writer:
         floor = self.floor
         check_stale = not fresh and (floor is None or self.shared or encoded.min_commit_lsn <= floor)
         if check_stale:
+            if encoded.entries is not None:  # (lean lines were above the stored position when encoded)
+                raise AssertionError("lean fast-path rows at or below the stored position")
             self.fold(conn)
         self.store.untouched = False
         n = len(encoded.lines)
         try:
             with conn.begin_nested():
-                self.merger.merge_encoded(
-                    conn, encoded.cols, b"".join(encoded.lines.values()), n, check_stale
-                )
+                self.merger.merge_encoded(conn, encoded, check_stale)
             self.folder.appended += n
         except Exception as e:
             if not is_row_error(e):
