@@ -206,10 +206,12 @@ def pack_entries(entries: list) -> str:
 APPLIED_COLUMNS = ("row_key", "commit_lsn", "seq", "ts_ms", "txid", "op", "via")
 
 # cdc_applied's entries as rows (row_key, commit_lsn, seq, ts_ms, txid, op), per dialect's JSON functions
+# (PostgreSQL: jsonb, parsed once, where each ->> of a json value parses its text again: a fold of 200k entries
+# took 8.5-11.6 µs an entry instead of 9.8-16.0, folded 10k at a time, new keys and keys seen before)
 _ENTRIES_SQL = {
     "postgresql": "SELECT e->>0 AS row_key, (e->>1)::bigint AS commit_lsn, (e->>2)::bigint AS seq,"
     " (e->>3)::bigint AS ts_ms, (e->>4)::bigint AS txid, e->>5 AS op, e->>6 AS via"
-    " FROM cdc_applied a CROSS JOIN LATERAL json_array_elements(a.entries::json) e"
+    " FROM cdc_applied a CROSS JOIN LATERAL jsonb_array_elements(a.entries::jsonb) e"
     " WHERE a.connector = :c AND a.id <= :upto",
     "mysql": "SELECT j.row_key, j.commit_lsn, j.seq, j.ts_ms, j.txid, j.op, j.via FROM cdc_applied a,"
     " JSON_TABLE(a.entries, '$[*]' COLUMNS (row_key VARCHAR(500) PATH '$[0]', commit_lsn BIGINT PATH '$[1]',"
