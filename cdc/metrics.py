@@ -87,6 +87,12 @@ class Metrics:
             "cdc_reconcile_duration_seconds", "how long the last reconcile took", c, registry=r
         )
         self.up = Gauge("cdc_connector_up", "1 running, 0 stopped or failed", c, registry=r)
+        self.hot_path = Gauge(
+            "cdc_hot_path_info",
+            "1 for the path the per-change hot modules run: compiled (Cython), mixed or pure (Python)",
+            c + ["path"],
+            registry=r,
+        )
         self.last_commit = Gauge(
             "cdc_last_commit_timestamp_seconds", "wall time of the last sink commit", c, registry=r
         )

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from cdc import hotpath
 from cdc.checkpoint import Checkpointer
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError, TerminalError, TransientError
@@ -71,6 +72,7 @@ class Pipeline:
         history = cfg.sink.history if cfg.sink.type == "sql" else None
         self.changed_by = history.changed_by if history else None
         m.source_lag_bytes.labels(name), m.retained_wal_bytes.labels(name)
+        m.hot_path.labels(name, hotpath.path()).set(1)  # compiled, mixed or pure (cdc/hotpath.py)
         self._counts: dict[tuple[str, str, str], int] = {}  # changes read, not yet in cdc_events_total
 
     def stop(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
 
+from cdc import hotpath
 from cdc.cli import app, describe, fail, load_all, state, tune_gc
 from cdc.errors import CdcError
 from cdc.secrets import redact
@@ -78,6 +80,11 @@ def run(
     except ValueError as e:
         fail(str(e), 2)
     tune_gc()
+    # which hot modules run compiled: one line in the log (and cdc_hot_path_info, per connector)
+    hot = hotpath.state()
+    logging.getLogger("cdc.hotpath").log(
+        logging.WARNING if hot.stale else logging.INFO, "hot path: %s", hotpath.summary(hot)
+    )
     metrics = Metrics()
     port = metrics_port if metrics_port is not None else cfgs[0].metrics.port
     if port is not None:
@@ -110,7 +117,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="one JSON document on stdout"),
 ) -> None:
     """Position, lag (bytes and seconds), retained WAL, last commit time, held changes, pending scheduled
-    prices and the next one's due time, state."""
+    prices and the next one's due time, state, and whether this install's hot modules are compiled."""
     import json
 
     from rich.console import Console

@@ -12,6 +12,7 @@ import time
 
 import sqlalchemy as sa
 
+from cdc import hotpath
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
 from cdc.events import lsn_to_str
@@ -28,7 +29,9 @@ from cdc.sinks.sql.storefront import engine as store_engine
 
 
 def gather(cfg: ConnectorConfig) -> dict:
-    out: dict = {"connector": cfg.name}
+    # the hot path of this install, as this process finds it; the running connector's own is in its log's
+    # "hot path:" line and cdc_hot_path_info (they differ when one of the two has CDC_PURE_PYTHON set, or after a reinstall)
+    out: dict = {"connector": cfg.name, "hot_path_installed": hotpath.summary()}
     if cfg.source.type == "postgres":
         out.update(slot=cfg.slot, publication=cfg.publication)
         out.update(_sink_side(cfg) if cfg.sink.type == "sql" else _kafka_sink_side(cfg))
