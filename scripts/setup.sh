@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what pos-cdc and its tests need on a fresh Debian machine, skipping what is already there:
-# Debian's PostgreSQL server (and pgbench), Prometheus' promtool, Java 17 and Maven, Apache Kafka's jars
-# (into .cache/kafka/libs, for the local broker of the tests, the demo and the benchmarks), and the Python
-# package with its extras into the project's virtual environment .venv (POS_CDC_VENV elsewhere; PYTHON picks
-# the interpreter that makes it). --with-test-tools adds what only the tests need: promtool, MariaDB, and Kafka
-# Connect with Debezium's PostgreSQL connector (.cache/kafka/connect-libs).
+# Debian's PostgreSQL server (and pgbench), Prometheus' promtool, Java 17 and Maven, a C compiler and Python's
+# headers (the install compiles the hot modules of cdc/hotpath.py with Cython, which pip fetches), Apache
+# Kafka's jars (into .cache/kafka/libs, for the local broker of the tests, the demo and the benchmarks), and the
+# Python package with its extras into the project's virtual environment .venv (POS_CDC_VENV elsewhere; PYTHON
+# picks the interpreter that makes it). --with-test-tools adds what only the tests need: promtool, MariaDB, and
+# Kafka Connect with Debezium's PostgreSQL connector (.cache/kafka/connect-libs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,20 @@ if [ "${1:-}" = "--with-test-tools" ]; then
 fi
 PY="${PYTHON:-python3}"
 VENV="${POS_CDC_VENV:-.venv}"
+# the C compiler the interpreter builds extensions with (gcc; Debian's python3 names it x86_64-linux-gnu-gcc),
+# C's own headers (gcc's recommended libc6-dev), and Python.h: Debian's python3-dev when the interpreter is
+# Debian's (pyenv and the like ship theirs). Without them pos-cdc still installs, as pure Python.
+BUILD_PY="$PY"
+[ -x "$VENV/bin/python" ] && BUILD_PY="$VENV/bin/python"
+read -r py_cc py_include py_prefix < <("$BUILD_PY" -c 'import sys, sysconfig as c
+print((c.get_config_var("CC") or "gcc").split()[0], c.get_paths()["include"], sys.base_prefix)')
+command -v "$py_cc" >/dev/null || need+=(gcc)
+[ -f /usr/include/stdio.h ] || need+=(libc6-dev)
+if [ ! -f "$py_include/Python.h" ]; then
+  if [ "$py_prefix" = /usr ]; then need+=(python3-dev); else
+    echo "setup: $BUILD_PY has no Python.h ($py_include): the hot modules will stay pure Python"
+  fi
+fi
 # the Python packages go into a virtual environment of the project's own (.venv), never the system's
 [ -x "$VENV/bin/python" ] || "$PY" -c "import venv, ensurepip" 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,13 +55,19 @@ fi
 # the demo needs the runtime only; the tests add MariaDB's driver, confluent-kafka and the test tools
 if [ "${1:-}" = "--with-test-tools" ]; then extras="all"; else extras="runtime"; fi
 stamp="$VENV/.installed-$extras"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# again when the packaging changed, or a compiled module's .py since the last build (its extension is stale)
+rebuild=""
+for f in pyproject.toml setup.py cdc/hotpath.py $("$BUILD_PY" -c 'import cdc.hotpath as h; print(*(n.replace(".", "/") + ".py" for n in h.COMPILED))'); do
+  if [ "$f" -nt "$stamp" ]; then rebuild=yes; fi
+done
+if [ ! -f "$stamp" ] || [ -n "$rebuild" ]; then
   spec="."
   [ "$extras" = all ] && spec=".[all]"
   echo "setup: pip install -e '$spec' into $VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec"
   touch "$stamp"
 fi
+echo "setup: hot path: $("$VENV/bin/python" -c 'import cdc.hotpath as h; print(h.summary())')"
 
 # fetch_jars PROFILE DIR WHAT: the runtime classpath of a scripts/kafka/pom.xml profile, copied into a fresh dir
 # that replaces DIR only once complete; the .fetched stamp is what cdc/localkafka.py and cdc/localconnect.py
