@@ -1,5 +1,5 @@
 """Heartbeats keep the slot moving while the captured tables are idle; `cdc status` reads slot and bookkeeping;
-the metrics endpoint serves the contract's names."""
+the metrics endpoint serves the contract's names; `cdc run` says at start whether its hot modules run compiled."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import sys
 import time
 import urllib.request
 
+from cdc import hotpath
 from cdc.localpg import free_port
 from cdc.metrics import Metrics
 from tests.integration.helpers import Running, wait_until
+from tests.integration.support import CdcProcess
 
 CONFIG = """
 name: @NAME@
@@ -94,6 +96,7 @@ def test_status_running_and_stopped(env):
         assert info["slot_active"] is True
         assert info["source_lag_bytes"] >= 0 and info["retained_wal_bytes"] >= 0
         assert info["last_commit_time"] and info["last_applied_change_time"]
+        assert info["hot_path_installed"] == hotpath.summary()
     info = json.loads(cdc("status", str(path), "--json").stdout)
     assert info["state"] == "stopped"
     assert info["lag_seconds"] == 0.0
@@ -131,8 +134,22 @@ def test_metrics_endpoint_serves_contract_names(env):
             "cdc_sink_batch_seconds_bucket",
             "cdc_connector_up",
             "cdc_last_commit_timestamp_seconds",
+            "cdc_hot_path_info",
         ):
             assert f'{name}{{connector="{r.cfg.name}"' in body or f"{name}{{" in body, name
         assert f'cdc_events_total{{connector="{r.cfg.name}",op="u",table="public.item_price"}} 1.0' in body
+        assert f'cdc_hot_path_info{{connector="{r.cfg.name}",path="{hotpath.path()}"}} 1.0' in body
     finally:
         server.shutdown()
+
+
+def test_cdc_run_logs_which_hot_path_runs(env, tmp_path):
+    """One line at start: the compiled modules (and Cython's version), or pure Python and why."""
+    setup_tables(env)
+    proc = CdcProcess(env.write_config(CONFIG), tmp_path / "run.log")
+    try:
+        proc.wait_for(f"level=INFO thread=MainThread logger=cdc.hotpath hot path: {hotpath.summary()}\n")
+        wait_until(lambda: env.store("SELECT count(*) FROM product_price")[0][0] == 1)
+    finally:
+        rc, _ = proc.terminate(30)
+    assert rc == 0, proc.tail()
