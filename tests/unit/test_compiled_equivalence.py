@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -283,3 +284,40 @@ def test_the_comparison_sees_decoded_rows():
     assert result == outcome(run_pgoutput, pure, stream)
     assert "raised" not in repr(result)
     assert "Decimal('19.99')" in repr(result) and "_to_datetime" in repr(result)
+
+
+def shape(module: ModuleType) -> dict[str, Any]:
+    """What a module defines, as its users see it: names, classes (MRO, __slots__, dataclass fields, members)
+    and the signatures of its functions. Not compared: `annotations` (the __future__ feature, which a compiled
+    module does not keep as a name) and dunders (a compiled module adds __test__, lacks __cached__)."""
+    out: dict[str, Any] = {}
+    for name, value in vars(module).items():
+        if name.startswith("__") or name == "annotations":
+            continue
+        if isinstance(value, type) and value.__module__ == module.__name__:
+            fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else ()
+            out[name] = (
+                [c.__qualname__ for c in value.__mro__],
+                getattr(value, "__slots__", None),
+                [(f.name, f.type, repr(f.default), f.init, f.compare) for f in fields],
+                {k: shape_of(v) for k, v in vars(value).items() if k not in ("__doc__", "__module__")},
+            )
+        else:
+            out[name] = shape_of(value)
+    return out
+
+
+def shape_of(value: Any) -> Any:
+    if (
+        callable(value)
+        and not isinstance(value, type)
+        and (getattr(value, "__module__", None) or "").startswith("cdc.")
+    ):
+        return ("callable", value.__qualname__, str(inspect.signature(value)), value.__doc__)
+    return canon(value)
+
+
+@pytest.mark.parametrize("module", hotpath.COMPILED)
+def test_compiled_modules_define_the_same_names_classes_and_signatures(module):
+    compiled, pure = pair(module)
+    assert shape(compiled) == shape(pure)
