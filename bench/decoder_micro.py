@@ -1,7 +1,8 @@
 """Micro-benchmark of the pgoutput decoder's hot path: µs per Update message of a 6-column row
 (text, text, int4, numeric, timestamptz, bool), as PostgreSQL sends it for a table with the default replica
-identity (no old tuple). Run: python bench/decoder_micro.py [iterations]; CDC_PURE_PYTHON=1 for the .py modules
-where the Cython-compiled ones are installed (the first line says which ran).
+identity (no old tuple). Run: python bench/decoder_micro.py [iterations] [--all-text]; --all-text declares
+every column text (its converter is str), leaving the decoding without the value conversions. CDC_PURE_PYTHON=1
+for the .py modules where the Cython-compiled ones are installed (the first line says which ran).
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def update_message(oid: int) -> bytes:
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
+    args = [a for a in sys.argv[1:] if a != "--all-text"]
+    n = int(args[0]) if args else 200_000
+    if "--all-text" in sys.argv:
+        COLUMNS[:] = [(flags, name, 25) for flags, name, _ in COLUMNS]
     decoder = Decoder()
     decoder.decode(relation_message(16384))
     msg = update_message(16384)
@@ -58,7 +62,10 @@ def main() -> None:
             decode(msg)
         best = min(best, time.perf_counter() - t0)
     print(f"hot path: {hotpath.summary()}")
-    print(f"pgoutput Update, 6 columns ({len(msg)} bytes): {best / n * 1e6:.2f} µs/message (best of 5 x {n})")
+    kind = "all text" if "--all-text" in sys.argv else "text, text, int4, numeric, timestamptz, bool"
+    print(
+        f"pgoutput Update, 6 columns ({kind}; {len(msg)} bytes): {best / n * 1e6:.2f} µs/message (best of 5 x {n})"
+    )
 
 
 if __name__ == "__main__":
