@@ -24,6 +24,7 @@ from dataclasses import dataclass
 COMPILED = (
     "cdc.sources.pg_values",
     "cdc.sources.pgoutput",
+    "cdc.fast.encode",
 )
 
 PURE_ENV = "CDC_PURE_PYTHON"

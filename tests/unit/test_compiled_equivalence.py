@@ -20,6 +20,7 @@ import inspect
 import os
 import sys
 from collections.abc import Callable
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +36,7 @@ from tests.unit import test_pgoutput as msgs
 # modules that import a listed one and whose objects reach the results (Relation holds pg_values' converters)
 FRESH = ("cdc.sources.pgoutput_messages",)
 ALLOW_PURE_ENV = "CDC_ALLOW_PURE"  # the tests accept an install without compiled modules (no C compiler)
+_CENT = Decimal("0.01")
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # ------------------------------------------------------------------------------ the two variants
@@ -241,6 +243,68 @@ def run_pgoutput(module: ModuleType, messages: list) -> Any:
     return results, decoder.relations, decoder.types
 
 
+# ------------------------------------------------------------------------------ fast.encode: messages -> COPY lines
+
+ENC_COLS = 3
+
+
+def _money(d):
+    return d.quantize(_CENT)
+
+
+@st.composite
+def encode_input(draw) -> tuple:
+    """Insert and Update messages of a 3-column relation (values of every kind, some malformed), random slots
+    of every kind (SHIFT's arguments and a money stage's conversion for the others), a key of one or two
+    columns, and either form of line (with the position, or lean with a cdc_applied entry)."""
+    value = st.one_of(
+        st.none(),
+        st.just(UNCHANGED_TOAST),
+        st.binary(max_size=4),
+        value_text,
+        st.sampled_from(
+            ["123", "-5", "0", "12.50", "NaN", "1e999999999", "tab\there", 'quo"te', "back\\slash", "ünï"]
+        ),
+    )
+    row = st.lists(value, min_size=ENC_COLS, max_size=ENC_COLS)
+    raw = []
+    for _ in range(draw(st.integers(0, 5))):
+        if draw(st.booleans()):
+            raw.append(msgs.insert_msg(16384, draw(row)))
+        else:
+            old = draw(st.sampled_from([b"", b"", b"K"]))
+            raw.append(msgs.update_msg(16384, draw(row), draw(row) if old else None, old))
+    payloads = [bytes(draw(malformed_or_not(m))) for m in raw]
+    how = st.sampled_from([0, 1, 2, 3, 4])
+    slot = st.tuples(
+        st.integers(0, ENC_COLS - 1), how, st.tuples(st.integers(0, 3), st.sampled_from([b"", b"00"]))
+    )
+    slots = tuple(
+        (src, h, (_money,) if h in (2, 4) else args) for src, h, args in draw(st.lists(slot, max_size=4))
+    )
+    key_index = tuple(draw(st.lists(st.integers(0, ENC_COLS - 1), min_size=1, max_size=2)))
+    if draw(st.booleans()):
+        frame = (b"\tu\t1\t", b"\t2\t3\t\\N\n", False)
+    else:
+        frame = (b'",1,', b',2,3,"u",null]', True)
+    return payloads, list(range(len(payloads))), draw(st.integers(0, 2)), slots, key_index, frame
+
+
+def run_encode(module: ModuleType, x: tuple) -> Any:
+    """Where encode_run stopped, and the lines (and entries) it made."""
+    payloads, lsns, start, slots, key_index, (mid, tail, lean) = x
+    lines: dict = {}
+    entries: dict | None = {} if lean else None
+    stop = module.encode_run(payloads, lsns, start, ENC_COLS, slots, key_index, mid, tail, lines, entries)
+    return (
+        stop,
+        lines,
+        entries,
+        [module.copy_text(p) for p in payloads],
+        [module.json_text(p) for p in payloads],
+    )
+
+
 # ------------------------------------------------------------------------------ the cases
 
 
@@ -254,6 +318,7 @@ class Case:
 CASES = [
     Case("cdc.sources.pg_values", pg_values_inputs, run_pg_values),
     Case("cdc.sources.pgoutput", stream(), run_pgoutput),
+    Case("cdc.fast.encode", encode_input(), run_encode),
 ]
 
 
@@ -289,10 +354,11 @@ def test_the_comparison_sees_decoded_rows():
 def shape(module: ModuleType) -> dict[str, Any]:
     """What a module defines, as its users see it: names, classes (MRO, __slots__, dataclass fields, members)
     and the signatures of its functions. Not compared: `annotations` (the __future__ feature, which a compiled
-    module does not keep as a name) and dunders (a compiled module adds __test__, lacks __cached__)."""
+    module does not keep as a name), `cython` (Cython's declarations: compile-time only when compiled) and
+    dunders (a compiled module adds __test__, lacks __cached__)."""
     out: dict[str, Any] = {}
     for name, value in vars(module).items():
-        if name.startswith("__") or name == "annotations":
+        if name.startswith("__") or name in ("annotations", "cython"):
             continue
         if isinstance(value, type) and value.__module__ == module.__name__:
             fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else ()
