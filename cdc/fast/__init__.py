@@ -37,9 +37,13 @@ MIN_RUN = 64  # changes: a shorter run goes the reference way (PgMerge.SMALL: it
 
 def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None:
     """The fast path for this connector, or None (and the reason, logged once) when it does not apply."""
-    why = _unfit(cfg, stages, sink)
+    from cdc.sinks.sql.sink import SqlSink
+
+    why = why_not(cfg, stages)
+    if why is None and not (isinstance(sink, SqlSink) and sink.store.dialect == "postgresql"):
+        why = "the storefront is not PostgreSQL"
     if why is None and not getattr(source, "batch_changes", lambda: False)():
-        why = "the source does not give its changes in batches (a lane, or not PostgreSQL)"
+        why = "the source does not give its changes in batches"
     if why is not None:
         log.info("%s: fast path off: %s", cfg.name, why)
         return None
@@ -47,14 +51,15 @@ def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None
     return FastPath(stages, sink)
 
 
-def _unfit(cfg: Any, stages: list, sink: Any) -> str | None:
+def why_not(cfg: Any, stages: list) -> str | None:
+    """Why the fast path cannot apply to this connector's config (None: it can); `cdc status` says it too."""
     if os.environ.get("CDC_FAST_PATH", "1") == "0":
         return "CDC_FAST_PATH=0"
     if cfg.source.type != "postgres":
         return f"the source is {cfg.source.type}"
-    from cdc.sinks.sql.sink import SqlSink
-
-    if not isinstance(sink, SqlSink) or sink.store.dialect != "postgresql":
+    if cfg.source.row_filter:
+        return "a lane (its rows leaving it become deletes change by change)"
+    if cfg.sink.type != "sql" or not cfg.sink.url.split(":", 1)[0].startswith("postgresql"):
         return "the storefront is not PostgreSQL"
     if cfg.sink.history:
         return "price history records each change"

@@ -28,10 +28,20 @@ from cdc.sinks.sql.bookkeeping import (
 from cdc.sinks.sql.storefront import engine as store_engine
 
 
+def _fast_path(cfg: ConnectorConfig) -> str:
+    """Whether runs of inserts and updates take the fast path (cdc/fast/), by the config and this process's
+    environment (CDC_FAST_PATH)."""
+    from cdc.fast import why_not
+    from cdc.stages import build_stages
+
+    why = why_not(cfg, build_stages(cfg.transforms))
+    return "on for runs of inserts and updates" if why is None else f"off: {why}"
+
+
 def gather(cfg: ConnectorConfig) -> dict:
     # the hot path of this install, as this process finds it; the running connector's own is in its log's
     # "hot path:" line and cdc_hot_path_info (they differ when one of the two has CDC_PURE_PYTHON set, or after a reinstall)
-    out: dict = {"connector": cfg.name, "hot_path_installed": hotpath.summary()}
+    out: dict = {"connector": cfg.name, "hot_path_installed": hotpath.summary(), "fast_path": _fast_path(cfg)}
     if cfg.source.type == "postgres":
         out.update(slot=cfg.slot, publication=cfg.publication)
         out.update(_sink_side(cfg) if cfg.sink.type == "sql" else _kafka_sink_side(cfg))
