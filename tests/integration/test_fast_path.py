@@ -4,7 +4,8 @@ storefront rows and the held changes must come out the same.
 
 The transactions are built to cross every edge the fast path hands back: text that COPY must escape, NULLs,
 a key the storefront refuses (too long for its column: that run goes the reference way and the row is
-dead-lettered), a price that is NaN (held by the money stage in the middle of a bulk run), a key change (an
+dead-lettered), a key the storefront has before the POS inserts it (the plain INSERT of an inserts-only run
+meets it, and the upsert goes instead), a price that is NaN (held by the money stage in the middle of a bulk run), a key change (an
 old tuple), deletes between runs, the same keys updated many times in one transaction, and a table whose
 plan cannot be made (a float column the storefront keeps as text).
 """
@@ -54,6 +55,10 @@ def _load(env) -> None:
         " 's', 1 FROM generate_series(401, 800) g; COMMIT"
     )
     env.pos(with_refused)
+    env.pos(  # new keys, but one the storefront has already
+        "INSERT INTO item_price SELECT 'OLD' || g, 2, 'POS', g, 'o', now(), false, 's', 2"
+        " FROM generate_series(1, 800) g"
+    )
     # a reprice of everything, with a NaN price in the middle of the run
     env.pos(
         "BEGIN; UPDATE item_price SET price_fen = price_fen * 3 + 7 WHERE item_code < 'SKU001500';"
@@ -112,6 +117,8 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
     for sql in STORE:
         env.store(sql)
         _exec(ref_dsn, sql)
+    for dsn in (env.store_dsn, ref_dsn):  # a key the storefront has already: the bulk insert's plain INSERT
+        _exec(dsn, "INSERT INTO product_price (sku, store_id, price) VALUES ('OLD7', 9, 99.99)")
     fast_cfg = env.write_config(CONFIG.format(name=f"{env.name}_fast", url=env.store_url), "fast.yaml")
     ref_cfg = env.write_config(CONFIG.format(name=f"{env.name}_ref", url=env.pg.url(ref_db)), "ref.yaml")
     caplog.set_level(logging.INFO, logger="cdc.fast")
@@ -134,6 +141,8 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
                     running=r,
                 )
             assert fast.pipeline.runner.fast.encoded > 3000
+            merger = fast.pipeline.sink.writer.merger
+            assert merger.plain_tries > merger.plain_misses >= 1  # (OLD7 made one miss)
     assert "fast path on" in caplog.text
     assert "item_extra goes the reference way" in caplog.text
     fast_rows, ref_rows = _rows(env, env.store_dsn), _rows(env, ref_dsn)

@@ -51,10 +51,13 @@ class Encoded:
     lines: dict[bytes, bytes] = field(default_factory=dict)
     spans: list[tuple[Any, int, int]] = field(default_factory=list)
     min_commit_lsn: int = 0
+    inserts_only: bool = True  # every change came from an insert at the source (new keys, most likely)
 
     def add_span(self, batch: Any, start: int, stop: int) -> None:
         if not self.spans or batch.commit_lsn < self.min_commit_lsn:
             self.min_commit_lsn = batch.commit_lsn
+        if batch.inserts != len(batch):
+            self.inserts_only = False
         self.spans.append((batch, start, stop))
 
 

@@ -26,10 +26,11 @@ from psycopg.adapt import Dumper
 
 from cdc.sinks.sql.bookkeeping import PG_LOCK, key_text, via_of
 from cdc.sinks.sql.buffer import UPSERT
+from cdc.sinks.sql.pg_encoded import EncodedMerge
 from cdc.sinks.sql.target import Target
 
 
-class PgMerge:
+class PgMerge(EncodedMerge):
     # rows: a group of up to this many is staged by an INSERT sent with its merge (no COPY: two round trips
     # less), and a write of up to this many is committed in one round trip (commit_small)
     SMALL = 64
@@ -112,48 +113,6 @@ class PgMerge:
             for row in rows:
                 write_row(row)
         cur.execute(statement, params)
-
-    def merge_encoded(self, conn: sa.Connection, encoded: Any, check_stale: bool) -> None:
-        """The fast path's rows (buffer.Encoded: COPY lines of the staging table, cdc/fast/encode.py) staged in
-        one COPY write, then merged: by merge()'s statement when the lines carry their positions, else (lean
-        lines: the storefront columns only) by an upsert that stores the entries the encoder made."""
-        pg = conn.connection.driver_connection
-        cols, n = tuple(encoded.cols), len(encoded.lines)
-        cur = self._copy_cur
-        empty = self._empty_stage(n)
-        if empty:
-            cur.execute(empty)
-        if encoded.entries is None:
-            copy, _, _, statement = self._statements(pg, cols, check_stale)
-            params: dict = {"c": self.positions}
-        else:
-            copy, statement = self._lean_statements(pg, cols)
-            entries = b"[" + b",".join(encoded.entries.values()) + b"]"
-            params = {"c": self.positions, "n": n, "e": entries.decode("ascii")}
-        with cur.copy(copy) as cp:
-            cp.write(b"".join(encoded.lines.values()))
-        cur.execute(statement, params)
-
-    def _lean_statements(self, pg, cols: tuple[str, ...]) -> tuple[bytes, str]:
-        """For lean lines of these columns: the COPY of the columns alone into the staging table, and the
-        upsert that stores the positions given as cdc_applied entries (every staged row is applied: lean lines
-        are above every recorded position, and not shared)."""
-        key = (cols, "lean")
-        if key not in self._cache:
-            ident, S = sql.Identifier, sql.SQL
-            copy = S("COPY cdc_stage ({}) FROM STDIN").format(S(", ").join(map(ident, cols)))
-            stmt = S(
-                "WITH up AS (INSERT INTO {tid} AS t ({cols}) SELECT {cols} FROM cdc_stage s"
-                " ON CONFLICT ({keys}) {conflict})"
-                " INSERT INTO cdc_applied (connector, size, entries) VALUES (%(c)s, %(n)s, %(e)s)"
-            ).format(
-                tid=self._tid(),
-                cols=S(", ").join(map(ident, cols)),
-                keys=S(", ").join(map(ident, self.target.key_cols)),
-                conflict=self._conflict(cols),
-            )
-            self._cache[key] = (copy.as_bytes(pg), stmt.as_string(pg))
-        return self._cache[key]
 
     def _conflict(self, cols: tuple[str, ...]) -> sql.Composable:
         """ON CONFLICT's action: the row's columns but the key take the new values (a soft-deleted row comes
