@@ -13,6 +13,8 @@ no-hashjoin  The merge's never-backwards check (stage LEFT JOIN cdc_row_state) i
 no-fold      Recorded key positions are never folded into cdc_row_state while the connector runs: what the
              idle folding costs the latency.
 gc-off       No cyclic garbage collection at all: how much the collector still costs with `cdc run`'s tuning.
+timeline     Not a change: logs (stderr, logger bench.timeline) when each sink write and commit starts and ends
+             and each ChangeBatch arrives, in ms since the first batch, to see what waits for what.
 """
 
 from __future__ import annotations
@@ -65,7 +67,51 @@ def no_fold() -> None:
     folding.FOLD_EVERY_S = 10**9
 
 
+def timeline() -> None:
+    import logging
+    import time
+
+    from cdc import pipeline
+    from cdc.sinks.sql import offsets, writer
+
+    log = logging.getLogger("bench.timeline")
+    t0 = [0.0]
+
+    def ms() -> str:
+        if not t0[0]:
+            t0[0] = time.monotonic()
+        return f"{(time.monotonic() - t0[0]) * 1000:8.1f}"
+
+    def wrap(cls, name: str, what) -> None:
+        original = getattr(cls, name)
+
+        def timed(self, *a, **kw):
+            start = ms()
+            try:
+                return original(self, *a, **kw)
+            finally:
+                log.warning("timeline %s-%s %s %s", start, ms(), name, what(self, *a))
+
+        setattr(cls, name, timed)
+
+    wrap(
+        writer.Writer,
+        "_write_taken",
+        lambda self, taken, *_: f"{len(taken[0])} changes, encoded {len(taken[3].lines) if taken[3] else 0}",
+    )
+    wrap(offsets.Offsets, "commit", lambda *_: "")
+    original_count = pipeline.Pipeline._count_batch
+
+    def count_batch(self, batch):
+        if len(batch) and batch.lsns[0] % 50 == 0:
+            log.warning("timeline %s batch of %d", ms(), len(batch))
+        return original_count(self, batch)
+
+    pipeline.Pipeline._count_batch = count_batch
+
+
 PATCHES = {
+    "timeline": timeline,
     "no-fold": no_fold,
     "gc-off": gc_off,
     "rename-fast": rename_fast,

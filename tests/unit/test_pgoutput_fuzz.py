@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from cdc.config import ConnectorConfig
 from cdc.errors import CdcError
-from cdc.events import ChangeEvent, TxnEnd
+from cdc.events import ChangeBatch, ChangeEvent, TxnEnd
 from cdc.sources.pg_stream import HDR_K, HDR_W, WalStream
 from cdc.sources.pgoutput import Decoder
 from tests.unit.test_pgoutput import PRODUCT_COLS, PRODUCTS, ROW, insert_msg, relation_msg, valid_messages
@@ -153,13 +153,17 @@ RELATION = xlog(relation_msg(PRODUCTS, "public", "products", "d", PRODUCT_COLS))
 KEEPALIVE = b"k" + HDR_K.pack(500, 0, 0)
 
 
-def read_all(frames: list[bytes]) -> list:
-    """Every event the reader yields for `frames`, until the stream ends or the reader refuses a frame."""
+def read_all(frames: list[bytes], batching: bool = False) -> list:
+    """Every event the reader yields for `frames`, until the stream ends or the reader refuses a frame; with
+    `batching`, the runs of inserts and updates it yields as ChangeBatch expanded into their events (as the
+    fast path does for whatever it cannot encode)."""
     conn = Frames(frames)
     out: list = []
+    stream = WalStream(CFG, "pos")
+    stream.batching = batching
     try:
-        for ev in WalStream(CFG, "pos").read_loop(conn, 0):
-            out.append(ev)
+        for ev in stream.read_loop(conn, 0):
+            out.extend(ev.events() if isinstance(ev, ChangeBatch) else [ev])
             assert len(out) < 1000, "the reader keeps yielding: a hang"
     except CdcError as e:
         out.append(e)
@@ -172,20 +176,21 @@ def rows(events: list) -> list[dict]:
     return [e.after for e in events if isinstance(e, ChangeEvent)]
 
 
+@pytest.mark.parametrize("batching", [False, True])
 @pytest.mark.parametrize("shape", [txn, streamed_txn])
-def test_the_reader_passes_a_valid_transaction(shape):
-    events = read_all([RELATION, KEEPALIVE, *shape(insert_msg(PRODUCTS, ROW))])
+def test_the_reader_passes_a_valid_transaction(shape, batching):
+    events = read_all([RELATION, KEEPALIVE, *shape(insert_msg(PRODUCTS, ROW))], batching)
     assert len(rows(events)) == 1
     assert "walsender stopped" in str(events[-1])  # the end of the frames
 
 
 @SETTINGS
-@given(st.sampled_from([txn, streamed_txn]), st.data())
-def test_the_reader_refuses_a_frame_cut_short(shape, data):
+@given(st.sampled_from([txn, streamed_txn]), st.booleans(), st.data())
+def test_the_reader_refuses_a_frame_cut_short(shape, batching, data):
     frames = [RELATION, KEEPALIVE, *shape(insert_msg(PRODUCTS, ROW))]
     i = data.draw(st.integers(0, len(frames) - 1))
     cut = data.draw(st.integers(1, len(frames[i]) - 1))
-    events = read_all(frames[:i] + [frames[i][:cut]] + frames[i + 1 :])
+    events = read_all(frames[:i] + [frames[i][:cut]] + frames[i + 1 :], batching)
     end = events[-1]
     assert isinstance(end, CdcError), events
     # rows of a transaction whose commit never came are never applied (the pipeline keeps no half of one)
@@ -194,7 +199,7 @@ def test_the_reader_refuses_a_frame_cut_short(shape, data):
 
 
 @SETTINGS
-@given(st.lists(st.binary(min_size=1, max_size=60), max_size=8))
-def test_the_reader_on_random_frames(frames):
-    events = read_all([RELATION, *frames])
+@given(st.lists(st.binary(min_size=1, max_size=60), max_size=8), st.booleans())
+def test_the_reader_on_random_frames(frames, batching):
+    events = read_all([RELATION, *frames], batching)
     assert isinstance(events[-1], CdcError), events
