@@ -705,3 +705,36 @@ def test_each_retry_says_its_attempt_the_wait_it_uses_and_when_it_gives_up(no_ba
 def test_giving_up_says_how_long_it_tried_and_the_option_that_sets_it(no_backoff):
     err = Rig([Fail(TransientError("connection refused"))], retry_for_s=0).run()
     assert "gave up after 2 attempts" in str(err) and "--retry-for SECONDS" in str(err), err
+
+
+def test_a_change_batch_goes_change_by_change_without_a_fast_path():
+    """A source's ChangeBatch (a run of a table's changes in wire form) reaches the sink as its events would,
+    in order within the stream, and is counted by op; the fakes have no fast path, so the runner expands it."""
+    from cdc.events import ChangeBatch
+
+    evs = [change(10, 1, "A", 100), change(10, 2, "B", 200), change(10, 3, "A", 150, op="u")]
+
+    def batch(start: int, stop: int) -> ChangeBatch:
+        run = evs[start:stop]
+        return ChangeBatch(
+            "public",
+            "item_price",
+            None,
+            [b"I" if e.op == "c" else b"U" for e in run],
+            [e.seq for e in run],
+            10,
+            run[0].ts_ms,
+            7,
+            sum(e.op == "c" for e in run),
+            lambda b, s, e, run=run: run[s:e],
+        )
+
+    rig = Rig(
+        [batch(0, 2), change(10, 3, "C", 300), batch(2, 3), TxnEnd(P(10), int(time.time() * 1000)), Idle()],
+        at_end="stop",
+    )
+    assert rig.run() is None
+    assert rig.rows() == {"A": Decimal("1.50"), "B": Decimal("2.00"), "C": Decimal("3.00")}
+    assert commits(rig.log) == [stored(10)]
+    counted = {op: rig.metrics.events.labels(NAME, "public.item_price", op)._value.get() for op in "cu"}
+    assert counted == {"c": 3, "u": 1}
