@@ -223,7 +223,7 @@ def test_run_with_missing_pos_table_exits_1_with_one_clear_line(env):
     assert "public.item_price" in errors[0] and "does not exist" in errors[0], errors
     # nothing else on stderr but log lines
     others = [ln for ln in proc.stderr.splitlines() if not ln.startswith("error:")]
-    assert all(re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) ", ln) for ln in others), others
+    assert all(re.match(r"^\d{4}-\d\d-\d\d [\d:,]+ level=(INFO|WARNING) ", ln) for ln in others), others
 
 
 def test_run_with_missing_storefront_table_exits_1_with_one_clear_line(env):
