@@ -25,6 +25,7 @@ COMPILED = (
     "cdc.sources.pg_values",
     "cdc.sources.pgoutput",
     "cdc.fast.encode",
+    "cdc.fast.encode_mysql",
 )
 
 PURE_ENV = "CDC_PURE_PYTHON"

@@ -8,6 +8,10 @@ storefront's order, are the plan's slots. A value goes as PostgreSQL sent it onl
 would write a value the storefront reads the same: text and integers anywhere, numeric into a number
 column, dates and times into date and time columns, booleans into booleans, and so on (`_how`); anything
 else gives no plan, and that table's changes take the reference path.
+
+The form of the rows: "copy", the PostgreSQL staging table's COPY lines (encode.py); "mysql" or "mysql-nbe",
+a MariaDB/MySQL storefront's VALUES tuples (encode_mysql.py; "-nbe": the session has NO_BACKSLASH_ESCAPES),
+whose literals are the reference path's own, whatever the storefront column's type (`_how_mysql`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from cdc.fast.encode import CHECK, MONEY, PASS, SHIFT, TEXT
+from cdc.fast.encode_mysql import BOOL, DATETIME, NUMBER, TEXT_NBE
 from cdc.stages.drop import DropStage
 from cdc.stages.money import MoneyStage
 from cdc.stages.rename import RenameStage
@@ -27,7 +32,7 @@ FAST_STAGES = (RenameStage, DropStage, MoneyStage)
 # PostgreSQL type OIDs by how their text form compares with what the reference path writes
 TEXT_TYPES = frozenset((25, 1043, 1042, 19, 18, 114, 3802))  # text varchar bpchar name "char" json jsonb
 INT_TYPES = frozenset((20, 21, 23, 26))  # int8 int2 int4 oid: str(int) is PostgreSQL's text
-UUID, NUMERIC, BOOL, DATE, TIMESTAMP, TIMESTAMPTZ = 2950, 1700, 16, 1082, 1114, 1184
+UUID, NUMERIC, BOOL_OID, DATE, TIMESTAMP, TIMESTAMPTZ = 2950, 1700, 16, 1082, 1114, 1184
 KEY_TYPES = frozenset((25, 1043, 1042, 19, *INT_TYPES))  # the sink's key text is the value's text
 
 
@@ -40,8 +45,11 @@ class RelationPlan:
     key_index: tuple  # the source columns of the storefront key, in its order
 
 
-def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | None, str]:
-    """The plan for a pgoutput Relation (None, and why not)."""
+FORMS = ("copy", "mysql", "mysql-nbe")
+
+
+def plan_relation(rel: Any, stages: list, target: Any, form: str = "copy") -> tuple[RelationPlan | None, str]:
+    """The plan for a pgoutput Relation, for rows of `form` (None, and why not)."""
     if rel.replica_identity == "f":
         return None, "REPLICA IDENTITY FULL sends every update with its old row"
     row: dict[str, tuple[int, tuple]] = {c.name: (i, ()) for i, c in enumerate(rel.columns)}
@@ -79,9 +87,15 @@ def plan_relation(rel: Any, stages: list, target: Any) -> tuple[RelationPlan | N
     slots = []
     for c in cols:
         src, convs = row[c]
-        how = MONEY if convs else _how(rel.columns[src].type_oid, target.table.c[c].type)
+        type_oid = rel.columns[src].type_oid
+        if convs:
+            how = MONEY
+        elif form == "copy":
+            how = _how(type_oid, target.table.c[c].type)
+        else:
+            how = _how_mysql(type_oid, form)
         if how is None:
-            return None, f"{c}: its {rel.columns[src].type_oid} values are written as Python would write them"
+            return None, f"{c}: its {type_oid} values are written as Python would write them"
         shift = _shift(rel.columns[src].type_oid, convs)
         slots.append((src, SHIFT, shift) if shift else (src, how, convs))
     # a money stage's column the storefront lacks is still converted (a value it cannot take holds the change)
@@ -115,6 +129,17 @@ def _how(type_oid: int, target_type: sa.types.TypeEngine) -> int | None:
         return PASS if isinstance(target_type, sa.Date) else None
     if type_oid in (TIMESTAMP, TIMESTAMPTZ):
         return PASS if isinstance(target_type, sa.DateTime) else None
-    if type_oid == BOOL:
+    if type_oid == BOOL_OID:
         return PASS if isinstance(target_type, sa.Boolean) else None
     return None
+
+
+def _how_mysql(type_oid: int, form: str) -> int | None:
+    """How a source column's text becomes the literal pymysql makes of the reference path's value (see
+    encode_mysql.py); None: no literal made from the text is sure to be that one (a float's repr, a time,
+    bytes, an interval, an array...)."""
+    if type_oid in TEXT_TYPES or type_oid in (UUID, DATE):
+        return TEXT_NBE if form == "mysql-nbe" else TEXT
+    if type_oid in INT_TYPES:
+        return PASS
+    return {NUMERIC: NUMBER, BOOL_OID: BOOL, TIMESTAMP: DATETIME, TIMESTAMPTZ: DATETIME}.get(type_oid)

@@ -305,6 +305,58 @@ def run_encode(module: ModuleType, x: tuple) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------ fast.encode_mysql: messages -> VALUES
+
+times = st.one_of(
+    datetime_text(),
+    st.sampled_from(
+        ["2024-05-06 07:08:09.123456+00", "2024-05-06 07:08:09.5", "2024-05-06 07:08:09.000+05:30"]
+    ),
+)
+
+
+@st.composite
+def encode_mysql_input(draw) -> tuple:
+    """encode_input's messages, slots of every MariaDB kind (times and numbers among the values), the lean
+    form only."""
+    payloads, lsns, start, _, key_index, _ = draw(encode_input())
+    extra = st.sampled_from(["0.0000001", "-0.000000", "1E+3", "Infinity", "-", "", "t", "f"])
+    if draw(st.booleans()):  # messages with times and numbers where the slots read them
+        value = st.one_of(st.none(), times, extra, value_text)
+        payloads += [
+            bytes(
+                draw(malformed_or_not(msgs.insert_msg(16384, draw(st.lists(value, min_size=3, max_size=3)))))
+            )
+        ]
+        lsns = list(range(len(payloads)))
+    slot = st.tuples(
+        st.integers(0, ENC_COLS - 1),
+        st.integers(0, 8),
+        st.tuples(st.integers(0, 3), st.sampled_from([b"", b"00"])),
+    )
+    slots = tuple(
+        (src, h, (_money,) if h in (2, 4) else args) for src, h, args in draw(st.lists(slot, max_size=4))
+    )
+    return payloads, lsns, start, slots, key_index, [draw(times) for _ in range(3)]
+
+
+def run_encode_mysql(module: ModuleType, x: tuple) -> Any:
+    """Where encode_run stopped, the tuples and entries it made, and the literal helpers on the values."""
+    payloads, lsns, start, slots, key_index, texts = x
+    lines: dict = {}
+    entries: dict = {}
+    stop = module.encode_run(
+        payloads, lsns, start, ENC_COLS, slots, key_index, b'",1,', b',2,3,"u",null]', lines, entries
+    )
+    raw = [*payloads, *(t.encode() for t in texts)]
+    return (
+        stop,
+        lines,
+        entries,
+        [(module.mysql_text(p), module.mysql_text_nbe(p), module.mysql_datetime(p)) for p in raw],
+    )
+
+
 # ------------------------------------------------------------------------------ the cases
 
 
@@ -319,6 +371,7 @@ CASES = [
     Case("cdc.sources.pg_values", pg_values_inputs, run_pg_values),
     Case("cdc.sources.pgoutput", stream(), run_pgoutput),
     Case("cdc.fast.encode", encode_input(), run_encode),
+    Case("cdc.fast.encode_mysql", encode_mysql_input(), run_encode_mysql),
 ]
 
 
