@@ -4,17 +4,21 @@ table without a Python object per change.
 The reference path decodes each pgoutput message into a dict, wraps it in a ChangeEvent, runs it through the
 stages, buffers it per key in the sink and turns it into a COPY row: a dozen steps per change. When the
 connector's stages are among those that only move and round columns (rename, drop, money) and the storefront
-is PostgreSQL without price history, this path fuses them: the source yields each run of a table's inserts and
-updates as a `ChangeBatch` still in pgoutput's form (cdc/sources/pg_stream.py), a per-table plan says where
-each column goes (plan.py), and one loop (encode.py, compiled when a compiler was there at install) writes
-the staging table's COPY lines straight from the message bytes into the sink's buffer, the newest per key
-(cdc/sinks/sql/buffer.py `Encoded`). The sink merges them by the same statement as any other write.
+is PostgreSQL or MariaDB/MySQL without price history, this path fuses them: the source yields each run of a
+table's inserts and updates as a `ChangeBatch` still in pgoutput's form (cdc/sources/pg_stream.py), a
+per-table plan says where each column goes (plan.py), and one loop (compiled when a compiler was there at
+install) writes the rows straight from the message bytes into the sink's buffer, the newest per key
+(cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py), which the sink
+merges by the same statement as any other write; for MariaDB the VALUES tuples of its multi-row INSERT …
+ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send.
 
 Nothing is decided differently here. A change the loop cannot encode exactly as the reference path would
 (an old tuple, a TOASTed value, a NULL key, a money value that is not a finite number or does not fit) goes
 the reference way, alone, in its place in the order; so do short runs (the single sale: the reference path has
 its one-round-trip commit), a table whose plan cannot be made, and, when the storefront refuses a row or
 a write must know each change (held keys to supersede), the whole buffered run (expanded from its batches).
+For MariaDB, so does a run at or below the stored source position (a replay: the reference path checks each
+key's recorded position; its rows have no form that carries the position to the merge).
 
 `CDC_FAST_PATH=0` turns it off (for comparing; tests/integration/test_fast_path.py runs both).
 """
@@ -26,8 +30,8 @@ import os
 from typing import Any
 
 from cdc.events import ChangeBatch
-from cdc.fast.encode import encode_run
-from cdc.fast.plan import FAST_STAGES, RelationPlan, plan_relation
+from cdc.fast import encode, encode_mysql
+from cdc.fast.plan import FAST_STAGES, FORMS, RelationPlan, plan_relation
 from cdc.sinks.sql.buffer import KeyBuffer
 
 log = logging.getLogger("cdc.fast")
@@ -39,16 +43,18 @@ def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None
     """The fast path for this connector, or None (and the reason, logged once) when it does not apply."""
     from cdc.sinks.sql.sink import SqlSink
 
-    why = why_not(cfg, stages)
-    if why is None and not (isinstance(sink, SqlSink) and sink.store.dialect == "postgresql"):
-        why = "the storefront is not PostgreSQL"
+    why, form = why_not(cfg, stages), None
+    if why is None and not isinstance(sink, SqlSink):
+        why = "the sink is not a SQL storefront"
+    if why is None:
+        form, why = sink.fast_form()
     if why is None and not getattr(source, "batch_changes", lambda: False)():
         why = "the source does not give its changes in batches"
     if why is not None:
         log.info("%s: fast path off: %s", cfg.name, why)
         return None
-    log.info("%s: fast path on for runs of inserts and updates", cfg.name)
-    return FastPath(stages, sink)
+    log.info("%s: fast path on for runs of inserts and updates (%s rows)", cfg.name, form)
+    return FastPath(stages, sink, form=form)
 
 
 def why_not(cfg: Any, stages: list) -> str | None:
@@ -59,8 +65,11 @@ def why_not(cfg: Any, stages: list) -> str | None:
         return f"the source is {cfg.source.type}"
     if cfg.source.row_filter:
         return "a lane (its rows leaving it become deletes change by change)"
-    if cfg.sink.type != "sql" or not cfg.sink.url.split(":", 1)[0].startswith("postgresql"):
-        return "the storefront is not PostgreSQL"
+    scheme = cfg.sink.url.split(":", 1)[0] if cfg.sink.type == "sql" else ""
+    if not scheme.startswith(("postgresql", "mysql")):
+        return "the storefront is not PostgreSQL or MariaDB/MySQL"
+    if scheme.startswith("mysql") and cfg.sink.position_group:
+        return "sink.position_group with a MariaDB storefront (each change claims its key's position)"
     if cfg.sink.history:
         return "price history records each change"
     for st in stages:
@@ -70,10 +79,15 @@ def why_not(cfg: Any, stages: list) -> str | None:
 
 
 class FastPath:
-    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN):
+    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN, form: str = "copy"):
+        if form not in FORMS:
+            raise ValueError(f"fast path: no rows of form {form!r}")
         self.stages = stages
         self.sink = sink
         self.min_run = min_run
+        self.form = form
+        self.copy = form == "copy"  # else MariaDB's VALUES tuples, lean only
+        self.encode_run = encode.encode_run if self.copy else encode_mysql.encode_run
         self._plans: dict[int, tuple[Any, RelationPlan | None]] = {}  # relation oid -> (Relation, plan)
         self.encoded = 0  # changes encoded (the rest went the reference way)
 
@@ -81,7 +95,7 @@ class FastPath:
         known = self._plans.get(rel.oid)
         if known is not None and known[0] is rel:
             return known[1]
-        plan, why = plan_relation(rel, self.stages, self.sink.target)
+        plan, why = plan_relation(rel, self.stages, self.sink.target, self.form)
         if self.sink.target.table is not None:  # (until the table is made, asked again)
             self._plans[rel.oid] = (rel, plan)
             if plan is None:
@@ -92,12 +106,12 @@ class FastPath:
         """A batch into the sink: encoded where it can be, the rest change by change through `push_one` (the
         runner's reference path), in order."""
         plan = self.plan(batch.relation) if len(batch) >= self.min_run else None
-        if plan is None:
+        floor = self.sink.lean_above()
+        lean = floor is not None and batch.commit_lsn > floor  # no never-backwards check: positions apart
+        if plan is None or not (lean or self.copy):
             for ev in batch.events():
                 push_one(ev)
             return
-        floor = self.sink.lean_above()
-        lean = floor is not None and batch.commit_lsn > floor  # no never-backwards check: positions apart
         if lean:
             mid, tail = b'",%d,' % batch.commit_lsn, b',%d,%d,"u",null]' % (batch.ts_ms, batch.txid)
         else:
@@ -105,7 +119,7 @@ class FastPath:
         payloads, lsns, n, i = batch.payloads, batch.lsns, len(batch), 0
         while i < n:
             enc = self.sink.encoded_rows(plan.cols, lean, self.expand)
-            stop = encode_run(
+            stop = self.encode_run(
                 payloads, lsns, i, plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries
             )
             if stop > i:

@@ -1,11 +1,12 @@
 """The fast path (cdc/fast/) against the reference path, on real PostgreSQL: two connectors read the same POS
-transactions, one with the fast path and one with CDC_FAST_PATH=0, into two storefront databases; the
-storefront rows and the held changes must come out the same.
+transactions, one with the fast path and one with CDC_FAST_PATH=0, into two storefront databases (PostgreSQL,
+or MariaDB); the storefront rows and the held changes must come out the same.
 
-The transactions are built to cross every edge the fast path hands back: text that COPY must escape, NULLs,
-a key the storefront refuses (too long for its column: that run goes the reference way and the row is
-dead-lettered), a key the storefront has before the POS inserts it (the plain INSERT of an inserts-only run
-meets it, and the upsert goes instead), a price that is NaN (held by the money stage in the middle of a bulk run), a key change (an
+The transactions are built to cross every edge the fast path hands back: text that COPY or a MySQL literal
+must escape (quotes, backslashes, tabs, newlines, ^Z, unicode), NULLs, a key the storefront refuses (too long for
+its column: that run goes the reference way and the row is dead-lettered), a key the storefront has before the
+POS inserts it (PostgreSQL: the plain INSERT of an inserts-only run meets it, and the upsert goes instead), a
+price that is NaN (held by the money stage in the middle of a bulk run), a key change (an
 old tuple), deletes between runs, the same keys updated many times in one transaction, and a table whose
 plan cannot be made (a float column the storefront keeps as text).
 """
@@ -13,6 +14,7 @@ plan cannot be made (a float column the storefront keeps as text).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from tests.integration.helpers import Running, wait_until
 
@@ -27,6 +29,11 @@ STORE = [
     " price numeric(14,2), note text, updated_at timestamptz, active boolean, weight numeric,"
     " ratio text)",
 ]
+MARIADB_STORE = (
+    "CREATE TABLE product_price (sku varchar(12) PRIMARY KEY, store_id int NOT NULL, channel text,"
+    " price decimal(14,2), note text, updated_at datetime(6), active boolean, weight decimal(40,20),"
+    " ratio text)"
+)
 CONFIG = """
 name: {name}
 source: {{type: postgres, dsn: "@POS@", tables: [public.item_price, public.item_extra]}}
@@ -37,14 +44,16 @@ transforms:
 sink: {{type: sql, url: "{url}", table: product_price, key: [sku], batch_size: 700}}
 """
 
+OLD7 = "INSERT INTO product_price (sku, store_id, price) VALUES ('OLD7', 9, 99.99)"
 NOTES = ["plain", "tab\there", "line\nbreak", "back\\slash", "crlf\r\n", "ünïcødé ✓", None, "", "\\N"]
+NOTES += ['it\'s "quoted"', "\\'", "ctrl-z \x1a", "nul-ish \\0"]
 
 
 def _load(env) -> None:
     notes = "ARRAY[" + ", ".join("NULL" if n is None else _lit(n) for n in NOTES) + "]"
     env.pos(
         "INSERT INTO item_price SELECT 'SKU' || lpad(g::text, 6, '0'), g % 7, CASE WHEN g % 5 = 0 THEN NULL"
-        f" ELSE 'ONLINE' END, g * 101, ({notes})[g % 9 + 1], '2024-05-06 07:08:09.123456+00'::timestamptz"
+        f" ELSE 'ONLINE' END, g * 101, ({notes})[g % {len(NOTES)} + 1], '2024-05-06 07:08:09.123456+00'::timestamptz"
         " + g * interval '1 second', g % 2 = 0, 'x', g / 7.0 FROM generate_series(1, 3000) g"
     )
     # a key the storefront refuses (varchar(12)) in the middle of a bulk insert
@@ -109,19 +118,12 @@ def _held(dsn) -> list:
         ).fetchall()
 
 
-def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplog):
-    for sql in POS:
-        env.pos(sql)
-    ref_db = f"{env.store_db}_ref"
-    ref_dsn = env.pg.create_database(ref_db)
-    for sql in STORE:
-        env.store(sql)
-        _exec(ref_dsn, sql)
-    for dsn in (env.store_dsn, ref_dsn):  # a key the storefront has already: the bulk insert's plain INSERT
-        _exec(dsn, "INSERT INTO product_price (sku, store_id, price) VALUES ('OLD7', 9, 99.99)")
-    fast_cfg = env.write_config(CONFIG.format(name=f"{env.name}_fast", url=env.store_url), "fast.yaml")
-    ref_cfg = env.write_config(CONFIG.format(name=f"{env.name}_ref", url=env.pg.url(ref_db)), "ref.yaml")
-    caplog.set_level(logging.INFO, logger="cdc.fast")
+def _run_both(env, monkeypatch, fast_url: str, ref_url: str, marked: Callable[[str], bool]) -> tuple:
+    """The reference connector (CDC_FAST_PATH=0) and the fast one, each into its storefront, through _load's
+    transactions until `marked(which)` sees the marker row in both; the changes the fast path encoded, and its
+    sink's merger."""
+    fast_cfg = env.write_config(CONFIG.format(name=f"{env.name}_fast", url=fast_url), "fast.yaml")
+    ref_cfg = env.write_config(CONFIG.format(name=f"{env.name}_ref", url=ref_url), "ref.yaml")
     monkeypatch.setenv("CDC_FAST_PATH", "0")
     with Running(ref_cfg) as ref:
         wait_until(lambda: ref.pipeline.runner is not None, 30, "the reference connector", running=ref)
@@ -131,24 +133,12 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
             assert fast.pipeline.runner.fast is not None, "the fast path did not apply"
             assert ref.pipeline.runner.fast is None
             _load(env)
-            for r, dsn in ((fast, env.store_dsn), (ref, ref_dsn)):
-                wait_until(
-                    lambda dsn=dsn: _exec(dsn, "SELECT count(*) FROM product_price WHERE sku = '~marker'")[0][
-                        0
-                    ],
-                    90,
-                    "the marker",
-                    running=r,
-                )
-            assert fast.pipeline.runner.fast.encoded > 3000
-            merger = fast.pipeline.sink.writer.merger
-            assert merger.plain_tries > merger.plain_misses >= 1  # (OLD7 made one miss)
-    assert "fast path on" in caplog.text
-    assert "item_extra goes the reference way" in caplog.text
-    fast_rows, ref_rows = _rows(env, env.store_dsn), _rows(env, ref_dsn)
-    assert len(fast_rows) > 3500
-    assert fast_rows == ref_rows
-    fast_held, ref_held = _held(env.store_dsn), _held(ref_dsn)
+            for r, which in ((fast, "fast"), (ref, "ref")):
+                wait_until(lambda which=which: marked(which), 90, "the marker", running=r)
+            return fast.pipeline.runner.fast.encoded, fast.pipeline.sink.writer.merger
+
+
+def _same_held(fast_held: list, ref_held: list) -> None:
     # the same changes held for the same reasons; a key refused again and again is held once per write of
     # its newest change, and where writes fall differs between the paths: its newest held change is the same
     assert {h[:6] for h in fast_held} == {h[:6] for h in ref_held}
@@ -157,8 +147,64 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
     assert ("MUCH-TOO-LONG-KEY", "sink.write") in kinds
     assert ("SKU001500", "money#2") in kinds
     assert ("EXT1", "sink.write") not in kinds  # float text into a text column: applied, the reference way
+
+
+def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplog):
+    for sql in POS:
+        env.pos(sql)
+    ref_db = f"{env.store_db}_ref"
+    ref_dsn = env.pg.create_database(ref_db)
+    for sql in STORE:
+        env.store(sql)
+        _exec(ref_dsn, sql)
+    for dsn in (env.store_dsn, ref_dsn):  # a key the storefront has already: the bulk insert's plain INSERT
+        _exec(dsn, OLD7)
+    caplog.set_level(logging.INFO, logger="cdc.fast")
+    dsns = {"fast": env.store_dsn, "ref": ref_dsn}
+    marker = "SELECT count(*) FROM product_price WHERE sku = '~marker'"
+    encoded, merger = _run_both(
+        env, monkeypatch, env.store_url, env.pg.url(ref_db), lambda which: _exec(dsns[which], marker)[0][0]
+    )
+    assert encoded > 3000
+    assert merger.plain_tries > merger.plain_misses >= 1  # (OLD7 made one miss)
+    assert "fast path on" in caplog.text and "(copy rows)" in caplog.text
+    assert "item_extra goes the reference way" in caplog.text
+    fast_rows, ref_rows = _rows(env, env.store_dsn), _rows(env, ref_dsn)
+    assert len(fast_rows) > 3500
+    assert fast_rows == ref_rows
+    _same_held(_held(env.store_dsn), _held(ref_dsn))
     notes = dict(_exec(env.store_dsn, "SELECT sku, note FROM product_price WHERE sku LIKE 'SKU00001%'"))
-    assert [notes[f"SKU00001{d}"] for d in range(9)] == [NOTES[(10 + d) % 9] for d in range(9)]
+    assert [notes[f"SKU00001{d}"] for d in range(9)] == [NOTES[(10 + d) % len(NOTES)] for d in range(9)]
+
+
+def test_fast_path_writes_what_the_reference_path_writes_to_mariadb(env, mariadb, monkeypatch, caplog):
+    """The same transactions into MariaDB: the fast path's VALUES literals against the reference path's."""
+    for sql in POS:
+        env.pos(sql)
+    dbs = {which: f"{which}_{env.name}" for which in ("fast", "ref")}
+    urls = {which: mariadb.create_database(db) for which, db in dbs.items()}
+    for db in dbs.values():
+        mariadb.execute(MARIADB_STORE, db)
+        mariadb.execute(OLD7, db)  # (the upsert updates it)
+    caplog.set_level(logging.INFO, logger="cdc.fast")
+    marker = "SELECT count(*) FROM product_price WHERE sku = '~marker'"
+    encoded, _ = _run_both(
+        env, monkeypatch, urls["fast"], urls["ref"], lambda which: mariadb.execute(marker, dbs[which])[0][0]
+    )
+    assert encoded > 3000
+    assert "fast path on" in caplog.text and "(mysql rows)" in caplog.text
+    assert "item_extra goes the reference way" in caplog.text
+    rows = {w: mariadb.execute("SELECT * FROM product_price ORDER BY sku", db) for w, db in dbs.items()}
+    assert len(rows["fast"]) > 3500
+    assert rows["fast"] == rows["ref"]
+    held = "SELECT kind, status, row_key, source_table, rule, reason, commit_lsn, seq FROM cdc_held"
+    held += " ORDER BY commit_lsn, seq"
+    _same_held(*(mariadb.execute(held, dbs[w]) for w in ("fast", "ref")))
+    notes = dict(
+        mariadb.execute("SELECT sku, note FROM product_price WHERE sku LIKE 'SKU00001%'", dbs["fast"])
+    )
+    assert [notes[f"SKU00001{d}"] for d in range(9)] == [NOTES[(10 + d) % len(NOTES)] for d in range(9)]
+    assert set(NOTES) - {None} <= set(r[4] for r in rows["fast"])  # every note, escaped and back
 
 
 def _exec(dsn: str, sql: str):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pymysql.constants import SERVER_STATUS
 from pymysql.converters import escape_item, escape_string
 
-from cdc.sinks.sql.mysql_merge import _mysql_escaper, _mysql_text
+from cdc.sinks.sql.mysql_merge import _bytes_literal, _mysql_escaper, _mysql_text, fast_form
 
 
 def escaper(no_backslash_escapes: bool = False):
@@ -37,3 +37,20 @@ def test_other_types():
 
 def test_long_text_goes_as_hex():
     assert _mysql_text('["a\'b", 1]') == "CONVERT(X'5b22612762222c20315d' USING utf8mb4)"
+
+
+def test_the_fast_path_form_follows_the_session():
+    """The fast path's literals are UTF-8 and escaped for the session's sql_mode (cdc/fast/encode_mysql.py)."""
+    no_bs = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
+    assert fast_form(SimpleNamespace(encoding="utf8", charset="utf8mb4", server_status=0)) == ("mysql", None)
+    assert fast_form(SimpleNamespace(encoding="utf8", charset="utf8mb4", server_status=no_bs)) == (
+        "mysql-nbe",
+        None,
+    )
+    form, why = fast_form(SimpleNamespace(encoding="latin1", charset="latin1", server_status=0))
+    assert form is None and "latin1" in why
+
+
+def test_bytes_literals_hold_any_text():
+    assert _bytes_literal(b'["SKU-1",1,2,3,4,"u",null]') == b'\'["SKU-1",1,2,3,4,"u",null]\''
+    assert _bytes_literal(b"it's \\") == b"CONVERT(X'69742773205c' USING utf8mb4)"

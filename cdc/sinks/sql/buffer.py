@@ -8,8 +8,8 @@ replaced it, so each gets its history row. A key change moves the row (a remove 
 under the new one). A source TRUNCATE empties the buffer and remembers its position: the writer empties the
 table first.
 
-Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table, newest per key, of one
-set of columns. The sink never holds both kinds at once: whichever arrives while the other is buffered has the
+Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table (PostgreSQL) or VALUES
+tuples (MariaDB), newest per key, of one set of columns. The sink never holds both kinds at once: whichever arrives while the other is buffered has the
 other written first, so the order of changes holds.
 
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
@@ -38,10 +38,10 @@ class Pending:
 
 @dataclass(slots=True)
 class Encoded:
-    """Rows the fast path encoded for the staging table (cdc/fast/encode.py): key text -> COPY line, the newest
-    change per key; the storefront columns they carry; and where they came from, (ChangeBatch, start, stop)
-    spans, which `expand(spans)` turns into the reference path's (key, Pending) items should the storefront
-    refuse a row (or the write need to know each change)."""
+    """Rows the fast path encoded (cdc/fast/encode.py, encode_mysql.py): key text -> COPY line of the staging
+    table, or VALUES tuple, the newest change per key; the storefront columns they carry; and where they came
+    from, (ChangeBatch, start, stop) spans, which `expand(spans)` turns into the reference path's (key,
+    Pending) items should the storefront refuse a row (or the write need to know each change)."""
 
     cols: list[str]
     expand: Callable[[list], list[tuple[tuple, Pending]]]

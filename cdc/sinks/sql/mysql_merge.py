@@ -1,5 +1,8 @@
 """How one group of buffered changes is merged into a MariaDB/MySQL storefront table: CoreMerge's rules,
 sent as multi-row INSERT … ON DUPLICATE KEY UPDATE texts built here (what a DBA's own bulk load does).
+
+The fast path's rows (cdc/fast/encode_mysql.py) are that statement's VALUES tuples already, each key's
+cdc_applied entry beside it: `merge_encoded` only joins them into the same statements.
 """
 
 from __future__ import annotations
@@ -28,13 +31,8 @@ class MySqlMerge(CoreMerge):
         dbapi = conn.connection.driver_connection
         cur = dbapi.cursor()
         esc = _mysql_escaper(dbapi)
-        q = self._quote
-        keys, soft = self.target.key_cols, self.target.soft_delete_column
-        update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
-        if soft and soft not in cols:
-            update.append(f"{q(soft)} = NULL")
-        up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
-        up_tail = " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
+        keys = self.target.key_cols
+        up_head, up_tail = self._upsert(cols)
         st_head = f"INSERT INTO cdc_applied (connector, size, entries) VALUES ({esc(self.positions)}, "
         dels = []
         with _Pipelined(cur) as send:  # the server works on one statement while the next is built
@@ -55,6 +53,35 @@ class MySqlMerge(CoreMerge):
                     send(f"{st_head}{len(states)}, {_mysql_text(pack_entries(states))})")
         if dels:
             conn.execute(self._statements(tuple(cols))[1], dels)
+
+    def merge_encoded(self, conn: sa.Connection, encoded: Any, check_stale: bool) -> None:
+        """The fast path's rows (buffer.Encoded: key -> VALUES tuple, key -> cdc_applied entry; lean, above
+        every recorded position) as the statements _execute sends: ROWS_PER_STATEMENT tuples an upsert, their
+        entries a cdc_applied row."""
+        if check_stale or self.shared or encoded.entries is None:
+            raise AssertionError("MariaDB fast-path rows are lean: above every recorded position, not shared")
+        cur = conn.connection.driver_connection.cursor()
+        up_head, up_tail = (t.encode() for t in self._upsert(list(encoded.cols)))
+        st_head = b"INSERT INTO cdc_applied (connector, size, entries) VALUES (" + _bytes_literal(
+            self.positions.encode()
+        )
+        lines, entries = list(encoded.lines.values()), list(encoded.entries.values())
+        n = self.ROWS_PER_STATEMENT
+        with _Pipelined(cur) as send:
+            for i in range(0, len(lines), n):
+                send(up_head + b",".join(lines[i : i + n]) + up_tail)
+                part = entries[i : i + n]
+                send(b"%s, %d, %s)" % (st_head, len(part), _bytes_literal(b"[" + b",".join(part) + b"]")))
+
+    def _upsert(self, cols: list[str]) -> tuple[str, str]:
+        """The head and the tail of the multi-row upsert of these columns (the VALUES tuples go between)."""
+        q = self._quote
+        keys, soft = self.target.key_cols, self.target.soft_delete_column
+        update = [f"{q(c)} = VALUES({q(c)})" for c in cols if c not in keys]
+        if soft and soft not in cols:
+            update.append(f"{q(soft)} = NULL")
+        up_head = f"INSERT INTO {self._table()} ({', '.join(map(q, cols))}) VALUES "
+        return up_head, " ON DUPLICATE KEY UPDATE " + (", ".join(update) or f"{q(keys[0])} = {q(keys[0])}")
 
     @staticmethod
     def _quote(name: str) -> str:
@@ -122,6 +149,26 @@ def _mysql_escaper(dbapi):
         return escape(v)
 
     return esc
+
+
+def fast_form(dbapi) -> tuple[str | None, str | None]:
+    """The form of the fast path's rows for this pymysql connection (cdc/fast/plan.py), or (None, why not):
+    its literals are UTF-8 bytes escaped for the session's sql_mode, as _mysql_escaper escapes a str."""
+    from pymysql.constants import SERVER_STATUS
+
+    if dbapi.encoding != "utf8":
+        return None, f"the storefront connection's character set is {dbapi.charset}, not utf8mb4"
+    if dbapi.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+        return "mysql-nbe", None
+    return "mysql", None
+
+
+def _bytes_literal(text: bytes) -> bytes:
+    """UTF-8 text as a MySQL string literal: as it is when it has no quote or backslash (the same literal
+    with or without NO_BACKSLASH_ESCAPES), else hex (as _mysql_text)."""
+    if b"'" in text or b"\\" in text:
+        return b"CONVERT(X'%s' USING utf8mb4)" % text.hex().encode()
+    return b"'" + text + b"'"
 
 
 def _mysql_text(text: str) -> str:

@@ -41,6 +41,7 @@ from cdc.sinks.sql.folding import Folder
 from cdc.sinks.sql.held_log import HeldLog
 from cdc.sinks.sql.history import History
 from cdc.sinks.sql.lookups import StoreLookups
+from cdc.sinks.sql.mysql_merge import fast_form as mysql_fast_form
 from cdc.sinks.sql.offsets import Offsets
 from cdc.sinks.sql.schedules import Schedules
 from cdc.sinks.sql.storefront import Storefront, classify
@@ -165,6 +166,16 @@ class SqlSink:
             self.writer.write()
         buffer.encoded = enc = Encoded(cols, expand, {} if lean else None)
         return enc
+
+    def fast_form(self) -> tuple[str | None, str | None]:
+        """(the form of the fast path's rows for this storefront, None) or (None, why it has none): "copy",
+        PostgreSQL's staging COPY lines; "mysql" / "mysql-nbe", MariaDB's VALUES tuples (cdc/fast/plan.py)."""
+        dialect = self.store.dialect
+        if dialect == "postgresql":
+            return "copy", None
+        if dialect == "mysql":
+            return mysql_fast_form(self.store.conn.connection.driver_connection)
+        return None, f"the storefront is {dialect}"
 
     def lean_above(self) -> int | None:
         """Changes of transactions committed above this source position may go as lean lines (their merge needs

@@ -259,9 +259,9 @@ class Writer:
             refused[key] = self.held.record(p.ev, HoldError(reason, rule="sink.write"))
 
     def _apply_encoded(self, conn: sa.Connection, encoded, fresh: bool, refused: dict) -> None:
-        """The fast path's rows (buffer.Encoded) merged in one COPY under a savepoint; if the storefront
-        refuses a row, the same changes go the usual way (expanded from their batches), which finds the
-        refused rows and dead-letters them."""
+        """The fast path's rows (buffer.Encoded) merged under a savepoint (PostgreSQL: one COPY; MariaDB: the
+        multi-row upserts); if the storefront refuses a row, the same changes go the usual way (expanded
+        from their batches), which finds the refused rows and dead-letters them."""
         floor = self.floor
         check_stale = not fresh and (floor is None or self.shared or encoded.min_commit_lsn <= floor)
         if check_stale:
