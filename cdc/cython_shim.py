@@ -7,13 +7,15 @@ without Cython installed: the type declarations are hints only, as they are to P
         from cdc import cython_shim as cython
 
 Compiled, `cython.locals(...)` gives the named locals C types (Py_ssize_t: a C integer for positions and
-lengths, which never overflows there); interpreted, it changes nothing.
+lengths, which never overflows there; uchar: a byte; bint: a C truth value); interpreted, it changes nothing.
 """
 
 from __future__ import annotations
 
 compiled = False
 Py_ssize_t = int
+uchar = int
+bint = bool
 
 
 def locals(**_types):  # noqa: A001 - Cython's name

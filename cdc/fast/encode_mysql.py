@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from cdc.fast.encode import CHECK, KEY_SEP, MONEY, PASS, SHIFT, TEXT, json_text, shifted
+from cdc.fast.encode import _JSON_SPECIAL, CHECK, KEY_SEP, MONEY, PASS, SHIFT, TEXT, json_text, shifted
 
 try:
     import cython
@@ -93,6 +93,11 @@ def mysql_datetime(v: bytes) -> bytes | None:
     kind=cython.Py_ssize_t,
     at=cython.Py_ssize_t,
     buf=bytes,
+    v=bytes,
+    key=bytes,
+    last=bytes,
+    c=cython.uchar,
+    plain=cython.bint,
 )
 def encode_run(
     payloads: list,
@@ -118,6 +123,7 @@ def encode_run(
     n = len(payloads)
     i = start
     vals = [None] * ncols
+    special, json_special = _SPECIAL.search, _JSON_SPECIAL.search
     while i < n:
         buf = payloads[i]
         size = len(buf)
@@ -167,39 +173,56 @@ def encode_run(
                     return i
                 parts.append(v)
             key = KEY_SEP.join(parts)
-        out = []
+        # the tuple's pieces, joined once: each value's literal, then "," (the last one: ")")
+        out = [b"("]
         for src, how, convs in slots:
             v = vals[src]
             if v is None:
                 if how != CHECK:
-                    out.append(b"NULL")
-            elif how == TEXT:
-                out.append(mysql_text(v))
+                    out.append(b"NULL,")
+            elif how == TEXT:  # (mysql_text, inline: no call, no concatenation)
+                if cython.compiled:  # a C loop over the bytes
+                    plain = True
+                    for c in v:
+                        if c == 39 or c == 92 or c == 34 or c == 10 or c == 13 or c == 0 or c == 26:
+                            plain = False
+                            break
+                else:
+                    plain = special(v) is None
+                out.append(b"'")
+                out.append(v if plain else _SPECIAL.sub(_escape_match, v))
+                out.append(b"',")
             elif how == PASS:
                 out.append(v)
+                out.append(b",")
             elif how == NUMBER:
-                at = 1 if v[:1] == b"-" else 0  # where the digits start
-                if not v[at : at + 1].isdigit():  # NaN, Infinity
+                end = len(v)
+                at = 1 if end and v[0] == 45 else 0  # where the digits start ('-')
+                if at >= end or v[at] < 48 or v[at] > 57:  # NaN, Infinity
                     return i
-                if len(v) > at + 8 and v.startswith(b"0.000000", at):  # below 1E-6: str() has an exponent
-                    return i
+                if end > at + 8 and v[at] == 48 and v.startswith(b"0.000000", at):  # below 1E-6: str()
+                    return i  # writes an exponent
                 out.append(v)
+                out.append(b",")
             elif how == DATETIME:
                 v = mysql_datetime(v)
                 if v is None:
                     return i
                 out.append(v)
+                out.append(b",")
             elif how == BOOL:
                 if v == b"t":
-                    out.append(b"1")
+                    out.append(b"1,")
                 elif v == b"f":
-                    out.append(b"0")
+                    out.append(b"0,")
                 else:
                     return i
             elif how == TEXT_NBE:
                 out.append(mysql_text_nbe(v))
+                out.append(b",")
             elif how == SHIFT:
                 out.append(shifted(v, convs[0], convs[1]))
+                out.append(b",")
             else:
                 try:
                     d = Decimal(v.decode("ascii"))
@@ -211,10 +234,25 @@ def encode_run(
                     return i
                 if how == MONEY:
                     out.append(str(d).encode("ascii"))
-        k = json_text(key)
+                    out.append(b",")
+        if len(out) > 1:
+            last = out[len(out) - 1]
+            out[len(out) - 1] = last[: len(last) - 1] + b")"  # (its "," ends the tuple)
+        else:
+            out.append(b")")
+        # the key as the inside of a JSON string (json_text, inline where nothing needs escaping)
+        if cython.compiled:
+            plain = True
+            for c in key:
+                if c < 32 or c == 34 or c == 92 or c > 126:
+                    plain = False
+                    break
+        else:
+            plain = json_special(key) is None
+        k = key if plain else json_text(key)
         if k is None:
             return i
-        lines[key] = b"(" + b",".join(out) + b")"
-        entries[key] = b'["' + k + mid + b"%d" % lsns[i] + tail
+        lines[key] = b"".join(out)
+        entries[key] = b"".join((b'["', k, mid, b"%d" % lsns[i], tail))
         i += 1
     return i

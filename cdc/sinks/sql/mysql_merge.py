@@ -26,6 +26,9 @@ class MySqlMerge(CoreMerge):
     through SQLAlchemy's executemany costs ~5x more per row in parameter handling."""
 
     ROWS_PER_STATEMENT = 1000
+    ENTRY_BYTES = (
+        1 << 20
+    )  # of cdc_applied entries a fast-path statement (MySQL 5.7's max_allowed_packet: 4 MB)
 
     def _execute(self, conn: sa.Connection, cols: list[str], fresh: list) -> None:
         dbapi = conn.connection.driver_connection
@@ -56,22 +59,25 @@ class MySqlMerge(CoreMerge):
 
     def merge_encoded(self, conn: sa.Connection, encoded: Any, check_stale: bool) -> None:
         """The fast path's rows (buffer.Encoded: key -> VALUES tuple, key -> cdc_applied entry; lean, above
-        every recorded position) as the statements _execute sends: ROWS_PER_STATEMENT tuples an upsert, their
-        entries a cdc_applied row."""
+        every recorded position) as _execute's upserts of ROWS_PER_STATEMENT tuples, then their entries in
+        cdc_applied rows of up to about ENTRY_BYTES each (one statement for most writes, where _execute
+        sends one per upsert: every statement is a round trip the server waits for)."""
         if check_stale or self.shared or encoded.entries is None:
             raise AssertionError("MariaDB fast-path rows are lean: above every recorded position, not shared")
         cur = conn.connection.driver_connection.cursor()
         up_head, up_tail = (t.encode() for t in self._upsert(list(encoded.cols)))
-        st_head = b"INSERT INTO cdc_applied (connector, size, entries) VALUES (" + _bytes_literal(
-            self.positions.encode()
-        )
         lines, entries = list(encoded.lines.values()), list(encoded.entries.values())
         n = self.ROWS_PER_STATEMENT
         with _Pipelined(cur) as send:
             for i in range(0, len(lines), n):
                 send(up_head + b",".join(lines[i : i + n]) + up_tail)
-                part = entries[i : i + n]
-                send(b"%s, %d, %s)" % (st_head, len(part), _bytes_literal(b"[" + b",".join(part) + b"]")))
+            head = b"INSERT INTO cdc_applied (connector, size, entries) VALUES (%s, " % _bytes_literal(
+                self.positions.encode()
+            )
+            step = max(1, len(entries) * self.ENTRY_BYTES // max(1, sum(map(len, entries))))
+            for i in range(0, len(entries), step):
+                part = entries[i : i + step]
+                send(b"%s%d, %s)" % (head, len(part), _bytes_literal(b"[" + b",".join(part) + b"]")))
 
     def _upsert(self, cols: list[str]) -> tuple[str, str]:
         """The head and the tail of the multi-row upsert of these columns (the VALUES tuples go between)."""
