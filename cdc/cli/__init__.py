@@ -53,6 +53,19 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_threads() -> None:
+    """A sink's writer thread waits for the storefront with the GIL released and needs it back the moment the
+    reply is in, while the main thread decodes and encodes the next changes; Python lets a waiting thread ask
+    the running one to let go only after the switch interval, 5 ms by default. A MariaDB write is a few
+    statements of ~5 ms of the server's work each, which it would have idled through about as long again
+    (cdc/fast/__init__.py's STEP: the main thread lets go between encoder calls). Every thread switch costs
+    a few µs, at most once per interval."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def fail(message: str, code: int = 1) -> None:
     typer.echo(redact(f"error: {message}"), err=True)
     raise typer.Exit(code)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cdc import hotpath
-from cdc.cli import app, describe, fail, load_all, state, tune_gc
+from cdc.cli import app, describe, fail, load_all, state, tune_gc, tune_threads
 from cdc.errors import CdcError
 from cdc.secrets import redact
 
@@ -80,6 +80,7 @@ def run(
     except ValueError as e:
         fail(str(e), 2)
     tune_gc()
+    tune_threads()
     # which hot modules run compiled: one line in the log (and cdc_hot_path_info, per connector)
     hot = hotpath.state()
     logging.getLogger("cdc.hotpath").log(

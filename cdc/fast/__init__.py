@@ -37,6 +37,10 @@ from cdc.sinks.sql.buffer import KeyBuffer
 log = logging.getLogger("cdc.fast")
 
 MIN_RUN = 64  # changes: a shorter run goes the reference way (PgMerge.SMALL: its one-round-trip commit)
+# messages an encoder call: a compiled call holds the GIL throughout, and Python hands it over only between
+# calls, so the sink's writer thread, its storefront's reply in, waits this long (~0.3 ms) at most past the
+# switch interval (cdc.cli.tune_threads); a whole batch (RUN_MAX, 2000) took ~3 ms, the server idle meanwhile
+STEP = 256
 
 
 def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None:
@@ -79,12 +83,13 @@ def why_not(cfg: Any, stages: list) -> str | None:
 
 
 class FastPath:
-    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN, form: str = "copy"):
+    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN, form: str = "copy", step: int = STEP):
         if form not in FORMS:
             raise ValueError(f"fast path: no rows of form {form!r}")
         self.stages = stages
         self.sink = sink
         self.min_run = min_run
+        self.step = step  # messages an encoder call
         self.form = form
         self.copy = form == "copy"  # else MariaDB's VALUES tuples, lean only
         self.encode_run = encode.encode_run if self.copy else encode_mysql.encode_run
@@ -119,16 +124,20 @@ class FastPath:
         payloads, lsns, n, i = batch.payloads, batch.lsns, len(batch), 0
         while i < n:
             enc = self.sink.encoded_rows(plan.cols, lean, self.expand)
-            stop = self.encode_run(
-                payloads, lsns, i, plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries
-            )
-            if stop > i:
-                enc.add_span(batch, i, stop)
-                self.encoded += stop - i
-            if stop < n:
-                for ev in batch.events(stop, stop + 1):
+            start = i
+            while i < n:  # `step` messages a call
+                end = min(n, i + self.step)
+                chunk = payloads[i:end], lsns[i:end], 0, plan.ncols, plan.slots, plan.key_index, mid, tail
+                i += self.encode_run(*chunk, enc.lines, enc.entries)
+                if i < end:
+                    break
+            if i > start:
+                enc.add_span(batch, start, i)
+                self.encoded += i - start
+            if i < n:  # a message it could not encode: the reference way, in its place
+                for ev in batch.events(i, i + 1):
                     push_one(ev)
-            i = stop + 1
+                i += 1
 
     def expand(self, spans: list) -> list[tuple[tuple, Any]]:
         """Encoded spans as the reference path buffers them: (key, Pending), the newest per key, in order."""

@@ -153,7 +153,8 @@ def cases(draw):
         )
     )
     form = draw(st.sampled_from(["copy", "copy", "mysql", "mysql-nbe"]))
-    return types, names, stages, target_cols, target_types, rows, keys, shapes, draw(st.booleans()), form
+    lean, step = draw(st.booleans()), draw(st.sampled_from([1, 2, 3, 256]))
+    return types, names, stages, target_cols, target_types, rows, keys, shapes, lean, form, step
 
 
 def _messages(types, rows, keys, shapes):
@@ -266,7 +267,7 @@ def _same(type_oid: int, money: bool, fast: str | None, ref) -> bool:
 @SETTINGS
 @given(cases())
 def test_fast_path_rows_are_the_reference_rows(case):
-    types, names, stage_cfgs, target_cols, target_types, rows, keys, shapes, lean, form = case
+    types, names, stage_cfgs, target_cols, target_types, rows, keys, shapes, lean, form, step = case
     mysql, nbe = form != "copy", form == "mysql-nbe"
     cfg = ConnectorConfig.model_validate(
         {
@@ -322,7 +323,8 @@ def test_fast_path_rows_are_the_reference_rows(case):
         return
 
     sink = Sink(target, lean)
-    FastPath(stages, sink, min_run=1, form=form).push(batch, lambda ev: sink.segments.append(("ref", ev)))
+    path = FastPath(stages, sink, min_run=1, form=form, step=step)  # (a small step: calls split the batch)
+    path.push(batch, lambda ev: sink.segments.append(("ref", ev)))
     esc = _escaper(nbe)
 
     # written in that order: each key's row as the storefront would have it (an unchanged TOASTed value keeps

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pymysql.constants import SERVER_STATUS
 from pymysql.converters import escape_item, escape_string
 
-from cdc.sinks.sql.mysql_merge import _bytes_literal, _mysql_escaper, _mysql_text, fast_form
+from cdc.sinks.sql.mysql_merge import _bytes_literal, _mysql_escaper, _mysql_text, _parts, fast_form
 
 
 def escaper(no_backslash_escapes: bool = False):
@@ -54,3 +54,13 @@ def test_the_fast_path_form_follows_the_session():
 def test_bytes_literals_hold_any_text():
     assert _bytes_literal(b'["SKU-1",1,2,3,4,"u",null]') == b'\'["SKU-1",1,2,3,4,"u",null]\''
     assert _bytes_literal(b"it's \\") == b"CONVERT(X'69742773205c' USING utf8mb4)"
+
+
+@given(st.lists(st.binary(min_size=0, max_size=30), max_size=40), st.integers(1, 100))
+def test_statement_parts_keep_order_and_budget(items, budget):
+    parts = list(_parts(items, budget))
+    assert [x for p in parts for x in p] == items
+    assert all(p and (len(p) == 1 or sum(map(len, p)) <= budget) for p in parts)
+    # (greedy: the next item would not have fitted)
+    for p, q in zip(parts, parts[1:], strict=False):
+        assert sum(map(len, p)) + len(q[0]) > budget
