@@ -213,3 +213,59 @@ def _exec(dsn: str, sql: str):
     with psycopg.connect(dsn, autocommit=True) as c:
         cur = c.execute(sql)
         return cur.fetchall() if cur.description else cur.rowcount
+
+
+def test_mariadb_without_backslash_escapes(mariadb, tmp_path):
+    """A storefront session with NO_BACKSLASH_ESCAPES: the fast path makes its literals so (quotes doubled,
+    backslashes as they are), and writes what the reference path writes."""
+    from urllib.parse import quote
+
+    from cdc.config import load_config
+    from cdc.fast import FastPath
+    from cdc.sinks.sql import SqlSink
+    from cdc.sources.pg_stream import WalStream
+    from cdc.sources.pgoutput import Decoder
+    from tests.unit.test_pgoutput import insert_msg, relation_msg
+
+    db = f"nbe_{tmp_path.name}"[:60]
+    mode = "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')"
+    url = f"{mariadb.create_database(db)}?init_command={quote(mode)}"
+    sinks = {}
+    for which in ("fast", "ref"):
+        mariadb.execute(
+            f"CREATE TABLE {which}_t (k varchar(40) PRIMARY KEY, note text, price decimal(12,2),"
+            " at datetime(6), ok boolean)",
+            db,
+        )
+        path = tmp_path / f"{which}.yaml"
+        path.write_text(
+            f"name: nbe_{which}\nsource: {{type: postgres, dsn: unused, tables: [public.t]}}\n"
+            f"sink: {{type: sql, url: '{url}', table: {which}_t, key: [k]}}\n"
+        )
+        sinks[which] = SqlSink(load_config(path))
+        sinks[which].open()
+        sinks[which].set_floor(0)
+    try:
+        assert sinks["fast"].fast_form() == ("mysql-nbe", None)
+        columns = [(1, "k", 25, -1), (0, "note", 25, -1), (0, "price", 1700, -1), (0, "at", 1184, -1)]
+        rel = Decoder().decode(relation_msg(16400, "public", "t", "d", [*columns, (0, "ok", 16, -1)]))
+        values = [
+            [f"K{i}'\\", NOTES[i % len(NOTES)], f"{i}.5", f"2024-05-06 07:08:{i % 60:02d}.5+00", "tf"[i % 2]]
+            for i in range(200)
+        ]
+        msgs = [insert_msg(16400, v) for v in values]
+        batch = WalStream(sinks["fast"].cfg, "pos")._batch(rel, msgs, list(range(1, 201)), 200, 500, 1, 7)
+        fast = FastPath([], sinks["fast"], form="mysql-nbe")
+        fast.push(batch, sinks["fast"].add)
+        for ev in batch.events():
+            sinks["ref"].add(ev)
+        for sink in sinks.values():
+            sink.write()
+            sink.commit({"wal": '{"commit_lsn": 500, "end_lsn": 500}'}, floor=500)
+        assert fast.encoded == 200
+    finally:
+        for sink in sinks.values():
+            sink.close()
+    rows = {w: mariadb.execute(f"SELECT * FROM {w}_t ORDER BY k", db) for w in sinks}
+    assert len(rows["fast"]) == 200 and rows["fast"] == rows["ref"]
+    assert {r[1] for r in rows["fast"]} == set(NOTES)
