@@ -9,8 +9,8 @@ under the new one). A source TRUNCATE empties the buffer and remembers its posit
 table first.
 
 Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table (PostgreSQL) or VALUES
-tuples (MariaDB), newest per key, of one set of columns. The sink never holds both kinds at once: whichever arrives while the other is buffered has the
-other written first, so the order of changes holds.
+tuples (MariaDB), newest per key, of one set of columns. The sink never holds both kinds at once: whichever
+arrives while the other is buffered has the other written first, so the order of changes holds.
 
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
 """
