@@ -1,6 +1,7 @@
 """Experimental monkeypatches of cdc/, applied only inside the benchmark's connector process, to measure what a
 proposed change to cdc/ would buy before anyone makes it. Nothing here is used by pos-cdc itself. (Patches that
-were measured and then made in cdc/ are gone: the Idle drain, per-batch event counting, the GC tuning.)
+were measured and then made in cdc/ are gone: the Idle drain, per-batch event counting, the GC tuning, the
+0.5 ms switch interval, which `cdc run` sets with the fast path's encoder calls of STEP messages: cdc.cli.tune_threads.)
 
     python bench/run.py --patch gc-off --patch rename-fast ...
 
@@ -13,9 +14,6 @@ no-hashjoin  The merge's never-backwards check (stage LEFT JOIN cdc_row_state) i
 no-fold      Recorded key positions are never folded into cdc_row_state while the connector runs: what the
              idle folding costs the latency.
 gc-off       No cyclic garbage collection at all: how much the collector still costs with `cdc run`'s tuning.
-switch-0.5ms sys.setswitchinterval(0.0005): the writer thread, back from the storefront, waits less for the
-             GIL while the encoder runs (5 ms by default). (Measured on the fast path's bulk load, 2026-12-04:
-             no gain beyond the noise.)
 timeline     Not a change: logs (stderr, logger bench.timeline) when each sink write and commit starts and ends
              and each ChangeBatch arrives, in ms since the first batch, to see what waits for what.
 """
@@ -113,14 +111,7 @@ def timeline() -> None:
     pipeline.Pipeline._count_batch = count_batch
 
 
-def switch_fast() -> None:
-    import sys
-
-    sys.setswitchinterval(0.0005)
-
-
 PATCHES = {
-    "switch-0.5ms": switch_fast,
     "timeline": timeline,
     "no-fold": no_fold,
     "gc-off": gc_off,
