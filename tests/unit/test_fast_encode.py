@@ -238,7 +238,7 @@ def _literals(line: bytes, nbe: bool) -> list[str]:
 def _escaper(nbe: bool):
     """The reference path's literals (mysql_merge._mysql_escaper on a pymysql connection's attributes)."""
     status = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES if nbe else 0
-    return _mysql_escaper(SimpleNamespace(server_status=status, literal=lambda v: escape_item(v, "utf8mb4")))
+    return _mysql_escaper(SimpleNamespace(server_status=status, escape=lambda v: escape_item(v, "utf8mb4")))
 
 
 def _mysql_leaves(plan, ev) -> bool:

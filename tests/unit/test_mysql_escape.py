@@ -16,7 +16,7 @@ from cdc.sinks.sql.mysql_merge import _bytes_literal, _mysql_escaper, _mysql_tex
 def escaper(no_backslash_escapes: bool = False):
     status = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES if no_backslash_escapes else 0
     # the attributes of a pymysql connection the escaper reads
-    return _mysql_escaper(SimpleNamespace(server_status=status, literal=lambda v: escape_item(v, "utf8mb4")))
+    return _mysql_escaper(SimpleNamespace(server_status=status, escape=lambda v: escape_item(v, "utf8mb4")))
 
 
 @given(st.text())

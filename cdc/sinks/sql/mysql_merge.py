@@ -145,7 +145,7 @@ def _mysql_escaper(dbapi):
     from pymysql.constants import SERVER_STATUS
     from pymysql.converters import escape_string
 
-    escape = dbapi.literal
+    escape = dbapi.escape  # (literal() is its deprecated alias)
     special = re.compile(r"[\0\n\r\x1a'\"\\]")  # what escape_string changes
     if dbapi.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
         special = re.compile("'")
