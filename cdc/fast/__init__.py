@@ -29,6 +29,9 @@ import logging
 import os
 from typing import Any
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from cdc.events import ChangeBatch
 from cdc.fast import encode, encode_mysql
 from cdc.fast.plan import FAST_STAGES, FORMS, RelationPlan, plan_relation
@@ -52,7 +55,7 @@ def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None
         why = "the sink is not a SQL storefront"
     if why is None:
         form, why = sink.fast_form()
-    if why is None and not getattr(source, "batch_changes", lambda: False)():
+    if why is None and not source.batch_changes():
         why = "the source does not give its changes in batches"
     if why is not None:
         log.info("%s: fast path off: %s", cfg.name, why)
@@ -69,10 +72,10 @@ def why_not(cfg: Any, stages: list) -> str | None:
         return f"the source is {cfg.source.type}"
     if cfg.source.row_filter:
         return "a lane (its rows leaving it become deletes change by change)"
-    scheme = cfg.sink.url.split(":", 1)[0] if cfg.sink.type == "sql" else ""
-    if not scheme.startswith(("postgresql", "mysql")):
+    backend = _backend(cfg.sink.url) if cfg.sink.type == "sql" else ""
+    if backend not in ("postgresql", "mysql", "mariadb"):
         return "the storefront is not PostgreSQL or MariaDB/MySQL"
-    if scheme.startswith("mysql") and cfg.sink.position_group:
+    if backend != "postgresql" and cfg.sink.position_group:
         return "sink.position_group with a MariaDB storefront (each change claims its key's position)"
     if cfg.sink.history:
         return "price history records each change"
@@ -80,6 +83,15 @@ def why_not(cfg: Any, stages: list) -> str | None:
         if not isinstance(st, FAST_STAGES):
             return f"{st.name} needs each change as a row (the fast path takes rename, drop and money)"
     return None
+
+
+def _backend(url: str) -> str:
+    """The database a SQLAlchemy URL names ("postgresql" for postgresql+psycopg://...); "" if unreadable (the
+    config's own check says why)."""
+    try:
+        return make_url(url).get_backend_name()
+    except ArgumentError:
+        return ""
 
 
 class FastPath:

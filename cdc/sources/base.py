@@ -46,6 +46,11 @@ class Source(Protocol):
         """Gives the stages the source lookups they need (a pick's fallback store reads the POS); returns the
         fallback the pipeline uses to refill a key, or None."""
 
+    def batch_changes(self) -> bool:
+        """Asked by a fast path (cdc/fast/) before read(): whether the source will yield runs of a table's
+        inserts and updates as ChangeBatch (in the wire form the fast path encodes from), and switches that on.
+        False: every change comes as a ChangeEvent."""
+
     def read(
         self, resume: Any | None, reload: Callable[[], Any | None]
     ) -> Iterator[ChangeEvent | TxnEnd | Idle]:

@@ -129,6 +129,9 @@ class KafkaSource:
     def wire(self, stages: list) -> None:
         return None  # a pick's fallback store needs the POS: refused by the config for a Kafka source
 
+    def batch_changes(self) -> bool:
+        return False  # a topic's messages are JSON envelopes, one change each: the fast path reads pgoutput
+
     def tick(self) -> None:
         pass
 

@@ -139,6 +139,9 @@ class FakeSource:
     def wire(self, stages: list) -> Any:
         return None
 
+    def batch_changes(self) -> bool:
+        return False
+
     def read(self, resume: Pos | None, reload: Callable[[], Any] | None = None):
         """`reload` (the stored position, read again) is of no use with one partition."""
         self.resumed_from = resume

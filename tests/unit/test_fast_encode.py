@@ -426,6 +426,7 @@ def test_why_not_says_which_storefronts_take_the_fast_path(monkeypatch):
 
     assert why_not(cfg("postgresql+psycopg://h/db"), []) is None
     assert why_not(cfg("mysql+pymysql://h/db"), []) is None
+    assert why_not(cfg("mariadb+pymysql://h/db"), []) is None
     assert why_not(cfg("postgresql+psycopg://h/db", position_group="g"), []) is None  # (checked lines)
     assert "position_group" in why_not(cfg("mysql+pymysql://h/db", position_group="g"), [])
     assert why_not(cfg("sqlite:///x.db"), []) == "the storefront is not PostgreSQL or MariaDB/MySQL"
