@@ -128,19 +128,6 @@ def assert_never_backwards(positions: list) -> None:
     assert positions == sorted(positions), positions
 
 
-@pytest.fixture
-def no_backoff(monkeypatch):
-    """Pipeline._sleep without the wait (2 ms, so the retry clock moves); returns the delays asked for."""
-    delays: list[float] = []
-
-    def fake_sleep(self, seconds: float) -> None:
-        delays.append(seconds)
-        time.sleep(0.002)
-
-    monkeypatch.setattr(Pipeline, "_sleep", fake_sleep)
-    return delays
-
-
 # --- 1. ordering ----------------------------------------------------------------------------------------
 
 

@@ -39,10 +39,20 @@ class Offsets:
     def commit(self, positions: dict[str, str] | None) -> None:
         """Writes what is buffered, stores `positions` (partition -> text; None: no new position), and
         commits it all in one transaction."""
+        try:
+            self.writer.wait()
+        except Exception as e:
+            self._failed()
+            raise classify(e) from e
+        self.commit_taken(self.writer.take(), positions)
+
+    def commit_taken(self, taken: tuple, positions: dict[str, str] | None) -> None:
+        """commit() of what Writer.take() took from the buffer: on the caller's thread, or on the writer thread
+        beside a caller that buffers the next batch meanwhile (SqlSink.commit_begin)."""
         writer, store = self.writer, self.store
         try:
             if not positions:
-                writer.write()
+                writer.write_taken(taken)
                 store.tx().commit()
                 return
             if self._upsert is None:
@@ -54,9 +64,9 @@ class Offsets:
                 {"connector": self.connector, "partition": part, "position": text, "updated_at": now}
                 for part, text in positions.items()
             ]
-            if len(rows) == 1 and self._commit_small(rows[0]):
+            if len(rows) == 1 and self._commit_small(taken, rows[0]):
                 return
-            writer.write()
+            writer.write_taken(taken)
             conn = store.tx()
             if store.dialect == "postgresql":  # the positions and the COMMIT in one round trip
                 pg = conn.connection.driver_connection
@@ -68,30 +78,32 @@ class Offsets:
                 conn.execute(self._upsert, rows)
             conn.commit()  # (PostgreSQL: SQLAlchemy's side of it; the driver has nothing left to commit)
         except Exception as e:
-            if writer.merger is not None:
-                writer.merger.forget_stage()
+            self._failed()
             raise classify(e) from e
 
-    def _commit_small(self, offset: dict) -> bool:
+    def _failed(self) -> None:
+        if self.writer.merger is not None:
+            self.writer.merger.forget_stage()
+
+    def _commit_small(self, taken: tuple, offset: dict) -> bool:
         """PostgreSQL: a few plain changes (the usual single-sale transaction) are written and committed with
         their position in one round trip (PgMerge.commit_small). Anything else, or a refused row, goes the
         usual way; True when done."""
         writer, store = self.writer, self.store
-        buffer = writer.buffer
+        pending, held, truncate_first, encoded = taken
         if (
             store.dialect != "postgresql"
             or writer.target.table is None
-            or not buffer.pending
-            or buffer.encoded is not None
-            or len(buffer.pending) > PgMerge.SMALL
-            or writer.held.records
-            or buffer.truncate_first
+            or not pending
+            or encoded is not None
+            or len(pending) > PgMerge.SMALL
+            or held
+            or truncate_first
             or writer.tracks_applied
-            or not writer.idle
             or store.in_transaction()
         ):
             return False
-        items = list(buffer.pending.items())
+        items = list(pending.items())
         if writer.may_be_stale(items) or any(
             p.ev.toast and UNCHANGED_TOAST in p.row.values() for _, p in items
         ):
@@ -103,7 +115,6 @@ class Offsets:
             if is_row_error(e):
                 return False  # rolled back: the usual way finds the refused rows
             raise
-        buffer.clear()
         writer.lookups.forget()
         writer.folder.appended += len(items)
         return True

@@ -93,9 +93,11 @@ class Writer:
         return bool(self.history or self.held.held_keys or self.schedules.tracking)
 
     @property
-    def idle(self) -> bool:
-        """No write is running on the writer thread."""
-        return self._inflight is None
+    def overlaps(self) -> bool:
+        """Whether writes and commits may run on the writer thread while the caller goes on buffering: nothing
+        needs the connection between them (guard lookups, history, schedules, held keys), and the table
+        exists."""
+        return not (self.reads_between_writes or self.tracks_applied or self.target.table is None)
 
     # --- writing now, or on the writer thread ---------------------------------------------------------
 
@@ -104,7 +106,7 @@ class Writer:
         no newer change has been applied for these keys (the never-backwards check is skipped)."""
         try:
             self.wait()
-            self._write_taken(self._take(), fresh)
+            self._write_taken(self.take(), fresh)
         except Exception as e:
             raise classify(e) from e
 
@@ -112,11 +114,11 @@ class Writer:
         """Like write(), but the database work runs on the writer thread while the caller goes on buffering
         (the storefront merges one batch while the next is decoded). Only when nothing else needs the
         connection between writes (no guard lookups, history, schedules or held keys)."""
-        if self.reads_between_writes or self.tracks_applied or self.target.table is None:
+        if not self.overlaps:
             self.write()
             return
         self.wait()
-        taken = self._take()
+        taken = self.take()
         self.store.tx()  # begun on this thread; the writer only adds statements to it
         self._sent.clear()
         self._inflight = self._pool.submit(self._write_taken, taken, False)
@@ -149,9 +151,21 @@ class Writer:
             pass
         self._pool.shutdown(wait=True)
 
-    def _take(self) -> tuple:
+    def take(self) -> tuple:
+        """What is buffered and held, taken out (the buffer starts anew) for write_taken."""
         pending, truncate_first, encoded = self.buffer.take()
         return pending, self.held.take(), truncate_first, encoded
+
+    def write_taken(self, taken: tuple) -> None:
+        """Sends what take() took, on the calling thread (the commit's, see Offsets.commit_taken)."""
+        self._write_taken(taken, False)
+
+    def submit(self, job) -> Future:
+        """Runs `job` on the writer thread, after whatever runs there; the next write, commit or rollback
+        waits for it and re-raises its error (as for write_async)."""
+        self.wait()
+        self._inflight = job = self._pool.submit(job)
+        return job
 
     def rename_row(self, old: tuple, new: tuple) -> None:
         """Moves the stored row from key `old` to `new` in place (a key change whose unchanged TOAST values
