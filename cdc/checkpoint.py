@@ -3,6 +3,10 @@
   1. the sink commits the batch's rows and the source position in one transaction;
   2. then the source is told to confirm that position (to the PostgreSQL server, to the Kafka group).
 
+A commit may run beside the reading (`begin` ... `finish`: the sink commits on its own thread while the
+pipeline buffers the next transactions); it is confirmed only once it ended, and the next one begins only
+after that: one commit at a time, in source order, each confirmed after it is durable.
+
 A crash between 1 and 2 costs a replay of what the sink already has, which its never-backwards check
 skips; the other order could lose changes. A position that would move the stored one backwards is refused
 (a bug or a misconfiguration, never something to store). Positions that need nothing from the sink (WAL
@@ -29,6 +33,8 @@ class Checkpointer:
         self.connector = connector
         self.last: Any | None = None  # the newest position committed (or loaded)
         self._confirmed: Any | None = None  # the newest position confirmed without a commit
+        self._running: Any | None = None  # the position of the commit running beside the reading (begin)
+        self.overlaps = source.commits_overlap()
 
     def resume(self) -> Any | None:
         """The stored position (None: nothing stored); the sink learns which changes need no lookup."""
@@ -47,18 +53,57 @@ class Checkpointer:
 
     def commit(self, position: Any) -> None:
         """Sink commit with `position`, then confirm it to the source."""
+        self.finish()
+        self._check(position)
+        self.sink.commit(self.source.dump_position(position), self.source.floor(position))
+        self._committed(position)
+
+    def begin(self, position: Any) -> bool:
+        """Starts the sink commit with `position` beside the reading and returns True (finish() confirms it);
+        when the sink cannot overlap it, commits now (as commit()) and returns False."""
+        self.finish()
+        self._check(position)
+        if not self.overlaps or not self.sink.commit_begin(
+            self.source.dump_position(position), self.source.floor(position)
+        ):
+            self.sink.commit(self.source.dump_position(position), self.source.floor(position))
+            self._committed(position)
+            return False
+        self._running = position
+        return True
+
+    def finish(self, block: bool = True) -> bool:
+        """The commit begin() started: once it ended, confirms its position and returns True (also when none
+        runs); False while it runs (block=False). Its error is raised here, and nothing is confirmed."""
+        if self._running is None:
+            return True
+        if not self.sink.commit_end(block):
+            return False
+        position, self._running = self._running, None
+        self._committed(position)
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._running is not None
+
+    def _check(self, position: Any) -> None:
         if self.last is not None and position.regresses(self.last):
             raise TerminalError(
                 f"{self.connector}: refusing to store position {position}: it is behind the stored {self.last} "
                 "(was the slot or the topic replaced under a running connector? `cdc status` shows both)"
             )
-        self.sink.commit(self.source.dump_position(position), self.source.floor(position))
+
+    def _committed(self, position: Any) -> None:
         self.last = position if self.last is None else position.after(self.last)
         self.source.confirm(position)
 
     def confirm(self, position: Any) -> None:
         """Confirms a position that needs nothing from the sink (call only with nothing uncommitted before
-        it); one behind the stored or the last confirmed position is ignored."""
+        it); one behind the stored or the last confirmed position is ignored, and so is one while a commit
+        runs (begin): the commit comes before it."""
+        if self._running is not None:
+            return
         for before in (self.last, self._confirmed):
             if before is not None and position.regresses(before):
                 return

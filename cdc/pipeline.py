@@ -4,7 +4,8 @@ The pipeline knows the Source and Sink protocols (cdc/sources/base.py, cdc/sinks
 source or sink: registries keyed by the config's `type` build them. Positions are opaque to it: the
 checkpointer (cdc/checkpoint.py) is the only place they are committed (sink commit with the positions, then
 confirm to the source). A batch holds whole source transactions (a huge one is written in pieces but
-committed once); everything the loop knows at start comes from the stored position, so a crash at any point
+committed once); a batch's commit may run beside the reading of the next one (Checkpointer.begin), one at a time:
+the next begins once it ended, and it is confirmed only then; everything the loop knows at start comes from the stored position, so a crash at any point
 replays from there.
 
 Changes go through the stages into the sink (cdc/stages/runner.py); a change a stage holds goes to the sink's
@@ -74,6 +75,9 @@ class Pipeline:
         m.source_lag_bytes.labels(name), m.retained_wal_bytes.labels(name)
         m.hot_path.labels(name, hotpath.path()).set(1)  # compiled, mixed or pure (cdc/hotpath.py)
         self._counts: dict[tuple[str, str, str], int] = {}  # changes read, not yet in cdc_events_total
+        # the batch whose commit runs beside the reading, and when it began (Checkpointer.begin)
+        self._running: tuple[TxnEnd, float] | None = None
+        self._overlap = False  # the sink overlapped the last commit: the next begins as soon as it ended
 
     def stop(self) -> None:
         self.stopping = True
@@ -171,6 +175,7 @@ class Pipeline:
         fast = fast_path(self.cfg, self.stages, source, sink)  # None: every change the reference way
         self.runner = StageRunner(self.stages, sink, source.wire(self.stages), fast)
         self.checkpoint = Checkpointer(source, sink, self.cfg.name)
+        self._running, self._overlap = None, False
         self._m_up.set(1)
         self.metrics.healthy.set()
         sink.start_folding()
@@ -218,6 +223,7 @@ class Pipeline:
                     log.info(
                         "%s: stop requested inside a transaction; abandoning the open batch", self.cfg.name
                     )
+                    self._finish()  # (the commit running is of whole transactions before it)
                     sink.rollback()
                     return
                 continue
@@ -231,11 +237,20 @@ class Pipeline:
                 in_txn = False
                 last_end = item
                 first_at = first_at or time.monotonic()  # (a transaction with no changes waits like any)
-                if item.snapshot or time.monotonic() - first_at >= max_wait or n_buffered >= batch_size:
+                # a commit overlapping the reading begins as soon as the one before it ended (group commit: what
+                # arrives meanwhile goes in the next); else the batch fills for up to batch_max_ms
+                if (
+                    item.snapshot
+                    or time.monotonic() - first_at >= max_wait
+                    or n_buffered >= batch_size
+                    or (self._overlap and self._finish(block=False))
+                ):
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
                     self._due()
             elif t is Idle:
+                if not in_txn:  # nothing to read now: the commit running ends (and is confirmed) first
+                    self._finish()
                 if last_end is not None and not in_txn:
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
@@ -250,6 +265,7 @@ class Pipeline:
                 if self.stopping and not in_txn:
                     return
             elif t is Abandon:  # the source no longer stands behind the open batch
+                self._finish()
                 sink.rollback()
                 self._counts.clear()  # (its changes are read again, and counted then)
                 last_end, in_txn, first_at, n_buffered = None, False, 0.0, 0
@@ -259,11 +275,31 @@ class Pipeline:
         runner.flush()
         if last_end is not None and not in_txn:  # a source that ended inside a transaction: never half of it
             self._checkpoint(last_end)
+        self._finish()
 
     def _checkpoint(self, end: TxnEnd) -> None:
-        """Sink commit (rows + position, one transaction), then confirm to the source (the checkpointer)."""
+        """Sink commit (rows + position, one transaction), then confirm to the source (the checkpointer): begun
+        beside the reading when the sink can (confirmed by _finish), else now."""
+        self._finish()
         t0 = time.monotonic()
-        self.checkpoint.commit(end.position)
+        self._overlap = self.checkpoint.begin(end.position)
+        if self._overlap:
+            self._running = (end, t0)
+        else:
+            self._committed(end, t0)
+
+    def _finish(self, block: bool = True) -> bool:
+        """The commit running beside the reading, once it ended: confirmed, and counted; False while it runs
+        (block=False). True also when none runs."""
+        if self._running is None:
+            return True
+        if not self.checkpoint.finish(block):
+            return False
+        (end, t0), self._running = self._running, None
+        self._committed(end, t0)
+        return True
+
+    def _committed(self, end: TxnEnd, t0: float) -> None:
         self._progressed = True
         self._flush_counts()
         self._count_held()

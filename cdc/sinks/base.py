@@ -2,7 +2,8 @@
 
 A sink buffers changes (`add`), holds the ones a stage refused (`hold`: quarantine or dead letter, with the
 reason), sends what it buffered inside its open transaction when memory says so (`write`), and makes it all
-durable together with the source positions it covers (`commit`), or forgets it (`rollback`). Positions are
+durable together with the source positions it covers (`commit`; or `commit_begin` ... `commit_end`, the
+commit running beside the caller, who buffers the next batch meanwhile), or forgets it (`rollback`). Positions are
 opaque text per partition here, written by the source (cdc/sources/base.py); the checkpointer
 (cdc/checkpoint.py) is the only caller of `commit` with positions.
 
@@ -45,6 +46,15 @@ class Sink(Protocol):
 
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         """Makes everything added and held since the last commit durable with `positions`, atomically."""
+
+    def commit_begin(self, positions: dict[str, str], floor: int | None = None) -> bool:
+        """Starts commit(positions, floor) of everything added and held so far on the sink's own thread and
+        returns True: the caller goes on adding (to the next commit) meanwhile, and learns the outcome from
+        commit_end(). False: this commit cannot overlap the caller (nothing was done; call commit)."""
+
+    def commit_end(self, block: bool = True) -> bool:
+        """The commit commit_begin started: True once it is durable (and when none was started), raising its
+        error if it failed; False while it runs (only with block=False)."""
 
     def rollback(self) -> None: ...
 

@@ -202,6 +202,12 @@ class KafkaSink:
         if self._m_unconfirmed is not None:
             self._m_unconfirmed.set(0)
 
+    def commit_begin(self, positions: dict[str, str], floor: int | None = None) -> bool:
+        return False  # the producer already sends in the background; commit() waits for the acknowledgements
+
+    def commit_end(self, block: bool = True) -> bool:
+        return True
+
     def rollback(self) -> None:
         """What was sent stays sent (see the module's docstring); what the batch held is dropped (held again
         when the batch is read again)."""

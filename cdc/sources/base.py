@@ -51,6 +51,11 @@ class Source(Protocol):
         inserts and updates as ChangeBatch (in the wire form the fast path encodes from), and switches that on.
         False: every change comes as a ChangeEvent."""
 
+    def commits_overlap(self) -> bool:
+        """Whether the sink may commit a batch while the next is read (its confirm comes after those reads).
+        False where something else must see each commit ended before the source reads on (a consumer group's
+        rebalance, which hands the partitions over at the stored positions)."""
+
     def read(
         self, resume: Any | None, reload: Callable[[], Any | None]
     ) -> Iterator[ChangeEvent | TxnEnd | Idle]:

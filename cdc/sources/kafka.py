@@ -132,6 +132,9 @@ class KafkaSource:
     def batch_changes(self) -> bool:
         return False  # a topic's messages are JSON envelopes, one change each: the fast path reads pgoutput
 
+    def commits_overlap(self) -> bool:
+        return False  # a rebalance inside poll() must find every commit ended (see _revoked)
+
     def tick(self) -> None:
         pass
 

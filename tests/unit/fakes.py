@@ -94,6 +94,7 @@ class Upstream:
         self.confirmed: list[Pos] = []
         self.sources: list[FakeSource] = []
         self.reads = 0
+        self.commits_overlap = True  # what its sources answer (a Kafka source: False)
 
     def source(self, cfg: Any, metrics: Any = None) -> FakeSource:
         src = FakeSource(self)
@@ -141,6 +142,9 @@ class FakeSource:
 
     def batch_changes(self) -> bool:
         return False
+
+    def commits_overlap(self) -> bool:
+        return self.up.commits_overlap
 
     def read(self, resume: Pos | None, reload: Callable[[], Any] | None = None):
         """`reload` (the stored position, read again) is of no use with one partition."""
@@ -198,7 +202,14 @@ class FakeSource:
 class SinkStore:
     """The storefront database: what is durable, shared by every FakeSink made from it."""
 
-    def __init__(self, log: list, fail_commits: int = 0, crash_after_commit: int | None = None):
+    def __init__(
+        self,
+        log: list,
+        fail_commits: int = 0,
+        crash_after_commit: int | None = None,
+        overlap: bool = False,
+        commit_polls: int = 0,
+    ):
         self.log = log
         self.rows: dict[Any, dict] = {}
         self.offsets: dict[str, str] = {}
@@ -207,6 +218,8 @@ class SinkStore:
         self.fail_commits = fail_commits  # the next n commits raise TransientError, storing nothing
         self.crash_after_commit = crash_after_commit  # the n-th commit is durable, then the process dies
         self.sinks: list[FakeSink] = []
+        self.overlap = overlap  # commit_begin overlaps: the commit is applied at commit_end
+        self.commit_polls = commit_polls  # commit_end(block=False) says "still running" this many times each
 
     def sink(self, cfg: Any, metrics: Any = None) -> FakeSink:
         s = FakeSink(self, cfg.sink.key[0])
@@ -229,6 +242,7 @@ class FakeSink:
         self.writes = 0
         self.ticks = 0
         self.pending_at_tick: list[int] = []  # what was buffered at each tick (timed work wants nothing)
+        self.running: tuple | None = None  # (buffer, positions, polls left) of the commit begun
 
     def _key(self, ev: ChangeEvent) -> Any:
         row = ev.row or {}
@@ -261,8 +275,33 @@ class FakeSink:
         self.writes += 1
         self.log.append(("write_async",))
 
+    def commit_begin(self, positions: dict[str, str], floor: int | None = None) -> bool:
+        if not self.store.overlap or self.held_buffer:
+            return False
+        assert self.running is None, "a commit begun while another runs"
+        self.running = (self.buffer, positions, self.store.commit_polls)
+        self.buffer = []
+        self.log.append(("commit_begin", positions))
+        return True
+
+    def commit_end(self, block: bool = True) -> bool:
+        if self.running is None:
+            return True
+        buffer, positions, polls = self.running
+        if not block and polls:
+            self.running = (buffer, positions, polls - 1)
+            return False
+        self.running = None
+        later, self.buffer = self.buffer, buffer
+        try:
+            self.commit(positions)
+        finally:
+            self.buffer = later  # (a failed commit's batch is gone, as it was taken from the buffer)
+        return True
+
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         store = self.store
+        assert self.running is None or self.buffer is self.running[0], "a commit while another runs"
         if store.fail_commits:
             store.fail_commits -= 1
             self.log.append(("commit_failed", positions))
@@ -287,7 +326,7 @@ class FakeSink:
 
     def rollback(self) -> None:
         self.log.append(("rollback", len(self.buffer) + len(self.held_buffer)))
-        self.buffer, self.held_buffer = [], []
+        self.buffer, self.held_buffer, self.running = [], [], None
 
     def drain_held(self) -> dict[str, int]:
         out, self.undrained = self.undrained, {}

@@ -76,6 +76,7 @@ class SqlSink:
         self.offsets: Offsets | None = None
         self.stages: list[Stage] = []
         self._due_checked = 0.0
+        self._commit_job: tuple | None = None  # (future, floor) of the commit on the writer thread
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class SqlSink:
         return None if writer.shared else writer.floor
 
     def hold(self, ev: ChangeEvent, err: HoldError, kind: str = "dead_letter") -> None:
+        self.commit_end()  # (the held log is the commit's until it ends)
         self.held.hold(ev, err, kind)
 
     def write(self, fresh: bool = False) -> None:
@@ -196,13 +198,52 @@ class SqlSink:
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         """Writes what is buffered, stores `positions` (partition -> text), and commits it all in one
         transaction. `floor`: the source position the stored positions cover (see set_floor)."""
+        self.commit_end()  # (one commit at a time, in order)
         self.offsets.commit(positions)
+        self._committed(floor)
+
+    def commit_begin(self, positions: dict[str, str], floor: int | None = None) -> bool:
+        """commit(positions, floor) on the writer thread, while the caller buffers the next batch (its changes
+        go to a buffer of their own: what is committed was taken out first). Only when the caller has nothing
+        to ask of the storefront connection meanwhile (the conditions of write_async), nothing is held in this
+        batch, and the storefront is PostgreSQL or MariaDB/MySQL; else False, and nothing was done."""
+        writer = self.writer
+        if (
+            not positions
+            or self.store.dialect not in ("postgresql", "mysql")
+            or not writer.overlaps
+            or self.held.records
+            or self.buffer.truncate_first
+        ):
+            return False
+        self.commit_end()
+        taken = writer.take()
+        self._commit_job = (writer.submit(lambda: self.offsets.commit_taken(taken, positions)), floor)
+        return True
+
+    def commit_end(self, block: bool = True) -> bool:
+        job = self._commit_job
+        if job is None:
+            return True
+        future, floor = job
+        if not block and not future.done():
+            return False
+        self._commit_job = None
+        try:
+            future.result()
+        except Exception as e:
+            raise classify(e) from e
+        self._committed(floor)
+        return True
+
+    def _committed(self, floor: int | None) -> None:
         self.held.committed_now()
         writer = self.writer
         if floor is not None and writer.floor is not None:
             writer.floor = max(writer.floor, floor)
 
     def rollback(self) -> None:
+        self._commit_job = None  # (its outcome unknown to the caller: its position is never confirmed)
         if self.writer is not None:
             self.writer.rolled_back()
         self.lookups.forget()
@@ -247,9 +288,11 @@ class SqlSink:
                     self.writer.reads_between_writes = True
 
     def prefetch(self, field: str, rows: list[dict[str, Any]]) -> None:
+        self.commit_end()  # (the connection is the commit's until it ends)
         self.lookups.prefetch(field, rows)
 
     def current_value(self, field: str, row: dict[str, Any]) -> Any:
+        self.commit_end()
         return self.lookups.current_value(field, row)
 
     def tick(self) -> None:
@@ -260,6 +303,7 @@ class SqlSink:
             self._due_checked = now
             self.refresh_schedules()
         if self.schedules.is_due():
+            self.commit_end()
             self.apply_due()
 
     def refresh_schedules(self) -> None:
