@@ -55,7 +55,7 @@ def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None
         why = "the sink is not a SQL storefront"
     if why is None:
         form, why = sink.fast_form()
-    if why is None and not source.batch_changes():
+    if why is None and not source.batch_changes(MIN_RUN):
         why = "the source does not give its changes in batches"
     if why is not None:
         log.info("%s: fast path off: %s", cfg.name, why)

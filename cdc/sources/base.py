@@ -46,10 +46,10 @@ class Source(Protocol):
         """Gives the stages the source lookups they need (a pick's fallback store reads the POS); returns the
         fallback the pipeline uses to refill a key, or None."""
 
-    def batch_changes(self) -> bool:
+    def batch_changes(self, min_run: int = 1) -> bool:
         """Asked by a fast path (cdc/fast/) before read(): whether the source will yield runs of a table's
-        inserts and updates as ChangeBatch (in the wire form the fast path encodes from), and switches that on.
-        False: every change comes as a ChangeEvent."""
+        inserts and updates (of `min_run` changes or more) as ChangeBatch (in the wire form the fast path
+        encodes from), and switches that on. False: every change comes as a ChangeEvent."""
 
     def commits_overlap(self) -> bool:
         """Whether the sink may commit a batch while the next is read (its confirm comes after those reads).

@@ -129,7 +129,7 @@ class KafkaSource:
     def wire(self, stages: list) -> None:
         return None  # a pick's fallback store needs the POS: refused by the config for a Kafka source
 
-    def batch_changes(self) -> bool:
+    def batch_changes(self, min_run: int = 1) -> bool:
         return False  # a topic's messages are JSON envelopes, one change each: the fast path reads pgoutput
 
     def commits_overlap(self) -> bool:

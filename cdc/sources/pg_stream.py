@@ -80,8 +80,10 @@ class WalStream:
         self.primary_keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self.tables = frozenset(self.scfg.tables)
         self._listed: dict[int, tuple[po.Relation, bool]] = {}  # oid -> (its Relation, in source.tables)
-        # yield runs of a table's inserts and updates as ChangeBatch (set when a fast path takes them)
+        # yield runs of a table's inserts and updates as ChangeBatch (set when a fast path takes them); a run
+        # shorter than batch_min comes as its ChangeEvents (the fast path would expand it anyway)
         self.batching = False
+        self.batch_min = 1
 
     def key_columns(self, rel: po.Relation) -> tuple[str, ...]:
         """The key of a relation's events: its replica identity's columns, except under REPLICA IDENTITY FULL,
@@ -151,7 +153,7 @@ class WalStream:
                     conn.consume_input()
                     n, data = conn.get_copy_data(1)
                 if run and (n <= 0 or (data[0] == 0x77 and data[25] not in b"IU")):  # the run ends
-                    yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                    yield from self._run_out(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
                     run, run_lsns, inserts = [], [], 0
                 if n == 0:
                     # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
@@ -220,14 +222,14 @@ class WalStream:
                     rel = relations.get(OID.unpack_from(body, 1)[0])
                     if rel is not None and self.listed(rel):
                         if run and rel is not run_rel:
-                            yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                            yield from self._run_out(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
                             run, run_lsns, inserts = [], [], 0
                         run_rel = rel
                         run.append(body if type(body) is bytes else bytes(body))
                         run_lsns.append(lsn)
                         inserts += tag == b"I"
                         if len(run) >= RUN_MAX:
-                            yield self._batch(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
+                            yield from self._run_out(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
                             run, run_lsns, inserts = [], [], 0
                         continue
                 msg = decode(body)
@@ -254,6 +256,13 @@ class WalStream:
                 f"malformed replication message {bytes(data[:1])!r} from the walsender ({len(data)} bytes; "
                 f"last WAL position {lsn_to_str(self.wal_end)}): it ends too early"
             ) from exc
+
+    def _run_out(
+        self, rel: po.Relation, run: list, lsns: list, inserts: int, commit_lsn: int, ts_ms: int, xid: int
+    ) -> list[ChangeBatch] | list[ChangeEvent]:
+        """A run ended: its batch, or, shorter than batch_min (the single sale), its changes as events."""
+        batch = self._batch(rel, run, lsns, inserts, commit_lsn, ts_ms, xid)
+        return [batch] if len(run) >= self.batch_min else self._expand(batch, 0, len(run))
 
     def _batch(
         self, rel: po.Relation, run: list, lsns: list, inserts: int, commit_lsn: int, ts_ms: int, xid: int

@@ -57,6 +57,7 @@ class PostgresSource:
         self._last_heartbeat = 0.0
         self._made: list[str] = []  # what prepare() made this session: "slot", "publication"
         self.batching = False  # the stream yields runs of inserts and updates as ChangeBatch (batch_changes)
+        self.batch_min = 1  # ... of at least this many changes
 
     # --- plain SQL connection -------------------------------------------------------------------------
 
@@ -347,11 +348,12 @@ class PostgresSource:
             self.fallback.check()
         return self.fallback
 
-    def batch_changes(self) -> bool:
+    def batch_changes(self, min_run: int = 1) -> bool:
         """Asked by a fast path (cdc/fast/): the stream yields each run of a table's inserts and updates in a
-        transaction as one ChangeBatch, in pgoutput's form. Not for a lane, whose rows leaving it are turned
-        into deletes change by change (pg_lane_exits.py). Returns whether it will."""
-        self.batching = not self.scfg.row_filter
+        transaction as one ChangeBatch, in pgoutput's form (a run shorter than `min_run` as its ChangeEvents).
+        Not for a lane, whose rows leaving it are turned into deletes change by change (pg_lane_exits.py).
+        Returns whether it will."""
+        self.batching, self.batch_min = not self.scfg.row_filter, min_run
         return self.batching
 
     def commits_overlap(self) -> bool:
@@ -395,7 +397,7 @@ class PostgresSource:
                     end = item.position
             resume = end
         self.wal = WalStream(self.cfg, self.db)
-        self.wal.batching = self.batching
+        self.wal.batching, self.wal.batch_min = self.batching, self.batch_min
         self.wal.primary_keys = self.primary_keys()
         start = resume.end_lsn if resume else 0
         stream = self.wal.stream(start, skip_through=resume.commit_lsn if resume else 0)

@@ -140,7 +140,7 @@ class FakeSource:
     def wire(self, stages: list) -> Any:
         return None
 
-    def batch_changes(self) -> bool:
+    def batch_changes(self, min_run: int = 1) -> bool:
         return False
 
     def commits_overlap(self) -> bool:

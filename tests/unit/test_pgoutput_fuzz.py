@@ -155,12 +155,13 @@ KEEPALIVE = b"k" + HDR_K.pack(500, 0, 0)
 
 def read_all(frames: list[bytes], batching: bool = False) -> list:
     """Every event the reader yields for `frames`, until the stream ends or the reader refuses a frame; with
-    `batching`, the runs of inserts and updates it yields as ChangeBatch expanded into their events (as the
+    `batching`, the runs of two or more inserts and updates it yields as ChangeBatch expanded into their events (as the
     fast path does for whatever it cannot encode)."""
     conn = Frames(frames)
     out: list = []
     stream = WalStream(CFG, "pos")
     stream.batching = batching
+    stream.batch_min = 2  # (with batching: a run of one comes as its event, longer ones as a batch)
     try:
         for ev in stream.read_loop(conn, 0):
             out.extend(ev.events() if isinstance(ev, ChangeBatch) else [ev])
