@@ -263,7 +263,7 @@ class Pipeline:
                     self.source.tick()
                     self._due()
                 if self.stopping and not in_txn:
-                    return
+                    break  # (the commit begun at this Idle ends, and is confirmed, below)
             elif t is Abandon:  # the source no longer stands behind the open batch
                 self._finish()
                 sink.rollback()

@@ -140,3 +140,17 @@ def test_a_source_whose_commits_must_not_overlap_gets_each_commit_ended_before_i
     assert rig.run() is None
     assert commits(rig.log) == [stored(10), stored(30)]
     assert "commit_begin" not in {e[0] for e in rig.log}
+
+
+def test_a_stop_at_an_idle_ends_and_confirms_the_commit_begun_there():
+    rig = Rig(store=overlapping(commit_polls=3))
+    rig.up.scripts = [[*txn(10, ("A", 100)), Do(rig.stop), Idle(P(12))]]
+    assert rig.run() is None
+    assert rig.log == [
+        ("read", None),
+        ("add", "A"),
+        ("commit_begin", stored(10)),
+        ("commit", stored(10)),
+        ("confirm", P(10)),
+        ("rollback", 0),
+    ]
