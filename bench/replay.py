@@ -6,6 +6,9 @@ Repeatable where bench/run.py is noisy, and quick to profile (py-spy record -- p
     python bench/replay.py bulk  [N]   one N-row INSERT transaction, then one N-row UPDATE (default 200k)
     python bench/replay.py sales [N]   N single-row transactions, each followed by a pause in the stream,
                                        so each is committed on its own (default 2000): the cashier's case
+    python bench/replay.py burst [N]   N single-row transactions back to back (default 100k): the cashier at a
+                                       rate the connector only just keeps up with (the ladder's top), where
+                                       commits group what arrived while the one before ran
 
 The rows are bench/run.py's item_price rows (bench/hotpath_micro.py builds the messages), with its rename and
 money stages. Prints wall-clock and process CPU (all threads) per change or per transaction.
@@ -110,6 +113,8 @@ class ReplaySource(PostgresSource):
 
     def read(self, resume, reload=None):
         self.wal = WalStream(self.cfg, self.db)
+        self.wal.batching = self.batching  # (as PostgresSource.read: runs as ChangeBatch for the fast path)
+        self.wal.batch_min = getattr(self, "batch_min", 1)
         conn = FakeReplication([xlog(relation_message(OID), 1), *self.frames, *PAUSE])
         t0, c0 = time.perf_counter(), time.process_time()
         try:
@@ -156,9 +161,9 @@ def replay(url: str, frames: list[bytes | None]) -> tuple[float, float]:
 
 def main() -> None:
     shape = sys.argv[1] if len(sys.argv) > 1 else "bulk"
-    if shape not in ("bulk", "sales"):
-        sys.exit("usage: python bench/replay.py bulk|sales [N]")
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else (200_000 if shape == "bulk" else 2000)
+    if shape not in ("bulk", "sales", "burst"):
+        sys.exit("usage: python bench/replay.py bulk|sales|burst [N]")
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else {"bulk": 200_000, "sales": 2000, "burst": 100_000}[shape]
     pg = LocalPostgres(settings={"autovacuum": "off"}).start()
     try:
         pg.execute(STOREFRONT)
@@ -171,6 +176,15 @@ def main() -> None:
                 print(
                     f"bulk {phase}: {n} changes, {n / wall:,.0f} changes/s, {cpu / n * 1e6:.1f} µs CPU per change"
                 )
+        elif shape == "burst":
+            frames = []
+            for i in range(n):
+                frames += transaction([insert_message(OID, i % 1000)], 1000 + 10 * i)
+            wall, cpu = replay(pg.url(), frames)
+            print(
+                f"burst: {n} single-row transactions back to back: {n / wall:,.0f} transactions/s, "
+                f"{cpu / n * 1e6:.1f} µs CPU per transaction"
+            )
         else:
             frames: list[bytes | None] = []
             for i in range(n):
