@@ -78,6 +78,7 @@ class Pipeline:
         # the batch whose commit runs beside the reading, and when it began (Checkpointer.begin)
         self._running: tuple[TxnEnd, float] | None = None
         self._overlap = False  # the sink overlapped the last commit: the next begins as soon as it ended
+        self._began = 0.0  # when the last commit began (sink.min_commit_interval_ms counts from it)
 
     def stop(self) -> None:
         self.stopping = True
@@ -191,6 +192,7 @@ class Pipeline:
         sink, runner, changed_by = self.sink, self.runner, self.changed_by
         batch_size = self.cfg.sink.batch_size
         max_wait = self.cfg.sink.batch_max_ms / 1000
+        gap = getattr(self.cfg.sink, "min_commit_interval_ms", 0) / 1000  # (a SQL sink's)
         last_end: TxnEnd | None = None  # newest transaction fully buffered, not yet committed
         in_txn = False
         first_at = 0.0
@@ -239,11 +241,12 @@ class Pipeline:
                 first_at = first_at or time.monotonic()  # (a transaction with no changes waits like any)
                 # a commit overlapping the reading begins as soon as the one before it ended (group commit: what
                 # arrives meanwhile goes in the next); else the batch fills for up to batch_max_ms
+                now = time.monotonic()
                 if (
                     item.snapshot
-                    or time.monotonic() - first_at >= max_wait
+                    or now - first_at >= max_wait
                     or n_buffered >= batch_size
-                    or (self._overlap and self._finish(block=False))
+                    or (self._overlap and now - self._began >= gap and self._finish(block=False))
                 ):
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
@@ -252,6 +255,9 @@ class Pipeline:
                 if not in_txn:  # nothing to read now: the commit running ends (and is confirmed) first
                     self._finish()
                 if last_end is not None and not in_txn:
+                    wait = self._began + gap - time.monotonic()
+                    if wait > 0:  # under load: min_commit_interval_ms since the last began (nothing to read)
+                        time.sleep(wait)
                     self._checkpoint(last_end)
                     last_end, first_at, n_buffered = None, 0.0, 0
                 elif not in_txn:
@@ -281,7 +287,7 @@ class Pipeline:
         """Sink commit (rows + position, one transaction), then confirm to the source (the checkpointer): begun
         beside the reading when the sink can (confirmed by _finish), else now."""
         self._finish()
-        t0 = time.monotonic()
+        self._began = t0 = time.monotonic()
         self._overlap = self.checkpoint.begin(end.position)
         if self._overlap:
             self._running = (end, t0)

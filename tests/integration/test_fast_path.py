@@ -92,6 +92,13 @@ def _load(env) -> None:
     env.pos(
         "INSERT INTO item_extra SELECT 'EXT' || g, 1, g, g / 3.0 FROM generate_series(1, 200) g",
     )
+    # single sales back to back (the reference path's, committed in groups), with a NaN price, NULLs and text
+    # to escape among them
+    env.pos(
+        "DO $$ BEGIN FOR i IN 1..600 LOOP UPDATE item_price SET price_fen = CASE WHEN i = 300 THEN 'NaN'"
+        " ELSE price_fen + i END, note = CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN E'q''\\t' ELSE 's' END"
+        " WHERE item_code = 'SKU' || lpad((i * 7 % 2900 + 100)::text, 6, '0'); COMMIT; END LOOP; END $$"
+    )
     env.pos("INSERT INTO item_price VALUES ('~marker', 0, 'x', 1, 'done', now(), true, 's', 0)")
 
 

@@ -8,15 +8,25 @@ running" that many times first, so the logs show what was read while a commit ra
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
+import pytest
+
 from cdc.events import Idle, TxnEnd
-from tests.unit.fakes import Do, SinkStore, change, txn
-from tests.unit.test_pipeline import P, Rig, assert_never_backwards, commits, confirms, stored
+from tests.unit.fakes import Do, FakeSink, SinkStore, change, txn
+from tests.unit.test_pipeline import P, Rig, assert_never_backwards, commits, config, confirms, stored
 
 
 def overlapping(log: list | None = None, **kw) -> SinkStore:
     return SinkStore([] if log is None else log, overlap=True, **kw)
+
+
+def gap(ms: int = 0):
+    """The test config with sink.min_commit_interval_ms = `ms` (0 unless a test is about it: exact logs)."""
+    cfg = config()
+    cfg.sink.min_commit_interval_ms = ms
+    return cfg
 
 
 def test_transactions_read_while_a_commit_runs_go_in_the_next_and_each_confirm_follows_its_commit():
@@ -28,6 +38,7 @@ def test_transactions_read_while_a_commit_runs_go_in_the_next_and_each_confirm_f
             *txn(30, ("C", 300), ("A", 110)),  # P(10) ended: confirmed, and P(30) begins at once
             Idle(P(35)),  # nothing to read: P(30) ends first, then P(35) is confirmed
         ],
+        cfg=gap(),
         store=overlapping(commit_polls=1),
     )
     assert rig.run() is None
@@ -61,6 +72,7 @@ def test_with_the_commit_ended_at_each_transaction_end_every_transaction_commits
             *txn(40, ("D", 400)),
             Idle(),
         ],
+        cfg=gap(),
         store=overlapping(),
     )
     assert rig.run() is None
@@ -75,6 +87,7 @@ def test_a_commit_that_fails_beside_the_reading_confirms_nothing_and_the_session
     log: list = []
     rig = Rig(
         [*txn(10, ("A", 100)), Idle(P(12)), *txn(20, ("B", 200)), Idle(P(25))],
+        cfg=gap(),
         store=overlapping(log, fail_commits=1),
     )
     assert rig.run() is None
@@ -95,7 +108,7 @@ def test_a_commit_that_fails_beside_the_reading_confirms_nothing_and_the_session
 
 
 def test_a_stop_inside_a_transaction_confirms_the_commit_running_and_rolls_back_the_open_one():
-    rig = Rig(store=overlapping(commit_polls=5))
+    rig = Rig(cfg=gap(), store=overlapping(commit_polls=5))
     rig.up.scripts = [
         [
             *txn(10, ("A", 100)),
@@ -134,6 +147,7 @@ def test_a_source_whose_commits_must_not_overlap_gets_each_commit_ended_before_i
     """A Kafka source: a rebalance inside its poll must find every commit ended."""
     rig = Rig(
         [*txn(10, ("A", 100)), Idle(), *txn(20, ("B", 200)), *txn(30, ("C", 300)), Idle()],
+        cfg=gap(),
         store=overlapping(),
     )
     rig.up.commits_overlap = False
@@ -143,7 +157,7 @@ def test_a_source_whose_commits_must_not_overlap_gets_each_commit_ended_before_i
 
 
 def test_a_stop_at_an_idle_ends_and_confirms_the_commit_begun_there():
-    rig = Rig(store=overlapping(commit_polls=3))
+    rig = Rig(cfg=gap(), store=overlapping(commit_polls=3))
     rig.up.scripts = [[*txn(10, ("A", 100)), Do(rig.stop), Idle(P(12))]]
     assert rig.run() is None
     assert rig.log == [
@@ -154,3 +168,33 @@ def test_a_stop_at_an_idle_ends_and_confirms_the_commit_begun_there():
         ("confirm", P(10)),
         ("rollback", 0),
     ]
+
+
+def test_under_load_commits_start_no_closer_than_min_commit_interval_ms():
+    """Transactions ending within the interval of the last commit's start join the next commit; an Idle with
+    one buffered waits out the rest of the interval (nothing to read meanwhile), then commits."""
+    rig = Rig(
+        [
+            *txn(10, ("A", 100)),
+            Idle(),  # the first commit (overlapped from here on)
+            *txn(20, ("B", 200)),  # within 300 ms of it: buffered
+            *txn(30, ("C", 300)),
+            Idle(),  # waits until 300 ms after the first began, then commits 20 and 30 together
+            *txn(40, ("D", 400)),
+            Idle(),
+        ],
+        cfg=gap(300),
+        store=overlapping(),
+    )
+    began: list[float] = []
+    begin = FakeSink.commit_begin
+
+    def timed_begin(self, positions, floor=None):
+        began.append(time.monotonic())
+        return begin(self, positions, floor)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FakeSink, "commit_begin", timed_begin)
+        assert rig.run() is None
+    assert commits(rig.log) == [stored(10), stored(30), stored(40)]
+    assert all(b - a >= 0.29 for a, b in zip(began, began[1:], strict=False)), began
