@@ -197,6 +197,18 @@ def fast_path(cfg, stages, msgs, dec, n) -> None:
     print(f"fast path ({'compiled' if encode.__file__.endswith('.so') else 'pure Python'}):")
     print(f"  {'encode_run (decode, rename, money, COPY line)':40s} {(t1 - t0) / n * 1e6:6.2f}")
     print(f"  {'join of the lines':40s} {(t2 - t1) / n * 1e6:6.2f}   ({len(data) / n:.0f} bytes/change)")
+    from cdc.fast.encode_mysql import encode_run as encode_mysql
+
+    target.dialect = "mysql"
+    plan, why = plan_relation(dec.relations[16384], stages, target, "mysql")
+    assert plan is not None, why
+    lines, entries = {}, {}
+    t0 = time.perf_counter()
+    encode_mysql(
+        msgs, lsns, 0, plan.ncols, plan.slots, plan.key_index, b'",1,', b',0,1,"u",null]', lines, entries
+    )
+    t1 = time.perf_counter()
+    print(f"  {'encode_run, MariaDB VALUES tuples':40s} {(t1 - t0) / n * 1e6:6.2f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ without Cython installed: the type declarations are hints only, as they are to P
         from cdc import cython_shim as cython
 
 Compiled, `cython.locals(...)` gives the named locals C types (Py_ssize_t: a C integer for positions and
-lengths, which never overflows there; uchar: a byte; bint: a C truth value); interpreted, it changes nothing.
+lengths, which never overflows there; uchar: a byte; bint: a C truth value), and `cython.ccall` makes a
+function callable from C within its module (and from Python as ever); interpreted, they change nothing.
 """
 
 from __future__ import annotations
@@ -20,3 +21,7 @@ bint = bool
 
 def locals(**_types):  # noqa: A001 - Cython's name
     return lambda fn: fn
+
+
+def ccall(fn):
+    return fn

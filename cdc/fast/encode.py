@@ -88,15 +88,78 @@ def shifted(v: bytes, shift: int, zeros: bytes) -> bytes:
     return text
 
 
+@cython.ccall
 @cython.locals(
-    n=cython.Py_ssize_t,
-    i=cython.Py_ssize_t,
+    buf=bytes,
+    vals=list,
+    key_index=tuple,
     size=cython.Py_ssize_t,
     pos=cython.Py_ssize_t,
     end=cython.Py_ssize_t,
     j=cython.Py_ssize_t,
     ncols=cython.Py_ssize_t,
     kind=cython.Py_ssize_t,
+)
+def read_tuple(buf: bytes, ncols: int, vals: list, key_index: tuple):
+    """An Insert or Update message's new tuple into `vals` (each column's text as sent, or None for NULL), and
+    the key's text (the key columns' texts as sent, joined by KEY_SEP); None when the fast path cannot take the
+    message: an old tuple first (a key change, REPLICA IDENTITY FULL), another column count than `ncols`, an
+    unchanged TOASTed or binary value, a NULL key, or a message cut short. Shared by the encoders of both
+    storefront forms (encode_mysql.py)."""
+    size = len(buf)
+    if size < 8 or buf[5] != 78:  # 'N': the new tuple follows at once (an Update with an old tuple: no)
+        return None
+    if (buf[6] << 8) + buf[7] != ncols:
+        return None
+    pos = 8
+    j = 0
+    while j < ncols:
+        if pos >= size:
+            return None
+        kind = buf[pos]
+        if kind == 116:  # 't': Int32 length, then the text
+            if pos + 5 > size:
+                return None
+            if cython.compiled:  # C arithmetic on the bytes
+                end = buf[pos + 1]
+                end = (end << 8) | buf[pos + 2]
+                end = (end << 8) | buf[pos + 3]
+                end = (end << 8) | buf[pos + 4]
+            else:  # the same number, in one call
+                end = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            end += pos + 5
+            if end > size:
+                return None
+            vals[j] = buf[pos + 5 : end]
+            pos = end
+        elif kind == 110:  # 'n'
+            vals[j] = None
+            pos += 1
+        else:  # 'u' (unchanged TOAST), 'b' (binary): the reference path
+            return None
+        j += 1
+    if pos != size:
+        return None
+    # the key's text: each key column's text as sent (the plan admits only types whose text it is)
+    if len(key_index) == 1:
+        key = vals[key_index[0]]
+        if key is None:
+            return None
+    else:
+        parts = []
+        for k in key_index:
+            v = vals[k]
+            if v is None:
+                return None
+            parts.append(v)
+        key = KEY_SEP.join(parts)
+    return key
+
+
+@cython.locals(
+    n=cython.Py_ssize_t,
+    i=cython.Py_ssize_t,
+    ncols=cython.Py_ssize_t,
     buf=bytes,
 )
 def encode_run(
@@ -129,53 +192,9 @@ def encode_run(
     vals = [None] * ncols
     while i < n:
         buf = payloads[i]
-        size = len(buf)
-        if size < 8 or buf[5] != 78:  # 'N': the new tuple follows at once (an Update with an old tuple: no)
+        key = read_tuple(buf, ncols, vals, key_index)
+        if key is None:
             return i
-        if (buf[6] << 8) + buf[7] != ncols:
-            return i
-        pos = 8
-        j = 0
-        while j < ncols:
-            if pos >= size:
-                return i
-            kind = buf[pos]
-            if kind == 116:  # 't': Int32 length, then the text
-                if pos + 5 > size:
-                    return i
-                if cython.compiled:  # C arithmetic on the bytes
-                    end = buf[pos + 1]
-                    end = (end << 8) | buf[pos + 2]
-                    end = (end << 8) | buf[pos + 3]
-                    end = (end << 8) | buf[pos + 4]
-                else:  # the same number, in one call
-                    end = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-                end += pos + 5
-                if end > size:
-                    return i
-                vals[j] = buf[pos + 5 : end]
-                pos = end
-            elif kind == 110:  # 'n'
-                vals[j] = None
-                pos += 1
-            else:  # 'u' (unchanged TOAST), 'b' (binary): the reference path
-                return i
-            j += 1
-        if pos != size:
-            return i
-        # the key's text: each key column's text as sent (the plan admits only types whose text it is)
-        if len(key_index) == 1:
-            key = vals[key_index[0]]
-            if key is None:
-                return i
-        else:
-            parts = []
-            for k in key_index:
-                v = vals[k]
-                if v is None:
-                    return i
-                parts.append(v)
-            key = KEY_SEP.join(parts)
         out = []
         for src, how, convs in slots:
             v = vals[src]

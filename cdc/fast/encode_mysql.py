@@ -31,7 +31,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from cdc.fast.encode import _JSON_SPECIAL, CHECK, KEY_SEP, MONEY, PASS, SHIFT, TEXT, json_text, shifted
+from cdc.fast.encode import _JSON_SPECIAL, CHECK, MONEY, PASS, SHIFT, TEXT, json_text, read_tuple, shifted
 
 try:
     import cython
@@ -85,12 +85,8 @@ def mysql_datetime(v: bytes) -> bytes | None:
 @cython.locals(
     n=cython.Py_ssize_t,
     i=cython.Py_ssize_t,
-    size=cython.Py_ssize_t,
-    pos=cython.Py_ssize_t,
     end=cython.Py_ssize_t,
-    j=cython.Py_ssize_t,
     ncols=cython.Py_ssize_t,
-    kind=cython.Py_ssize_t,
     at=cython.Py_ssize_t,
     buf=bytes,
     v=bytes,
@@ -126,53 +122,9 @@ def encode_run(
     special, json_special = _SPECIAL.search, _JSON_SPECIAL.search
     while i < n:
         buf = payloads[i]
-        size = len(buf)
-        if size < 8 or buf[5] != 78:  # 'N': the new tuple follows at once (an Update with an old tuple: no)
+        key = read_tuple(buf, ncols, vals, key_index)
+        if key is None:
             return i
-        if (buf[6] << 8) + buf[7] != ncols:
-            return i
-        pos = 8
-        j = 0
-        while j < ncols:
-            if pos >= size:
-                return i
-            kind = buf[pos]
-            if kind == 116:  # 't': Int32 length, then the text
-                if pos + 5 > size:
-                    return i
-                if cython.compiled:  # C arithmetic on the bytes
-                    end = buf[pos + 1]
-                    end = (end << 8) | buf[pos + 2]
-                    end = (end << 8) | buf[pos + 3]
-                    end = (end << 8) | buf[pos + 4]
-                else:  # the same number, in one call
-                    end = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-                end += pos + 5
-                if end > size:
-                    return i
-                vals[j] = buf[pos + 5 : end]
-                pos = end
-            elif kind == 110:  # 'n'
-                vals[j] = None
-                pos += 1
-            else:  # 'u' (unchanged TOAST), 'b' (binary): the reference path
-                return i
-            j += 1
-        if pos != size:
-            return i
-        # the key's text: each key column's text as sent (the plan admits only types whose text it is)
-        if len(key_index) == 1:
-            key = vals[key_index[0]]
-            if key is None:
-                return i
-        else:
-            parts = []
-            for k in key_index:
-                v = vals[k]
-                if v is None:
-                    return i
-                parts.append(v)
-            key = KEY_SEP.join(parts)
         # the tuple's pieces, joined once: each value's literal, then "," (the last one: ")")
         out = [b"("]
         for src, how, convs in slots:
