@@ -6,6 +6,8 @@ import json
 from contextlib import contextmanager
 from decimal import Decimal
 
+import pytest
+
 from tests.integration.helpers import Running, wait_until
 
 
@@ -546,3 +548,33 @@ def test_connectors_starting_at_once_on_a_fresh_storefront_all_create_the_bookke
     assert set(meta.tables) <= names, set(meta.tables) - names
     for e in engines:
         e.dispose()
+
+
+@pytest.mark.parametrize("store", ["mariadb"], indirect=True)
+def test_a_number_mariadb_cannot_hold_is_dead_lettered_while_the_rest_flows(env, store):
+    """MariaDB has no NaN or infinity: a change carrying one in a number column (not a price, which the money
+    stage holds) is dead-lettered with the reason, and the rest of its transaction is applied."""
+    env.pos(
+        "CREATE TABLE item_price (item_code text PRIMARY KEY, price_fen bigint, name text, weight numeric)"
+    )
+    store(
+        "CREATE TABLE product_price (sku varchar(64) PRIMARY KEY, price decimal(12,2), name varchar(20), "
+        "weight decimal(12,4), deleted_at datetime(6))"
+    )
+    path = env.write_config(
+        CONFIG.replace("@DELETE@", "hard").replace("@BATCH@", "500").replace("@STORE@", store.url)
+    )
+    with Running(path) as r:
+        wait_until(lambda: r.pipeline.sink is not None and r.pipeline.source is not None, running=r)
+        env.pos(
+            "BEGIN; INSERT INTO item_price VALUES ('A', 100, 'apple', 1.5); "
+            "INSERT INTO item_price VALUES ('NAN', 200, 'nan', 'NaN'); "
+            "INSERT INTO item_price VALUES ('INF', 250, 'inf', 'Infinity'); "
+            "INSERT INTO item_price VALUES ('C', 300, 'cake', 2); COMMIT"
+        )
+        env.pos("INSERT INTO item_price VALUES ('D', 400, 'date', 3)")
+        wait_until(lambda: len(rows(store)) == 3, running=r, what="good rows applied")
+        assert [k for k, _, _ in rows(store)] == ["A", "C", "D"]
+        held = store("SELECT kind, row_key, reason FROM cdc_held ORDER BY row_key")
+        assert [(h[0], h[1]) for h in held] == [("dead_letter", "INF"), ("dead_letter", "NAN")]
+        assert all("weight" in h[2] and "MariaDB" in h[2] for h in held), held

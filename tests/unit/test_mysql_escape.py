@@ -5,12 +5,23 @@ from __future__ import annotations
 from decimal import Decimal
 from types import SimpleNamespace
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pymysql.constants import SERVER_STATUS
 from pymysql.converters import escape_item, escape_string
 
-from cdc.sinks.sql.mysql_merge import _bytes_literal, _mysql_escaper, _mysql_text, _parts, fast_form
+from cdc.errors import HoldError
+from cdc.sinks.sql.mysql_merge import (
+    NotFinite,
+    _bytes_literal,
+    _mysql_escaper,
+    _mysql_text,
+    _not_storable,
+    _parts,
+    fast_form,
+)
+from cdc.sinks.sql.storefront import is_row_error
 
 
 def escaper(no_backslash_escapes: bool = False):
@@ -64,3 +75,17 @@ def test_statement_parts_keep_order_and_budget(items, budget):
     # (greedy: the next item would not have fitted)
     for p, q in zip(parts, parts[1:], strict=False):
         assert sum(map(len, p)) + len(q[0]) > budget
+
+
+def test_numbers_mariadb_cannot_store_are_refused_not_sent():
+    """MariaDB has no NaN or infinity: pymysql would send a Decimal NaN as the name NaN (an unknown column, which
+    would stop the connector) and fails on a float one; the writer dead-letters the row instead (its bisection
+    takes the HoldError _not_storable makes as a row error)."""
+    esc = escaper()
+    for v in (Decimal("NaN"), Decimal("-Infinity"), Decimal("sNaN"), float("nan"), float("inf")):
+        with pytest.raises(NotFinite):
+            esc(v)
+    assert esc(Decimal("1.50")) == "1.50" and esc(2.5) == escape_item(2.5, "utf8mb4")  # (pymysql's as ever)
+    err = _not_storable({"sku": "A", "weight": Decimal("NaN")}, ["sku", "weight"])
+    assert isinstance(err, HoldError) and is_row_error(err)
+    assert str(err).startswith("weight is NaN, which MariaDB/MySQL cannot store")

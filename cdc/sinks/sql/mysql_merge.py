@@ -7,6 +7,7 @@ cdc_applied entry beside it: `merge_encoded` only joins them into the same state
 
 from __future__ import annotations
 
+import math
 import queue
 import re
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from cdc.errors import HoldError
 from cdc.sinks.sql.bookkeeping import pack_entries
 from cdc.sinks.sql.buffer import UPSERT
 from cdc.sinks.sql.core_merge import CoreMerge, _entry, ms_to_dt
@@ -51,7 +53,10 @@ class MySqlMerge(CoreMerge):
                 for key, p, kt in fresh[i : i + self.ROWS_PER_STATEMENT]:
                     ev, row = p.ev, p.row
                     if p.op == UPSERT:
-                        ups.append("(" + ",".join(map(esc, map(row.get, cols))) + ")")
+                        try:
+                            ups.append("(" + ",".join(map(esc, map(row.get, cols))) + ")")
+                        except NotFinite:
+                            raise _not_storable(row, cols) from None
                     else:
                         d = {f"k_{k}": v for k, v in zip(keys, key, strict=True)}
                         d["k__deleted_at"] = ms_to_dt(ev.ts_ms)
@@ -139,6 +144,20 @@ class _Pipelined:
             raise self.errors[0]
 
 
+class NotFinite(ValueError):
+    """A NaN or infinite number, which MariaDB/MySQL cannot store (pymysql would send NaN as a name, or fail)."""
+
+
+def _not_storable(row: dict, cols: list[str]) -> HoldError:
+    """The refusal of a row with a NaN or infinite number: a row error, dead-lettered by the writer's bisection
+    while the rest of the write goes on."""
+    for c in cols:
+        v = row.get(c)
+        if (type(v) is Decimal and not v.is_finite()) or (type(v) is float and not math.isfinite(v)):
+            return HoldError(f"{c} is {v}, which MariaDB/MySQL cannot store (it has no NaN or infinity)")
+    return HoldError("a NaN or infinite number, which MariaDB/MySQL cannot store")
+
+
 def _mysql_escaper(dbapi):
     """pymysql's own escaping, with the common types (str, int, finite Decimal, None) dispatched directly, and
     strings with nothing to escape (most) passed without pymysql's per-character translation."""
@@ -163,6 +182,8 @@ def _mysql_escaper(dbapi):
             return str(v)
         if v is None:
             return "NULL"
+        if t is Decimal or (t is float and not math.isfinite(v)):  # (a finite Decimal went above)
+            raise NotFinite(v)
         return escape(v)
 
     return esc
