@@ -273,11 +273,37 @@ class WalStream:
 
     def _expand(self, batch: ChangeBatch, start: int, stop: int) -> list[ChangeEvent]:
         """A batch's changes `start:stop` as events (the reference path), decoded with the batch's relation."""
-        rel, lsns, out = batch.relation, batch.lsns, []
+        rel, lsns, payloads, out = batch.relation, batch.lsns, batch.payloads, []
+        # (what _events makes of an Insert or Update of a listed table, which every batch's relation is)
+        schema, table, db, name, keys = rel.schema, rel.name, self.db, self.cfg.name, self.key_columns(rel)
+        commit_lsn, ts_ms, xid, types = batch.commit_lsn, batch.ts_ms, batch.txid, rel.types
         for i in range(start, stop):
-            buf = batch.payloads[i]
-            msg = po.decode_insert(buf, rel) if buf[0] == 0x49 else po.decode_update(buf, rel)
-            out += self._events(msg, lsns[i], batch.commit_lsn, batch.ts_ms, batch.txid)
+            buf, lsn = payloads[i], lsns[i]
+            if buf[0] == 0x49:
+                op, before, after, toast = CREATE, None, po.decode_insert(buf, rel).new, False
+            else:
+                msg = po.decode_update(buf, rel)
+                op, before, after, toast = UPDATE, msg.old, msg.new, msg.toasted
+            out.append(
+                ChangeEvent(
+                    op,
+                    schema,
+                    table,
+                    before,
+                    after,
+                    lsn,
+                    commit_lsn,
+                    lsn,
+                    ts_ms,
+                    xid,
+                    "false",
+                    db,
+                    name,
+                    keys,
+                    toast=toast,
+                    types=types,
+                )
+            )
         return out
 
     def _events(self, msg, lsn: int, commit_lsn: int, ts_ms: int, xid: int) -> list[ChangeEvent]:
