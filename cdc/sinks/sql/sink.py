@@ -77,6 +77,7 @@ class SqlSink:
         self.stages: list[Stage] = []
         self._due_checked = 0.0
         self._commit_job: tuple | None = None  # (future, floor) of the commit on the writer thread
+        self._commit_ended = True
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -218,15 +219,25 @@ class SqlSink:
             return False
         self.commit_end()
         taken = writer.take()
-        self._commit_job = (writer.submit(lambda: self.offsets.commit_taken(taken, positions)), floor)
+        future = writer.submit(lambda: self.offsets.commit_taken(taken, positions))
+        self._commit_job, self._commit_ended = (future, floor), False
+        future.add_done_callback(self._ended)  # (at once, here, if it is done already)
         return True
+
+    def _ended(self, future) -> None:
+        """On the writer thread as a commit ends: commit_end is polled at every transaction end, and reads this
+        flag, not the future's lock. (A future's callbacks run after result() has returned to a waiter: an
+        earlier commit's may come after the next one began, and is ignored.)"""
+        job = self._commit_job
+        if job is not None and job[0] is future:
+            self._commit_ended = True
 
     def commit_end(self, block: bool = True) -> bool:
         job = self._commit_job
         if job is None:
             return True
         future, floor = job
-        if not block and not future.done():
+        if not block and not self._commit_ended:
             return False
         self._commit_job = None
         try:
