@@ -272,44 +272,25 @@ class WalStream:
         )
 
     def _expand(self, batch: ChangeBatch, start: int, stop: int) -> list[ChangeEvent]:
-        """A batch's changes `start:stop` as events (the reference path), decoded with the batch's relation."""
+        """A batch's changes `start:stop` as events (the reference path), decoded with the batch's relation (a
+        listed one: its messages are inserts and updates)."""
         rel, lsns, payloads, out = batch.relation, batch.lsns, batch.payloads, []
-        # (what _events makes of an Insert or Update of a listed table, which every batch's relation is)
-        schema, table, db, name, keys = rel.schema, rel.name, self.db, self.cfg.name, self.key_columns(rel)
-        commit_lsn, ts_ms, xid, types = batch.commit_lsn, batch.ts_ms, batch.txid, rel.types
+        event, commit_lsn, ts_ms, xid = self._event, batch.commit_lsn, batch.ts_ms, batch.txid
         for i in range(start, stop):
             buf, lsn = payloads[i], lsns[i]
             if buf[0] == 0x49:
-                op, before, after, toast = CREATE, None, po.decode_insert(buf, rel).new, False
+                out.append(
+                    event(rel, CREATE, None, po.decode_insert(buf, rel).new, lsn, commit_lsn, ts_ms, xid)
+                )
             else:
                 msg = po.decode_update(buf, rel)
-                op, before, after, toast = UPDATE, msg.old, msg.new, msg.toasted
-            out.append(
-                ChangeEvent(
-                    op,
-                    schema,
-                    table,
-                    before,
-                    after,
-                    lsn,
-                    commit_lsn,
-                    lsn,
-                    ts_ms,
-                    xid,
-                    "false",
-                    db,
-                    name,
-                    keys,
-                    toast=toast,
-                    types=types,
-                )
-            )
+                out.append(event(rel, UPDATE, msg.old, msg.new, lsn, commit_lsn, ts_ms, xid, msg.toasted))
         return out
 
     def _events(self, msg, lsn: int, commit_lsn: int, ts_ms: int, xid: int) -> list[ChangeEvent]:
         """A change message's events; `seq` is the change's own WAL position, the same in every slot (see
         ChangeEvent.seq)."""
-        t, db, name = type(msg), self.db, self.cfg.name
+        t = type(msg)
         if t is po.Truncate:
             rels, op, before, after = [r for r in msg.relations if self.listed(r)], TRUNCATE, None, None
         else:
@@ -323,27 +304,39 @@ class WalStream:
             else:
                 op, before, after = DELETE, msg.old, None
         toast = t is po.Update and msg.toasted
-        return [
-            ChangeEvent(
-                op,
-                rel.schema,
-                rel.name,
-                before,
-                after,
-                lsn,
-                commit_lsn,
-                lsn,
-                ts_ms,
-                xid,
-                "false",
-                db,
-                name,
-                self.key_columns(rel),
-                toast=toast,
-                types=rel.types,
-            )
-            for rel in rels
-        ]
+        return [self._event(rel, op, before, after, lsn, commit_lsn, ts_ms, xid, toast) for rel in rels]
+
+    def _event(
+        self,
+        rel,
+        op: str,
+        before,
+        after,
+        lsn: int,
+        commit_lsn: int,
+        ts_ms: int,
+        xid: int,
+        toast: bool = False,
+    ) -> ChangeEvent:
+        """One change of a listed relation as an event (streamed: its seq is its own LSN)."""
+        return ChangeEvent(
+            op,
+            rel.schema,
+            rel.name,
+            before,
+            after,
+            lsn,
+            commit_lsn,
+            lsn,
+            ts_ms,
+            xid,
+            "false",
+            self.db,
+            self.cfg.name,
+            self.key_columns(rel),
+            toast=toast,
+            types=rel.types,
+        )
 
     def listed(self, rel: po.Relation) -> bool:
         """Whether a relation is one of source.tables. The publication may send others (a DBA added a table to
