@@ -63,10 +63,9 @@ class Checkpointer:
         when the sink cannot overlap it, commits now (as commit()) and returns False."""
         self.finish()
         self._check(position)
-        if not self.overlaps or not self.sink.commit_begin(
-            self.source.dump_position(position), self.source.floor(position)
-        ):
-            self.sink.commit(self.source.dump_position(position), self.source.floor(position))
+        stored, floor = self.source.dump_position(position), self.source.floor(position)
+        if not self.overlaps or not self.sink.commit_begin(stored, floor):
+            self.sink.commit(stored, floor)
             self._committed(position)
             return False
         self._running = position
@@ -82,10 +81,6 @@ class Checkpointer:
         position, self._running = self._running, None
         self._committed(position)
         return True
-
-    @property
-    def running(self) -> bool:
-        return self._running is not None
 
     def _check(self, position: Any) -> None:
         if self.last is not None and position.regresses(self.last):

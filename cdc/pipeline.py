@@ -4,9 +4,9 @@ The pipeline knows the Source and Sink protocols (cdc/sources/base.py, cdc/sinks
 source or sink: registries keyed by the config's `type` build them. Positions are opaque to it: the
 checkpointer (cdc/checkpoint.py) is the only place they are committed (sink commit with the positions, then
 confirm to the source). A batch holds whole source transactions (a huge one is written in pieces but
-committed once); a batch's commit may run beside the reading of the next one (Checkpointer.begin), one at a time:
-the next begins once it ended, and it is confirmed only then; everything the loop knows at start comes from the stored position, so a crash at any point
-replays from there.
+committed once). A batch's commit may run beside the reading of the next one (Checkpointer.begin), one at a
+time: the next begins once it ended, and it is confirmed only then. Everything the loop knows at start comes
+from the stored position, so a crash at any point replays from there.
 
 Changes go through the stages into the sink (cdc/stages/runner.py); a change a stage holds goes to the sink's
 held list with its kind and is committed with the batch. While idle, with nothing buffered, the source and
