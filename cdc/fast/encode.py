@@ -89,6 +89,21 @@ def shifted(v: bytes, shift: int, zeros: bytes) -> bytes:
 
 
 @cython.ccall
+def converted(v: bytes, convs: tuple):
+    """A money column's value through its stages' conversions (MoneyStage.scaled, in order): the Decimal the
+    reference path writes, or None where it holds the change (not a finite number, too large)."""
+    try:
+        d = Decimal(v.decode("ascii"))
+        if not d.is_finite():
+            return None
+        for conv in convs:
+            d = conv(d)
+    except Exception:  # noqa: BLE001 - not a number, too large: the reference path holds it
+        return None
+    return d
+
+
+@cython.ccall
 @cython.locals(
     buf=bytes,
     vals=list,
@@ -208,13 +223,8 @@ def encode_run(
             elif how == SHIFT:
                 out.append(shifted(v, convs[0], convs[1]))
             else:
-                try:
-                    d = Decimal(v.decode("ascii"))
-                    if not d.is_finite():
-                        return i
-                    for conv in convs:
-                        d = conv(d)
-                except Exception:  # noqa: BLE001 - not a number, too large: the reference path holds it
+                d = converted(v, convs)
+                if d is None:
                     return i
                 if how == MONEY:
                     out.append(str(d).encode("ascii"))

@@ -29,9 +29,19 @@ This module is compiled by Cython when a compiler is there (cdc/hotpath.py lists
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 
-from cdc.fast.encode import _JSON_SPECIAL, CHECK, MONEY, PASS, SHIFT, TEXT, json_text, read_tuple, shifted
+from cdc.fast.encode import (
+    _JSON_SPECIAL,
+    CHECK,
+    MONEY,
+    PASS,
+    SHIFT,
+    TEXT,
+    converted,
+    json_text,
+    read_tuple,
+    shifted,
+)
 
 try:
     import cython
@@ -176,13 +186,8 @@ def encode_run(
                 out.append(shifted(v, convs[0], convs[1]))
                 out.append(b",")
             else:
-                try:
-                    d = Decimal(v.decode("ascii"))
-                    if not d.is_finite():
-                        return i
-                    for conv in convs:
-                        d = conv(d)
-                except Exception:  # noqa: BLE001 - not a number, too large: the reference path holds it
+                d = converted(v, convs)
+                if d is None:
                     return i
                 if how == MONEY:
                     out.append(str(d).encode("ascii"))
