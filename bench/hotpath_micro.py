@@ -170,8 +170,7 @@ def fast_path(cfg, stages, msgs, dec, n) -> None:
     but the COPY write (one write of the joined lines)."""
     import sqlalchemy as sa
 
-    from cdc.fast import encode
-    from cdc.fast.encode import encode_run
+    from cdc.fast import encode, encode_c
     from cdc.fast.plan import plan_relation
     from cdc.sinks.sql.target import Target
 
@@ -187,16 +186,21 @@ def fast_path(cfg, stages, msgs, dec, n) -> None:
     )
     plan, why = plan_relation(dec.relations[16384], stages, target)
     assert plan is not None, why
-    lsns = list(range(n))
-    lines: dict = {}
-    t0 = time.perf_counter()
-    encode_run(msgs, lsns, 0, plan.ncols, plan.slots, plan.key_index, b"\tu\t1\t", b"\t0\t1\t\\N\n", lines)
+    lsns = list(range(10**9, 10**9 + n))
+    args = (msgs, lsns, 0, plan.ncols, plan.slots, plan.key_index)
+    print(f"fast path ({'compiled' if encode.__file__.endswith('.so') else 'pure Python'}):")
+    for label, run in (("encode.py", encode.encode_run), ("encode_c.py", encode_c.encode_run)):
+        for lean, mid, tail in ((False, b"\tu\t1\t", b"\t0\t1\t\\N\n"), (True, b'",1,', b',0,1,"u",null]')):
+            lines: dict = {}
+            t0 = time.perf_counter()
+            run(*args, mid, tail, lines, {} if lean else None)
+            t1 = time.perf_counter()
+            form = "lean: line + entry" if lean else "COPY line with position"
+            print(f"  {f'encode_run {label} ({form})':54s} {(t1 - t0) / n * 1e6:6.2f}")
     t1 = time.perf_counter()
     data = b"".join(lines.values())
     t2 = time.perf_counter()
-    print(f"fast path ({'compiled' if encode.__file__.endswith('.so') else 'pure Python'}):")
-    print(f"  {'encode_run (decode, rename, money, COPY line)':40s} {(t1 - t0) / n * 1e6:6.2f}")
-    print(f"  {'join of the lines':40s} {(t2 - t1) / n * 1e6:6.2f}   ({len(data) / n:.0f} bytes/change)")
+    print(f"  {'join of the lines':54s} {(t2 - t1) / n * 1e6:6.2f}   ({len(data) / n:.0f} bytes/change)")
     from cdc.fast.encode_mysql import encode_run as encode_mysql
 
     target.dialect = "mysql"
@@ -208,7 +212,7 @@ def fast_path(cfg, stages, msgs, dec, n) -> None:
         msgs, lsns, 0, plan.ncols, plan.slots, plan.key_index, b'",1,', b',0,1,"u",null]', lines, entries
     )
     t1 = time.perf_counter()
-    print(f"  {'encode_run, MariaDB VALUES tuples':40s} {(t1 - t0) / n * 1e6:6.2f}")
+    print(f"  {'encode_run, MariaDB VALUES tuples':54s} {(t1 - t0) / n * 1e6:6.2f}")
 
 
 if __name__ == "__main__":

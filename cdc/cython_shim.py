@@ -25,3 +25,21 @@ def locals(**_types):  # noqa: A001 - Cython's name
 
 def ccall(fn):
     return fn
+
+
+p_uchar = p_char = ulonglong = None  # (pointer and integer types: named in declarations only)
+
+
+def cfunc(fn):
+    return fn
+
+
+inline = cfunc
+
+
+def returns(_type):
+    return lambda fn: fn
+
+
+def exceptval(*_args, **_kw):
+    return lambda fn: fn

@@ -26,6 +26,7 @@ COMPILED = (
     "cdc.sources.pgoutput",
     "cdc.fast.encode",
     "cdc.fast.encode_mysql",
+    "cdc.fast.encode_c",
 )
 
 PURE_ENV = "CDC_PURE_PYTHON"

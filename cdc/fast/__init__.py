@@ -8,7 +8,8 @@ is PostgreSQL or MariaDB/MySQL without price history, this path fuses them: the 
 table's inserts and updates as a `ChangeBatch` still in pgoutput's form (cdc/sources/pg_stream.py), a
 per-table plan says where each column goes (plan.py), and one loop (compiled when a compiler was there at
 install) writes the rows straight from the message bytes into the sink's buffer, the newest per key
-(cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py), which the sink
+(cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py, written in C by
+encode_c.py when compiled), which the sink
 merges by the same statement as any other write; for MariaDB the VALUES tuples of its multi-row INSERT …
 ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send.
 
@@ -33,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cdc.events import ChangeBatch
-from cdc.fast import encode, encode_mysql
+from cdc.fast import encode_c, encode_mysql
 from cdc.fast.plan import FAST_STAGES, FORMS, RelationPlan, plan_relation
 from cdc.sinks.sql.buffer import KeyBuffer
 
@@ -104,7 +105,7 @@ class FastPath:
         self.step = step  # messages an encoder call
         self.form = form
         self.copy = form == "copy"  # else MariaDB's VALUES tuples, lean only
-        self.encode_run = encode.encode_run if self.copy else encode_mysql.encode_run
+        self.encode_run = encode_c.encode_run if self.copy else encode_mysql.encode_run
         self._plans: dict[int, tuple[Any, RelationPlan | None]] = {}  # relation oid -> (Relation, plan)
         self.encoded = 0  # changes encoded (the rest went the reference way)
 

@@ -171,12 +171,6 @@ def read_tuple(buf: bytes, ncols: int, vals: list, key_index: tuple):
     return key
 
 
-@cython.locals(
-    n=cython.Py_ssize_t,
-    i=cython.Py_ssize_t,
-    ncols=cython.Py_ssize_t,
-    buf=bytes,
-)
 def encode_run(
     payloads: list,
     lsns: list,
@@ -201,41 +195,62 @@ def encode_run(
     MONEY | SHIFT, the money conversions in order, or SHIFT's (shift, zeros)), then CHECK slots, written
     nowhere; `key_index`: the source columns of the storefront key, in its order; `mid`:
     b"\\tu\\t<commit lsn>\\t"; `tail`: b"\\t<commit time>\\t<xid>\\t\\\\N\\n".
+
+    The fast path runs cdc/fast/encode_c.py's encode_run, which writes the same lines into a C buffer when
+    compiled, and calls this one interpreted (and `encode_one` for a message it leaves).
     """
-    n = len(payloads)
-    i = start
     vals = [None] * ncols
-    while i < n:
-        buf = payloads[i]
-        key = read_tuple(buf, ncols, vals, key_index)
-        if key is None:
-            return i
-        out = []
-        for src, how, convs in slots:
-            v = vals[src]
-            if v is None:
-                if how != CHECK:
-                    out.append(b"\\N")
-            elif how == PASS:
-                out.append(v)
-            elif how == TEXT:
-                out.append(copy_text(v))
-            elif how == SHIFT:
-                out.append(shifted(v, convs[0], convs[1]))
-            else:
-                d = converted(v, convs)
-                if d is None:
-                    return i
-                if how == MONEY:
-                    out.append(str(d).encode("ascii"))
-        if entries is None:
-            out.append(copy_text(key))
-            lines[key] = b"\t".join(out) + mid + b"%d" % lsns[i] + tail
-        else:
-            k = json_text(key)
-            if k is None:
-                return i
-            lines[key] = b"\t".join(out) + b"\n"
-            entries[key] = b'["' + k + mid + b"%d" % lsns[i] + tail
+    n, i = len(payloads), start
+    while i < n and encode_one(
+        payloads[i], lsns[i], ncols, vals, slots, key_index, mid, tail, lines, entries
+    ):
         i += 1
     return i
+
+
+@cython.ccall
+@cython.locals(buf=bytes, vals=list)
+def encode_one(
+    buf: bytes,
+    lsn: int,
+    ncols: int,
+    vals: list,
+    slots: tuple,
+    key_index: tuple,
+    mid: bytes,
+    tail: bytes,
+    lines: dict,
+    entries: dict | None,
+):
+    """One message into `lines` (and `entries`), as encode_run says; False when it cannot be encoded."""
+    key = read_tuple(buf, ncols, vals, key_index)
+    if key is None:
+        return False
+    out = []
+    for src, how, convs in slots:
+        v = vals[src]
+        if v is None:
+            if how != CHECK:
+                out.append(b"\\N")
+        elif how == PASS:
+            out.append(v)
+        elif how == TEXT:
+            out.append(copy_text(v))
+        elif how == SHIFT:
+            out.append(shifted(v, convs[0], convs[1]))
+        else:
+            d = converted(v, convs)
+            if d is None:
+                return False
+            if how == MONEY:
+                out.append(str(d).encode("ascii"))
+    if entries is None:
+        out.append(copy_text(key))
+        lines[key] = b"\t".join(out) + mid + b"%d" % lsn + tail
+    else:
+        k = json_text(key)
+        if k is None:
+            return False
+        lines[key] = b"\t".join(out) + b"\n"
+        entries[key] = b'["' + k + mid + b"%d" % lsn + tail
+    return True

@@ -305,6 +305,15 @@ def run_encode(module: ModuleType, x: tuple) -> Any:
     )
 
 
+def run_encode_c(module: ModuleType, x: tuple) -> Any:
+    """encode_c's encode_run (the C line builder; tests/unit/test_encode_c.py has its own edges)."""
+    payloads, lsns, start, slots, key_index, (mid, tail, lean) = x
+    lines: dict = {}
+    entries: dict | None = {} if lean else None
+    stop = module.encode_run(payloads, lsns, start, ENC_COLS, slots, key_index, mid, tail, lines, entries)
+    return stop, lines, entries
+
+
 # ------------------------------------------------------------------------------ fast.encode_mysql: messages -> VALUES
 
 times = st.one_of(
@@ -371,6 +380,7 @@ CASES = [
     Case("cdc.sources.pg_values", pg_values_inputs, run_pg_values),
     Case("cdc.sources.pgoutput", stream(), run_pgoutput),
     Case("cdc.fast.encode", encode_input(), run_encode),
+    Case("cdc.fast.encode_c", encode_input(), run_encode_c),
     Case("cdc.fast.encode_mysql", encode_mysql_input(), run_encode_mysql),
 ]
 
@@ -407,11 +417,12 @@ def test_the_comparison_sees_decoded_rows():
 def shape(module: ModuleType) -> dict[str, Any]:
     """What a module defines, as its users see it: names, classes (MRO, __slots__, dataclass fields, members)
     and the signatures of its functions. Not compared: `annotations` (the __future__ feature, which a compiled
-    module does not keep as a name), `cython` (Cython's declarations: compile-time only when compiled) and
+    module does not keep as a name), `cython` (Cython's declarations: compile-time only when compiled),
+    functions declared `@cython.cfunc` (C functions, which a compiled module does not show as names) and
     dunders (a compiled module adds __test__, lacks __cached__)."""
     out: dict[str, Any] = {}
     for name, value in vars(module).items():
-        if name.startswith("__") or name in ("annotations", "cython"):
+        if name.startswith("__") or name in ("annotations", "cython") or _c_only(value):
             continue
         if isinstance(value, type) and value.__module__ == module.__name__:
             fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else ()
@@ -424,6 +435,11 @@ def shape(module: ModuleType) -> dict[str, Any]:
         else:
             out[name] = shape_of(value)
     return out
+
+
+def _c_only(value: Any) -> bool:
+    """A pure module's function declared with @cython.cfunc (compiled, it is no Python name)."""
+    return inspect.isfunction(value) and inspect.getsource(value).lstrip().startswith("@cython.cfunc")
 
 
 def shape_of(value: Any) -> Any:

@@ -1,0 +1,354 @@
+"""encode.py's `encode_run` in C: the same COPY lines, written byte by byte into a buffer on the stack.
+
+encode.py builds each line from Python objects: a bytes object per column, a list, a join and a few
+concatenations, ~1.7 µs a change compiled. Here a message's columns are found by offset (no bytes object per
+column), and the line (and, for the lean form, the cdc_applied entry) is written into one C buffer: COPY's
+escapes, SHIFT's decimal point and the change's LSN digit by digit. Per change that leaves two Python objects
+(the key and the line; three with the entry) and one dict store.
+
+What it does not write itself goes to encode.py's `encode_one`, the reference for it, message by message: a
+key of several columns, a line longer than the buffer, a key that is not plain ASCII for JSON, more columns
+than MAX_COLS. Money columns (MONEY, CHECK) go through `encode.converted` as there.
+
+Interpreted (no compiler at install, or CDC_PURE_PYTHON=1), `encode_run` is encode.py's: this module's C
+code only means something compiled (tests/unit/test_fast_encode.py holds both to the reference path's rows).
+"""
+
+from __future__ import annotations
+
+from cdc.fast.encode import CHECK, PASS, SHIFT, TEXT, converted, encode_one
+from cdc.fast.encode import encode_run as encode_py
+
+try:
+    import cython
+except ImportError:  # interpreted without Cython: its declarations are no-ops
+    from cdc import cython_shim as cython
+
+MAX_COLS = 256  # a relation with more columns goes through encode_one (the arrays below are this long)
+CAP = 16384  # bytes a line and its entry may take in the buffer (a longer one goes through encode_one)
+
+
+def encode_run(
+    payloads: list,
+    lsns: list,
+    start: int,
+    ncols: int,
+    slots: tuple,
+    key_index: tuple,
+    mid: bytes,
+    tail: bytes,
+    lines: dict,
+    entries: dict | None = None,
+) -> int:
+    """encode.encode_run (its docstring says what each argument is), in C when compiled."""
+    if not cython.compiled or len(key_index) != 1 or ncols > MAX_COLS or len(slots) > MAX_COLS:
+        return encode_py(payloads, lsns, start, ncols, slots, key_index, mid, tail, lines, entries)
+    return _run(payloads, lsns, start, ncols, slots, key_index[0], mid, tail, lines, entries)
+
+
+@cython.cfunc
+@cython.locals(
+    n=cython.Py_ssize_t,
+    i=cython.Py_ssize_t,
+    j=cython.Py_ssize_t,
+    s=cython.Py_ssize_t,
+    ncols=cython.Py_ssize_t,
+    nslots=cython.Py_ssize_t,
+    key=cython.Py_ssize_t,
+    size=cython.Py_ssize_t,
+    pos=cython.Py_ssize_t,
+    ln=cython.Py_ssize_t,
+    at=cython.Py_ssize_t,
+    h=cython.Py_ssize_t,
+    kind=cython.uchar,
+    first=cython.bint,
+    p=cython.p_uchar,
+    o=cython.p_uchar,
+    end=cython.Py_ssize_t,
+    buf=bytes,
+    money=bytes,
+    vals=list,
+    m=cython.p_uchar,
+    mp=cython.p_uchar,
+    tp=cython.p_uchar,
+    np=cython.p_uchar,
+    lp=cython.p_uchar,
+    hp=cython.p_uchar,
+    nmid=cython.Py_ssize_t,
+    ntail=cython.Py_ssize_t,
+)
+def _run(
+    payloads: list,
+    lsns: list,
+    start,
+    ncols,
+    slots: tuple,
+    key,
+    mid: bytes,
+    tail: bytes,
+    lines: dict,
+    entries,
+):
+    starts = cython.declare(cython.Py_ssize_t[256])  # MAX_COLS: each column's value in the message
+    lens = cython.declare(cython.Py_ssize_t[256])  # its length; -1: NULL
+    src = cython.declare(cython.Py_ssize_t[256])  # per slot: its source column
+    how = cython.declare(cython.Py_ssize_t[256])  # per slot: PASS, TEXT, ...
+    shift = cython.declare(cython.Py_ssize_t[256])  # per SHIFT slot: the shift, and its zeros
+    zeros = cython.declare(cython.Py_ssize_t[256])
+    out = cython.declare(cython.uchar[16400])  # CAP, and room for a last byte or two past a check
+    o = cython.cast(cython.p_uchar, out)
+    mp, tp, nmid, ntail = mid, tail, len(mid), len(tail)  # (bytes to their C buffers)
+    np, lp, hp = b"\\N", b"\n", b'["'  # NULL, the line's end, the entry's start
+    nslots = len(slots)
+    for s in range(nslots):
+        src[s], how[s] = slots[s][0], slots[s][1]
+        if how[s] == SHIFT:
+            shift[s], zeros[s] = slots[s][2][0], len(slots[s][2][1])
+    vals = None
+    n = len(payloads)
+    i = start
+    while i < n:
+        buf = payloads[i]
+        size = len(buf)
+        p = buf
+        # the new tuple's columns, by offset (read_tuple's checks, in its order)
+        if size < 8 or p[5] != 78 or (p[6] << 8) + p[7] != ncols:
+            return i
+        pos = 8
+        for j in range(ncols):
+            if pos >= size:
+                return i
+            kind = p[pos]
+            if kind == 116:  # 't'
+                if pos + 5 > size:
+                    return i
+                ln = p[pos + 1]
+                ln = (ln << 8) | p[pos + 2]
+                ln = (ln << 8) | p[pos + 3]
+                ln = (ln << 8) | p[pos + 4]
+                if pos + 5 + ln > size:
+                    return i
+                starts[j], lens[j] = pos + 5, ln
+                pos += 5 + ln
+            elif kind == 110:  # 'n'
+                lens[j] = -1
+                pos += 1
+            else:
+                return i
+        if pos != size or lens[key] < 0:
+            return i
+        # the line: the storefront columns, tab-separated
+        at = 0
+        first = True
+        for s in range(nslots):
+            j, h = src[s], how[s]
+            if lens[j] < 0:  # NULL
+                if h == CHECK:
+                    continue
+                at = _put(o, _sep(o, at, first), np, 2)
+            elif h == PASS:
+                at = _put(o, _sep(o, at, first), p + starts[j], lens[j])
+            elif h == TEXT:
+                at = _escaped(o, _sep(o, at, first), p + starts[j], lens[j])
+            elif h == SHIFT:
+                at = _shifted(o, _sep(o, at, first), p + starts[j], lens[j], shift[s], zeros[s])
+            else:  # MONEY, CHECK: the stages' conversions (a Decimal)
+                d = converted(buf[starts[j] : starts[j] + lens[j]], slots[s][2])
+                if d is None:
+                    return i
+                if h == CHECK:
+                    continue
+                money = str(d).encode("ascii")
+                m = money
+                at = _put(o, _sep(o, at, first), m, len(money))
+            first = False
+        lsn = lsns[i]
+        if entries is None:  # then the key (escaped) and its position
+            at = _escaped(o, _sep(o, at, first), p + starts[key], lens[key])
+            at = _digits(o, _put(o, at, mp, nmid), lsn)
+            at = _put(o, at, tp, ntail)
+            end = at
+        else:  # then the entry, after the line: ["<key>", <commit lsn>, <lsn>, ...]
+            end = _put(o, at, lp, 1)
+            at = _json(o, _put(o, end, hp, 2), p + starts[key], lens[key])
+            at = _digits(o, _put(o, at, mp, nmid), lsn)
+            at = _put(o, at, tp, ntail)
+        if at < 0:  # too long for the buffer, or a key JSON needs escapes for: encode.py's way
+            if vals is None:
+                vals = [None] * ncols
+            if not encode_one(buf, lsn, ncols, vals, slots, (key,), mid, tail, lines, entries):
+                return i
+        else:
+            k = buf[starts[key] : starts[key] + lens[key]]
+            lines[k] = o[:end]
+            if entries is not None:
+                entries[k] = o[end:at]
+        i += 1
+    return i
+
+
+# Each writer below puts its bytes at o[at:] and returns the new end, or -1 when they would not fit in CAP
+# bytes (or `at` is -1 already: one check of the last one's result covers a line).
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(o=cython.p_uchar, at=cython.Py_ssize_t, first=cython.bint)
+def _sep(o, at, first):
+    """A tab before every column but the first."""
+    if first or at < 0:
+        return at
+    if at + 1 > CAP:
+        return -1
+    o[at] = 9
+    return at + 1
+
+
+@cython.cfunc
+@cython.inline
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(
+    o=cython.p_uchar, at=cython.Py_ssize_t, s=cython.p_uchar, ln=cython.Py_ssize_t, k=cython.Py_ssize_t
+)
+def _put(o, at, s, ln):
+    """s[:ln] as it is."""
+    if at < 0 or at + ln > CAP:
+        return -1
+    for k in range(ln):
+        o[at + k] = s[k]
+    return at + ln
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(
+    o=cython.p_uchar,
+    at=cython.Py_ssize_t,
+    s=cython.p_uchar,
+    ln=cython.Py_ssize_t,
+    k=cython.Py_ssize_t,
+    c=cython.uchar,
+)
+def _escaped(o, at, s, ln):
+    """s[:ln] escaped for COPY's text format (encode.copy_text: backslash, and \\b \\t \\n \\v \\f \\r)."""
+    if at < 0 or at + 2 * ln > CAP:
+        return -1
+    for k in range(ln):
+        c = s[k]
+        if c == 92 or (c >= 8 and c <= 13):
+            o[at] = 92
+            if c == 8:
+                c = 98  # b
+            elif c == 9:
+                c = 116  # t
+            elif c == 10:
+                c = 110  # n
+            elif c == 11:
+                c = 118  # v
+            elif c == 12:
+                c = 102  # f
+            elif c == 13:
+                c = 114  # r
+            at += 1
+        o[at] = c
+        at += 1
+    return at
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(
+    o=cython.p_uchar,
+    at=cython.Py_ssize_t,
+    s=cython.p_uchar,
+    ln=cython.Py_ssize_t,
+    k=cython.Py_ssize_t,
+    c=cython.uchar,
+)
+def _json(o, at, s, ln):
+    """s[:ln] inside a JSON string, when it needs no escape (encode.json_text's plain case); else -1."""
+    if at < 0 or at + ln > CAP:
+        return -1
+    for k in range(ln):
+        c = s[k]
+        if c < 32 or c == 34 or c == 92 or c >= 127:
+            return -1
+        o[at + k] = c
+    return at + ln
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(
+    o=cython.p_uchar,
+    at=cython.Py_ssize_t,
+    s=cython.p_uchar,
+    ln=cython.Py_ssize_t,
+    shift=cython.Py_ssize_t,
+    nzeros=cython.Py_ssize_t,
+    neg=cython.bint,
+    nonzero=cython.bint,
+    pad=cython.Py_ssize_t,
+    total=cython.Py_ssize_t,
+    k=cython.Py_ssize_t,
+)
+def _shifted(o, at, s, ln, shift, nzeros):
+    """An integer's text with its decimal point moved `shift` places left, then `nzeros` zeros: encode.shifted.
+    An empty text (which PostgreSQL never sends): -1, so that encode.shifted says what it makes of it."""
+    if at < 0 or ln == 0 or at + ln + shift + nzeros + 3 > CAP:
+        return -1
+    neg = s[0] == 45  # '-'
+    if neg:
+        s += 1
+        ln -= 1
+    nonzero = False
+    for k in range(ln):
+        if s[k] != 48:
+            nonzero = True
+            break
+    if neg and nonzero:
+        o[at] = 45
+        at += 1
+    pad = shift + 1 - ln if shift and ln <= shift else 0  # zeros before the digits: one before the point
+    total = pad + ln
+    for k in range(total):
+        if shift and k == total - shift:
+            o[at] = 46  # '.'
+            at += 1
+        o[at] = 48 if k < pad else s[k - pad]
+        at += 1
+    if nzeros and not shift:
+        o[at] = 46
+        at += 1
+    for k in range(nzeros):
+        o[at + k] = 48
+    return at + nzeros
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(o=cython.p_uchar, at=cython.Py_ssize_t, v=cython.ulonglong, k=cython.Py_ssize_t)
+def _digits(o, at, v):
+    """A position's decimal digits (b"%d" % v)."""
+    tmp = cython.declare(cython.uchar[24])
+    if at < 0 or at + 20 > CAP:
+        return -1
+    k = 0
+    while True:
+        tmp[k] = 48 + v % 10
+        v //= 10
+        k += 1
+        if v == 0:
+            break
+    while k > 0:
+        k -= 1
+        o[at] = tmp[k]
+        at += 1
+    return at
