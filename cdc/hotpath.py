@@ -27,6 +27,7 @@ COMPILED = (
     "cdc.fast.encode",
     "cdc.fast.encode_mysql",
     "cdc.fast.encode_c",
+    "cdc.sources.pg_run",
 )
 
 PURE_ENV = "CDC_PURE_PYTHON"

@@ -26,6 +26,7 @@ from cdc.errors import TerminalError, TransientError
 from cdc.events import CREATE, DELETE, TRUNCATE, UPDATE, ChangeBatch, ChangeEvent, Idle, TxnEnd, lsn_to_str
 from cdc.sources import pgoutput as po
 from cdc.sources.pg_conn import open_replication, quote_ident, quote_literal, slot_lost_message
+from cdc.sources.pg_run import take_run
 from cdc.sources.pg_streamed import STREAM_COMMIT, TWO_XIDS, XID, StreamedTxns, without_xid
 
 log = logging.getLogger("cdc.source.postgres")
@@ -146,9 +147,13 @@ class WalStream:
         run_lsns: list[int] = []
         run_rel: po.Relation | None = None
         inserts = 0
+        pending = None  # a frame take_run read and did not take: the next to handle
         try:
             while True:
-                n, data = conn.get_copy_data(1)
+                if pending is None:
+                    n, data = conn.get_copy_data(1)
+                else:
+                    (n, data), pending = pending, None
                 if n == 0:  # nothing buffered: read what has arrived (non-blocking), so batches stay large
                     conn.consume_input()
                     n, data = conn.get_copy_data(1)
@@ -228,7 +233,12 @@ class WalStream:
                         run.append(body if type(body) is bytes else bytes(body))
                         run_lsns.append(lsn)
                         inserts += tag == b"I"
-                        if len(run) >= RUN_MAX:
+                        # the frames that continue the run, read in one call (compiled: pg_run.py)
+                        pending, more, wal_end = take_run(conn, run, run_lsns, rel.oid, RUN_MAX)
+                        inserts += more
+                        if wal_end > self.wal_end:
+                            self.wal_end = wal_end
+                        if pending is None:  # RUN_MAX changes: yielded in runs of that size
                             yield from self._run_out(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
                             run, run_lsns, inserts = [], [], 0
                         continue

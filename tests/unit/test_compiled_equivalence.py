@@ -366,6 +366,60 @@ def run_encode_mysql(module: ModuleType, x: tuple) -> Any:
     )
 
 
+# ------------------------------------------------------------------------------ sources.pg_run: frames -> a run
+
+
+@st.composite
+def frames_input(draw) -> tuple:
+    """What get_copy_data returns, in turn: XLogData frames of inserts and updates of two relations (some
+    malformed), other messages, keepalives, and the ends (0: nothing buffered, -1: the copy ended); the run's
+    relation and limit."""
+    values = st.lists(st.one_of(st.none(), st.text(max_size=3)), min_size=1, max_size=3)
+    out = []
+    for _ in range(draw(st.integers(0, 8))):
+        kind = draw(st.sampled_from(["I", "I", "U", "U", "other", "keepalive", "end", "idle"]))
+        if kind in ("end", "idle"):
+            out.append((-1 if kind == "end" else 0, b""))
+            continue
+        if kind == "keepalive":
+            body = b"k" + draw(st.binary(min_size=17, max_size=17))
+        else:
+            oid = draw(st.sampled_from([16384, 16384, 16385]))
+            if kind == "I":
+                msg = msgs.insert_msg(oid, draw(values))
+            elif kind == "U":
+                msg = msgs.update_msg(oid, draw(values))
+            else:
+                msg = draw(st.sampled_from([b"C", b"R", b"B"])) + draw(st.binary(max_size=30))
+            header = b"w" + draw(st.binary(min_size=24, max_size=24))
+            body = draw(malformed_or_not(header + msg))
+        out.append((len(body), body))
+    return out, draw(st.sampled_from([16384, 16385])), draw(st.integers(1, 6))
+
+
+class FrameFeed:
+    """get_copy_data over a list; past its end, nothing buffered."""
+
+    def __init__(self, frames: list):
+        self.frames, self.i = frames, 0
+
+    def get_copy_data(self, _async: int) -> tuple:
+        if self.i >= len(self.frames):
+            return 0, b""
+        self.i += 1
+        return self.frames[self.i - 1]
+
+
+def run_pg_run(module: ModuleType, x: tuple) -> Any:
+    """take_run's return (the pending frame as bytes), the run and positions it appended, frames read."""
+    frames, oid, limit = x
+    feed, run, lsns = FrameFeed(frames), [], []
+    pending, inserts, wal_end = module.take_run(feed, run, lsns, oid, limit)
+    if pending is not None:
+        pending = (pending[0], bytes(pending[1]))
+    return pending, inserts, wal_end, run, lsns, feed.i
+
+
 # ------------------------------------------------------------------------------ the cases
 
 
@@ -382,6 +436,7 @@ CASES = [
     Case("cdc.fast.encode", encode_input(), run_encode),
     Case("cdc.fast.encode_c", encode_input(), run_encode_c),
     Case("cdc.fast.encode_mysql", encode_mysql_input(), run_encode_mysql),
+    Case("cdc.sources.pg_run", frames_input(), run_pg_run),
 ]
 
 
