@@ -36,6 +36,10 @@ from cdc.stages.runner import StageRunner
 log = logging.getLogger("cdc.pipeline")
 
 STATS_INTERVAL_S = 2.0  # how often the source's gauges (slot lag, retained WAL) are read
+# changes buffered from a bulk transaction's runs (the fast path's batches) that are sent at once when the
+# sink's writer is idle, rather than batch_size at a time: the storefront merges while the rest is read, and the
+# write left after the transaction's end is small (what came during the last one)
+EAGER_WRITE = 2000
 
 
 class Pipeline:
@@ -216,7 +220,10 @@ class Pipeline:
                         item.headers["changed_by"] = item.after.get(changed_by) if item.after else None
                     n_buffered += 1
                     runner.push(item)
-                if n_buffered >= batch_size:  # bound memory: send rows now, commit at a transaction end
+                if (
+                    n_buffered >= batch_size
+                    or (t is ChangeBatch and n_buffered >= EAGER_WRITE and sink.writer_idle())
+                ):  # bound memory, or keep an idle storefront busy: send rows now, commit at a transaction end
                     runner.flush()
                     sink.write_async()
                     n_buffered = 0

@@ -44,6 +44,11 @@ class Sink(Protocol):
     def write_async(self) -> None:
         """Sends what is buffered inside the open transaction (bounded memory); may overlap the caller."""
 
+    def writer_idle(self) -> bool:
+        """Whether a write_async() now would start at once beside the caller (nothing runs on the sink's own
+        thread): the pipeline then sends a bulk transaction's rows as they come, not batch_size at a time, so
+        that the storefront works while the rest is read. False where writes do not overlap the caller."""
+
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         """Makes everything added and held since the last commit durable with `positions`, atomically."""
 

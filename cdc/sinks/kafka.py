@@ -177,6 +177,9 @@ class KafkaSink:
         if self._m_unconfirmed is not None:
             self._m_unconfirmed.set(self.producer.sent)
 
+    def writer_idle(self) -> bool:
+        return False  # (the producer sends in the background already)
+
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         """Waits until Kafka acknowledged every record of the batch (and what it held), and only then sends
         the position and waits for it too: a position must never be durable while a record it covers is not

@@ -209,6 +209,7 @@ class SinkStore:
         crash_after_commit: int | None = None,
         overlap: bool = False,
         commit_polls: int = 0,
+        writer_idle: bool = False,
     ):
         self.log = log
         self.rows: dict[Any, dict] = {}
@@ -220,6 +221,7 @@ class SinkStore:
         self.sinks: list[FakeSink] = []
         self.overlap = overlap  # commit_begin overlaps: the commit is applied at commit_end
         self.commit_polls = commit_polls  # commit_end(block=False) says "still running" this many times each
+        self.writer_idle = writer_idle  # what FakeSink.writer_idle answers
 
     def sink(self, cfg: Any, metrics: Any = None) -> FakeSink:
         s = FakeSink(self, cfg.sink.key[0])
@@ -274,6 +276,9 @@ class FakeSink:
     def write_async(self) -> None:
         self.writes += 1
         self.log.append(("write_async",))
+
+    def writer_idle(self) -> bool:
+        return self.store.writer_idle
 
     def commit_begin(self, positions: dict[str, str], floor: int | None = None) -> bool:
         if not self.store.overlap or self.held_buffer:

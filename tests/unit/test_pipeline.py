@@ -725,3 +725,37 @@ def test_a_change_batch_goes_change_by_change_without_a_fast_path():
     assert commits(rig.log) == [stored(10)]
     counted = {op: rig.metrics.events.labels(NAME, "public.item_price", op)._value.get() for op in "cu"}
     assert counted == {"c": 3, "u": 1}
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_bulk_transaction_s_batches_are_sent_while_the_sink_s_writer_is_idle(monkeypatch, idle):
+    """With the fast path's batches, once EAGER_WRITE changes are buffered and the sink's writer is idle, they
+    are sent at once (the storefront works while the rest is read); a busy writer lets them fill to
+    batch_size. Either way the rows and the one commit are the same."""
+    from cdc import pipeline
+    from cdc.events import ChangeBatch
+
+    monkeypatch.setattr(pipeline, "EAGER_WRITE", 2)
+    evs = [change(10, i, f"K{i}", 100 + i, op="c") for i in range(1, 7)]
+
+    def batch(start: int, stop: int) -> ChangeBatch:
+        run = evs[start:stop]
+        return ChangeBatch(
+            "public", "item_price", None, [b"I"] * len(run), [e.seq for e in run], 10, run[0].ts_ms, 7,
+            len(run), lambda b, s, e, run=run: run[s:e],
+        )  # fmt: skip
+
+    store = SinkStore([], writer_idle=idle)
+    rig = Rig(
+        [batch(0, 1), batch(1, 3), batch(3, 4), batch(4, 6), TxnEnd(P(10), int(time.time() * 1000)), Idle()],
+        store=store,
+        at_end="stop",
+    )
+    assert rig.run() is None
+    assert len(rig.rows()) == 6 and commits(rig.log) == [stored(10)]
+    writes = [i for i, entry in enumerate(rig.log) if entry == ("write_async",)]
+    adds = [i for i, entry in enumerate(rig.log) if entry[0] == "add"]
+    if idle:  # after 3 changes (2 reached in the second batch), then after 3 more (the fourth batch)
+        assert len(writes) == 2 and adds[2] < writes[0] < adds[3] and writes[1] > adds[5]
+    else:
+        assert writes == []

@@ -196,6 +196,9 @@ class SqlSink:
     def write_async(self) -> None:
         self.writer.write_async()
 
+    def writer_idle(self) -> bool:
+        return self.writer.idle()
+
     def commit(self, positions: dict[str, str] | None, floor: int | None = None) -> None:
         """Writes what is buffered, stores `positions` (partition -> text), and commits it all in one
         transaction. `floor`: the source position the stored positions cover (see set_floor)."""

@@ -128,6 +128,11 @@ class Writer:
             # them a switch interval at a time (~10 ms a write: a tenth of a 20k-row write, the server idle)
             self._sent.wait(SEND_WAIT_S)
 
+    def idle(self) -> bool:
+        """Whether write_async() would overlap the caller and start at once (no write or commit running)."""
+        job = self._inflight
+        return (job is None or job.done()) and self.overlaps
+
     def wait(self) -> None:
         job, self._inflight = self._inflight, None
         if job is not None:
