@@ -101,6 +101,11 @@ def timeline() -> None:
         lambda self, taken, *_: f"{len(taken[0])} changes, encoded {len(taken[3].lines) if taken[3] else 0}",
     )
     wrap(offsets.Offsets, "commit", lambda *_: "")
+    wrap(
+        offsets.Offsets,
+        "commit_taken",
+        lambda self, taken, *_: f"{len(taken[0])} changes, encoded {len(taken[3].lines) if taken[3] else 0}",
+    )
     original_count = pipeline.Pipeline._count_batch
 
     def count_batch(self, batch):
