@@ -34,7 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from cdc.events import ChangeBatch
-from cdc.fast import encode_c, encode_mysql
+from cdc.fast import encode_c
 from cdc.fast.plan import FAST_STAGES, FORMS, RelationPlan, plan_relation
 from cdc.sinks.sql.buffer import KeyBuffer
 
@@ -105,7 +105,7 @@ class FastPath:
         self.step = step  # messages an encoder call
         self.form = form
         self.copy = form == "copy"  # else MariaDB's VALUES tuples, lean only
-        self.encode_run = encode_c.encode_run if self.copy else encode_mysql.encode_run
+        self.encode_run = encode_c.encode_run if self.copy else encode_c.encode_run_mysql
         self._plans: dict[int, tuple[Any, RelationPlan | None]] = {}  # relation oid -> (Relation, plan)
         self.encoded = 0  # changes encoded (the rest went the reference way)
 

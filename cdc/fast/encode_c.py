@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from cdc.fast.encode import CHECK, PASS, SHIFT, TEXT, converted, encode_one
 from cdc.fast.encode import encode_run as encode_py
+from cdc.fast.encode_mysql import BOOL, DATETIME, NUMBER, TEXT_NBE, mysql_datetime
+from cdc.fast.encode_mysql import encode_run as encode_mysql_py
 
 try:
     import cython
@@ -43,7 +45,25 @@ def encode_run(
     """encode.encode_run (its docstring says what each argument is), in C when compiled."""
     if not cython.compiled or len(key_index) != 1 or ncols > MAX_COLS or len(slots) > MAX_COLS:
         return encode_py(payloads, lsns, start, ncols, slots, key_index, mid, tail, lines, entries)
-    return _run(payloads, lsns, start, ncols, slots, key_index[0], mid, tail, lines, entries)
+    return _run(payloads, lsns, start, ncols, slots, key_index[0], mid, tail, lines, entries, False)
+
+
+def encode_run_mysql(
+    payloads: list,
+    lsns: list,
+    start: int,
+    ncols: int,
+    slots: tuple,
+    key_index: tuple,
+    mid: bytes,
+    tail: bytes,
+    lines: dict,
+    entries: dict,
+) -> int:
+    """encode_mysql.encode_run (MariaDB's VALUES tuples, lean), in C when compiled."""
+    if not cython.compiled or len(key_index) != 1 or ncols > MAX_COLS or len(slots) > MAX_COLS:
+        return encode_mysql_py(payloads, lsns, start, ncols, slots, key_index, mid, tail, lines, entries)
+    return _run(payloads, lsns, start, ncols, slots, key_index[0], mid, tail, lines, entries, True)
 
 
 @cython.cfunc
@@ -76,6 +96,9 @@ def encode_run(
     hp=cython.p_uchar,
     nmid=cython.Py_ssize_t,
     ntail=cython.Py_ssize_t,
+    mysql=cython.bint,
+    sep=cython.uchar,
+    nnull=cython.Py_ssize_t,
 )
 def _run(
     payloads: list,
@@ -88,6 +111,7 @@ def _run(
     tail: bytes,
     lines: dict,
     entries,
+    mysql,
 ):
     starts = cython.declare(cython.Py_ssize_t[256])  # MAX_COLS: each column's value in the message
     lens = cython.declare(cython.Py_ssize_t[256])  # its length; -1: NULL
@@ -98,7 +122,11 @@ def _run(
     out = cython.declare(cython.uchar[16400])  # CAP, and room for a last byte or two past a check
     o = cython.cast(cython.p_uchar, out)
     mp, tp, nmid, ntail = mid, tail, len(mid), len(tail)  # (bytes to their C buffers)
-    np, lp, hp = b"\\N", b"\n", b'["'  # NULL, the line's end, the entry's start
+    hp = b'["'  # the entry's start
+    if mysql:  # MariaDB: (<literal>,<literal>,...)
+        sep, np, nnull, lp = 44, b"NULL", 4, b")"
+    else:  # COPY text: tab-separated, \\N for NULL, a line
+        sep, np, nnull, lp = 9, b"\\N", 2, b"\n"
     nslots = len(slots)
     for s in range(nslots):
         src[s], how[s] = slots[s][0], slots[s][1]
@@ -137,21 +165,44 @@ def _run(
                 return i
         if pos != size or lens[key] < 0:
             return i
-        # the line: the storefront columns, tab-separated
-        at = 0
+        # the line: the storefront columns, separated
+        at = 1 if mysql else 0
+        if mysql:
+            o[0] = 40  # '('
         first = True
         for s in range(nslots):
             j, h = src[s], how[s]
             if lens[j] < 0:  # NULL
                 if h == CHECK:
                     continue
-                at = _put(o, _sep(o, at, first), np, 2)
+                at = _put(o, _sep(o, at, first, sep), np, nnull)
             elif h == PASS:
-                at = _put(o, _sep(o, at, first), p + starts[j], lens[j])
-            elif h == TEXT:
-                at = _escaped(o, _sep(o, at, first), p + starts[j], lens[j])
+                at = _put(o, _sep(o, at, first, sep), p + starts[j], lens[j])
+            elif h == TEXT and not mysql:
+                at = _escaped(o, _sep(o, at, first, sep), p + starts[j], lens[j])
+            elif h == TEXT or h == TEXT_NBE:
+                at = _quoted(o, _sep(o, at, first, sep), p + starts[j], lens[j], h == TEXT_NBE)
             elif h == SHIFT:
-                at = _shifted(o, _sep(o, at, first), p + starts[j], lens[j], shift[s], zeros[s])
+                at = _shifted(o, _sep(o, at, first, sep), p + starts[j], lens[j], shift[s], zeros[s])
+            elif h == NUMBER:  # as sent, where str(Decimal) gives the same text (encode_mysql.py)
+                if not _plain_number(p + starts[j], lens[j]):
+                    return i
+                at = _put(o, _sep(o, at, first, sep), p + starts[j], lens[j])
+            elif h == BOOL:  # 't', 'f' -> 1, 0
+                if lens[j] != 1 or (p[starts[j]] != 116 and p[starts[j]] != 102):
+                    return i
+                at = _sep(o, at, first, sep)
+                if 0 <= at < CAP:
+                    o[at] = 49 if p[starts[j]] == 116 else 48
+                    at += 1
+                else:
+                    at = -1
+            elif h == DATETIME:
+                money = mysql_datetime(buf[starts[j] : starts[j] + lens[j]])
+                if money is None:
+                    return i
+                m = money
+                at = _put(o, _sep(o, at, first, sep), m, len(money))
             else:  # MONEY, CHECK: the stages' conversions (a Decimal)
                 d = converted(buf[starts[j] : starts[j] + lens[j]], slots[s][2])
                 if d is None:
@@ -160,11 +211,11 @@ def _run(
                     continue
                 money = str(d).encode("ascii")
                 m = money
-                at = _put(o, _sep(o, at, first), m, len(money))
+                at = _put(o, _sep(o, at, first, sep), m, len(money))
             first = False
         lsn = lsns[i]
         if entries is None:  # then the key (escaped) and its position
-            at = _escaped(o, _sep(o, at, first), p + starts[key], lens[key])
+            at = _escaped(o, _sep(o, at, first, sep), p + starts[key], lens[key])
             at = _digits(o, _put(o, at, mp, nmid), lsn)
             at = _put(o, at, tp, ntail)
             end = at
@@ -173,7 +224,10 @@ def _run(
             at = _json(o, _put(o, end, hp, 2), p + starts[key], lens[key])
             at = _digits(o, _put(o, at, mp, nmid), lsn)
             at = _put(o, at, tp, ntail)
-        if at < 0:  # too long for the buffer, or a key JSON needs escapes for: encode.py's way
+        if at < 0 and mysql:  # too long for the buffer, or a key JSON needs escapes for: the Python way
+            if not encode_mysql_py([buf], [lsn], 0, ncols, slots, (key,), mid, tail, lines, entries):
+                return i
+        elif at < 0:
             if vals is None:
                 vals = [None] * ncols
             if not encode_one(buf, lsn, ncols, vals, slots, (key,), mid, tail, lines, entries):
@@ -195,14 +249,14 @@ def _run(
 @cython.inline
 @cython.exceptval(check=False)
 @cython.returns(cython.Py_ssize_t)
-@cython.locals(o=cython.p_uchar, at=cython.Py_ssize_t, first=cython.bint)
-def _sep(o, at, first):
-    """A tab before every column but the first."""
+@cython.locals(o=cython.p_uchar, at=cython.Py_ssize_t, first=cython.bint, sep=cython.uchar)
+def _sep(o, at, first, sep):
+    """The separator (a tab, a comma) before every column but the first."""
     if first or at < 0:
         return at
     if at + 1 > CAP:
         return -1
-    o[at] = 9
+    o[at] = sep
     return at + 1
 
 
@@ -352,3 +406,63 @@ def _digits(o, at, v):
         o[at] = tmp[k]
         at += 1
     return at
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.Py_ssize_t)
+@cython.locals(
+    o=cython.p_uchar,
+    at=cython.Py_ssize_t,
+    s=cython.p_uchar,
+    ln=cython.Py_ssize_t,
+    nbe=cython.bint,
+    k=cython.Py_ssize_t,
+    c=cython.uchar,
+)
+def _quoted(o, at, s, ln, nbe):
+    """s[:ln] as a quoted MySQL string literal: pymysql's escape_string (encode_mysql.mysql_text: NUL, \\n,
+    \\r, ^Z, quotes and backslash escaped) or, `nbe` (NO_BACKSLASH_ESCAPES), with its single quotes doubled."""
+    if at < 0 or at + 2 * ln + 2 > CAP:
+        return -1
+    o[at] = 39
+    at += 1
+    for k in range(ln):
+        c = s[k]
+        if nbe:
+            if c == 39:
+                o[at] = 39
+                at += 1
+        elif c == 0 or c == 10 or c == 13 or c == 26 or c == 39 or c == 34 or c == 92:
+            o[at] = 92
+            at += 1
+            if c == 0:
+                c = 48  # 0
+            elif c == 10:
+                c = 110  # n
+            elif c == 13:
+                c = 114  # r
+            elif c == 26:
+                c = 90  # Z
+        o[at] = c
+        at += 1
+    o[at] = 39
+    return at + 1
+
+
+@cython.cfunc
+@cython.exceptval(check=False)
+@cython.returns(cython.bint)
+@cython.locals(s=cython.p_uchar, ln=cython.Py_ssize_t, at=cython.Py_ssize_t, k=cython.Py_ssize_t)
+def _plain_number(s, ln):
+    """Whether a numeric's text is str() of its Decimal (encode_mysql.py's NUMBER): digits first (not NaN or
+    Infinity), and not 0.000000 followed by more (below 1E-6, where str() writes an exponent)."""
+    at = 1 if ln and s[0] == 45 else 0
+    if at >= ln or s[at] < 48 or s[at] > 57:
+        return False
+    if ln > at + 8 and s[at] == 48 and s[at + 1] == 46:
+        for k in range(at + 2, at + 8):
+            if s[k] != 48:
+                return True
+        return False
+    return True

@@ -306,12 +306,17 @@ def run_encode(module: ModuleType, x: tuple) -> Any:
 
 
 def run_encode_c(module: ModuleType, x: tuple) -> Any:
-    """encode_c's encode_run (the C line builder; tests/unit/test_encode_c.py has its own edges)."""
+    """encode_c's encode_run and encode_run_mysql (the C line builder; tests/unit/test_encode_c.py has its own
+    edges, and MariaDB's other kinds of slot)."""
     payloads, lsns, start, slots, key_index, (mid, tail, lean) = x
     lines: dict = {}
     entries: dict | None = {} if lean else None
     stop = module.encode_run(payloads, lsns, start, ENC_COLS, slots, key_index, mid, tail, lines, entries)
-    return stop, lines, entries
+    tuples: dict = {}
+    tuple_entries: dict = {}
+    args = (payloads, lsns, start, ENC_COLS, slots, key_index, b'",1,', b',2,3,"u",null]')
+    stop_mysql = module.encode_run_mysql(*args, tuples, tuple_entries)
+    return stop, lines, entries, stop_mysql, tuples, tuple_entries
 
 
 # ------------------------------------------------------------------------------ fast.encode_mysql: messages -> VALUES

@@ -11,11 +11,12 @@ from decimal import ROUND_HALF_UP, Decimal
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from cdc.fast import encode, encode_c
+from cdc.fast import encode, encode_c, encode_mysql
 from cdc.fast.encode import CHECK, MONEY, PASS, SHIFT, TEXT
+from cdc.fast.encode_mysql import BOOL, DATETIME, NUMBER, TEXT_NBE
 
 SPECIAL = st.sampled_from(
-    [b"\t", b"\n", b"\\", b"\r", b"\b", b"\v", b"\f", b'"', b"\x00", b"\x7f", "é".encode()]
+    [b"\t", b"\n", b"\\", b"\r", b"\b", b"\v", b"\f", b'"', b"'", b"\x1a", b"\x00", b"\x7f", "é".encode()]
 )
 TEXTS = st.one_of(
     st.binary(max_size=10),
@@ -47,8 +48,31 @@ SLOT = st.one_of(  # (how, its arguments)
     st.tuples(st.just(MONEY), st.sampled_from([(_cent,), (_too_big, _cent), ()])),
     st.tuples(st.just(CHECK), st.just((_too_big,))),
 )
-VALUES = {PASS: TEXTS, TEXT: TEXTS, SHIFT: INTS, MONEY: NUMERICS, CHECK: NUMERICS}
-KEYS = st.one_of(st.binary(max_size=6), SPECIAL, st.lists(SPECIAL, max_size=3).map(b"".join))
+MYSQL_SLOT = st.one_of(SLOT, st.tuples(st.sampled_from([TEXT_NBE, NUMBER, BOOL, DATETIME]), st.just(())))
+TIMES = st.sampled_from(
+    [b"2024-05-06 07:08:09", b"2024-05-06 07:08:09.5+05:30", b"2024-05-06 07:08:09.000+00"] * 3
+    + [b"2024-05-06 07:08:09.123456-08", b"0001-01-01 00:00:00 BC", b"2024-05-06", b"x", b"infinity"]
+)
+VALUES = {
+    PASS: TEXTS,
+    TEXT: TEXTS,
+    SHIFT: INTS,
+    MONEY: NUMERICS,
+    CHECK: NUMERICS,
+    TEXT_NBE: TEXTS,
+    NUMBER: st.sampled_from(
+        [b"0.0000001", b"-0.00000012", b"0.0000000", b"0.000001", b"-", b"", b"0.0000010"]
+    )
+    | NUMERICS,
+    BOOL: st.sampled_from([b"t", b"f"] * 6 + [b"x", b"tt", b""]),
+    DATETIME: TIMES,
+}
+KEYS = st.one_of(
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=8).map(str.encode),
+    st.binary(max_size=6),
+    SPECIAL,
+    st.lists(SPECIAL, max_size=3).map(b"".join),
+)
 
 
 def _message(values: list, shape: str) -> bytes:
@@ -65,8 +89,8 @@ def _message(values: list, shape: str) -> bytes:
 
 
 @st.composite
-def runs(draw):
-    kinds = draw(st.lists(SLOT, min_size=1, max_size=5))
+def runs(draw, mysql: bool = False):
+    kinds = draw(st.lists(MYSQL_SLOT if mysql else SLOT, min_size=1, max_size=5))
     ncols = len(kinds)
     key_index = draw(st.sampled_from([(0,), (0,), (0,), (0, ncols - 1)]))
     for j in key_index:  # a key column's text goes as it is (plan.py: no money stage on a key)
@@ -86,7 +110,7 @@ def runs(draw):
         shape = draw(st.sampled_from(["ok"] * 30 + ["old", "count", "short"]))
         msgs.append(_message(values, shape))
     lsns = draw(st.lists(st.integers(0, 2**64 - 1), min_size=len(msgs), max_size=len(msgs)))
-    lean = draw(st.booleans())
+    lean = True if mysql else draw(st.booleans())  # (MariaDB's tuples: lean only)
     return msgs, lsns, ncols, slots, key_index, lean
 
 
@@ -110,6 +134,14 @@ def test_c_lines_are_encode_py_lines(run):
     event("lean" if run[-1] else "copy")
 
 
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs(mysql=True))
+def test_c_tuples_are_encode_mysql_py_tuples(run):
+    got = _run(encode_c.encode_run_mysql, *run)
+    assert got == _run(encode_mysql.encode_run, *run)
+    event(f"encoded {got[0] if isinstance(got[0], int) else got[0].__name__} of {len(run[0])}")
+
+
 def test_a_line_past_the_buffer_and_a_key_json_escapes_go_encode_py_s_way():
     slots = ((0, TEXT, ()), (1, TEXT, ()))
     long_value = b"a\tb" * 6000  # 18 kB, escaped: 24 kB
@@ -125,3 +157,8 @@ def test_a_line_past_the_buffer_and_a_key_json_escapes_go_encode_py_s_way():
         assert (
             got[1][0][1].startswith(b"k1\ta\\tba\\tb") if not lean else got[2][1][1].startswith(b'["k\\"2"')
         )
+    got = _run(encode_c.encode_run_mysql, msgs, [1, 2, 3], 2, slots, (0,), True)
+    assert got == _run(encode_mysql.encode_run, msgs, [1, 2, 3], 2, slots, (0,), True)
+    assert (
+        got[0] == 3 and got[1][0][1].startswith(b"('k1','a\tba\tb") and got[2][1][1].startswith(b'["k\\"2"')
+    )
