@@ -88,9 +88,12 @@ class TxnEnd:
 class Idle:
     """Nothing more is waiting at the source (a good moment to commit). `position`, when set, is a position
     the source may be confirmed at once everything it yielded before is durable downstream (a keepalive's
-    WAL end, transactions skipped as already applied): nothing of it needs the sink."""
+    WAL end, transactions skipped as already applied): nothing of it needs the sink. `wake_s`, set by the
+    consumer: look again within this many seconds even if nothing arrives (a commit it waits for runs
+    beside the reading); None: the source's own wait."""
 
     position: Any = None
+    wake_s: float | None = None
 
 
 @dataclass(slots=True)

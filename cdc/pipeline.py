@@ -40,6 +40,8 @@ STATS_INTERVAL_S = 2.0  # how often the source's gauges (slot lag, retained WAL)
 # sink's writer is idle, rather than batch_size at a time: the storefront merges while the rest is read, and the
 # write left after the transaction's end is small (what came during the last one)
 EAGER_WRITE = 2000
+# seconds: how soon a source that is idle while a commit runs beside the reading looks again (see Idle.wake_s)
+IDLE_POLL_S = 0.002
 
 
 class Pipeline:
@@ -259,6 +261,13 @@ class Pipeline:
                     last_end, first_at, n_buffered = None, 0.0, 0
                     self._due()
             elif t is Idle:
+                if not in_txn and last_end is None and not self._finish(block=False):
+                    # a commit runs, and nothing waits for it: read on (what comes goes in the next commit),
+                    # and look again soon for its end (confirmed, and the Idle's work, then)
+                    item.wake_s = IDLE_POLL_S
+                    if self.stopping:
+                        break
+                    continue
                 if not in_txn:  # nothing to read now: the commit running ends (and is confirmed) first
                     self._finish()
                 if last_end is not None and not in_txn:

@@ -163,9 +163,11 @@ class WalStream:
                 if n == 0:
                     # really nothing waiting: tell the pipeline (it may commit), send status if due, then wait
                     mark, self._mark = self._mark, 0
-                    yield Idle(WalPosition(mark, mark) if mark and not self._in_txn else None)
+                    idle = Idle(WalPosition(mark, mark) if mark and not self._in_txn else None)
+                    yield idle
                     self._maybe_status(conn, interval)
-                    r, _, _ = select.select([sock], [], [], min(interval, 1.0))
+                    wait = min(interval, 1.0) if idle.wake_s is None else idle.wake_s
+                    r, _, _ = select.select([sock], [], [], wait)
                     if r:
                         conn.consume_input()
                     continue

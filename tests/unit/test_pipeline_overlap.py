@@ -30,13 +30,17 @@ def gap(ms: int = 0):
 
 
 def test_transactions_read_while_a_commit_runs_go_in_the_next_and_each_confirm_follows_its_commit():
+    from cdc.pipeline import IDLE_POLL_S
+
+    waiting = Idle(P(35))
     rig = Rig(
         [
             *txn(10, ("A", 100)),
             Idle(P(12)),  # the first commit begins here; P(12) comes after it: not confirmed while it runs
             *txn(20, ("B", 200)),  # read while P(10) commits: "still running" at its end (one poll)
             *txn(30, ("C", 300), ("A", 110)),  # P(10) ended: confirmed, and P(30) begins at once
-            Idle(P(35)),  # nothing to read: P(30) ends first, then P(35) is confirmed
+            waiting,  # nothing to read, nothing buffered, P(30) still runs: read on, and look again soon
+            Idle(P(35)),  # P(30) ended: confirmed, then P(35)
         ],
         cfg=gap(),
         store=overlapping(commit_polls=1),
@@ -59,6 +63,7 @@ def test_transactions_read_while_a_commit_runs_go_in_the_next_and_each_confirm_f
     ]
     assert rig.rows() == {"A": Decimal("1.10"), "B": Decimal("2.00"), "C": Decimal("3.00")}
     assert rig.store.offsets == stored(30)
+    assert waiting.wake_s == IDLE_POLL_S  # (the source's wait, shortened)
 
 
 def test_with_the_commit_ended_at_each_transaction_end_every_transaction_commits_alone():
