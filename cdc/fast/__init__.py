@@ -8,10 +8,10 @@ is PostgreSQL or MariaDB/MySQL without price history, this path fuses them: the 
 table's inserts and updates as a `ChangeBatch` still in pgoutput's form (cdc/sources/pg_stream.py), a
 per-table plan says where each column goes (plan.py), and one loop (compiled when a compiler was there at
 install) writes the rows straight from the message bytes into the sink's buffer, the newest per key
-(cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py, written in C by
-encode_c.py when compiled), which the sink
+(cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py), which the sink
 merges by the same statement as any other write; for MariaDB the VALUES tuples of its multi-row INSERT …
-ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send.
+ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send. Compiled, encode_c.py
+writes the same lines byte by byte into a C buffer, and runs instead of both.
 
 Nothing is decided differently here. A change the loop cannot encode exactly as the reference path would
 (an old tuple, a TOASTed value, a NULL key, a money value that is not a finite number or does not fit) goes
