@@ -171,6 +171,8 @@ def _run(
             o[0] = 40  # '('
         first = True
         for s in range(nslots):
+            if at < 0:  # it does not fit, or a value C leaves: encode.py's way from here, in its order
+                break
             j, h = src[s], how[s]
             if lens[j] < 0:  # NULL
                 if h == CHECK:

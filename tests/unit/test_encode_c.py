@@ -162,3 +162,17 @@ def test_a_line_past_the_buffer_and_a_key_json_escapes_go_encode_py_s_way():
     assert (
         got[0] == 3 and got[1][0][1].startswith(b"('k1','a\tba\tb") and got[2][1][1].startswith(b'["k\\"2"')
     )
+
+
+def test_a_value_c_leaves_is_encode_py_s_from_there_in_its_slots_order():
+    """An empty integer text for SHIFT (which PostgreSQL never sends) raises in encode.py before a later money
+    slot could stop the run: the C code hands the message over at that slot, so the same happens."""
+    slots = ((0, SHIFT, (0, b"")), (1, MONEY, (_cent,)))
+    msgs = [_message([b"", b"NaN"], "ok")]
+    for fn, ref in (
+        (encode_c.encode_run, encode.encode_run),
+        (encode_c.encode_run_mysql, encode_mysql.encode_run),
+    ):
+        got = _run(fn, msgs, [1], 2, slots, (1,), True)
+        assert got == _run(ref, msgs, [1], 2, slots, (1,), True)
+        assert got[0] is IndexError
