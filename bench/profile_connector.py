@@ -80,6 +80,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if patches:
         logging.info("bench patches applied: %s", ", ".join(patches))
+    from cdc.cli import tune_gc, tune_threads
+
+    tune_gc()  # as `cdc run` does (its GC thresholds, its thread switch interval): without them the ladder's
+    tune_threads()  # p99 came out 2-3x worse under a patch than without one, whatever the patch
     pipeline = Pipeline(cfg)
     prof = {"pyinstrument": PyInstr, "none": NoProf}.get(kind, CProf)()
     state = {"on": False, "n": 0}
