@@ -13,11 +13,16 @@ merges by the same statement as any other write; for MariaDB the VALUES tuples o
 ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send. Compiled, encode_c.py
 writes the same lines byte by byte into a C buffer, and runs instead of both.
 
+Runs shorter than MIN_RUN (the single sale) are encoded too, for a PostgreSQL storefront, when their lines
+can be lean: as VALUES tuples ("pg-values", plan.py), which the sink upserts straight into the storefront
+table and, when nothing else is to be written, commits with the position in one round trip
+(PgMerge.commit_encoded); else they go the reference way (which has its own one-round-trip commit).
+
 Nothing is decided differently here. A change the loop cannot encode exactly as the reference path would
 (an old tuple, a TOASTed value, a NULL key, a money value that is not a finite number or does not fit) goes
-the reference way, alone, in its place in the order; so do short runs (the single sale: the reference path has
-its one-round-trip commit), a table whose plan cannot be made, and, when the storefront refuses a row or
-a write must know each change (held keys to supersede), the whole buffered run (expanded from its batches).
+the reference way, alone, in its place in the order; so do a table whose plan cannot be made, and, when the
+storefront refuses a row or a write must know each change (held keys to supersede), the whole buffered run
+(expanded from its batches).
 For MariaDB, so does a run at or below the stored source position (a replay: the reference path checks each
 key's recorded position; its rows have no form that carries the position to the merge).
 
@@ -40,7 +45,7 @@ from cdc.sinks.sql.buffer import KeyBuffer
 
 log = logging.getLogger("cdc.fast")
 
-MIN_RUN = 64  # changes: a shorter run goes the reference way (PgMerge.SMALL: its one-round-trip commit)
+MIN_RUN = 64  # changes: a shorter run goes as the short form's tuples (lean), or the reference way
 # messages an encoder call: a compiled call holds the GIL throughout, and Python hands it over only between
 # calls, so the sink's writer thread, its storefront's reply in, waits this long (~0.3 ms) at most past the
 # switch interval (cdc.cli.tune_threads); a whole batch (RUN_MAX, 2000) took ~3 ms, the server idle meanwhile
@@ -56,13 +61,20 @@ def fast_path(cfg: Any, stages: list, source: Any, sink: Any) -> FastPath | None
         why = "the sink is not a SQL storefront"
     if why is None:
         form, why = sink.fast_form()
-    if why is None and not source.batch_changes(MIN_RUN):
+    short = sink.short_form() if why is None else None
+    if why is None and not source.batch_changes(1 if short else MIN_RUN):
         why = "the source does not give its changes in batches"
     if why is not None:
         log.info("%s: fast path off: %s", cfg.name, why)
         return None
-    log.info("%s: fast path on for runs of inserts and updates (%s rows)", cfg.name, form)
-    return FastPath(stages, sink, form=form)
+    log.info(
+        "%s: fast path on for runs of inserts and updates (%s rows); for runs shorter than %d: %s",
+        cfg.name,
+        form,
+        MIN_RUN,
+        f"lean {short} rows" if short else "the reference way",
+    )
+    return FastPath(stages, sink, form=form, short_form=short)
 
 
 def why_not(cfg: Any, stages: list) -> str | None:
@@ -96,7 +108,15 @@ def _backend(url: str) -> str:
 
 
 class FastPath:
-    def __init__(self, stages: list, sink: Any, min_run: int = MIN_RUN, form: str = "copy", step: int = STEP):
+    def __init__(
+        self,
+        stages: list,
+        sink: Any,
+        min_run: int = MIN_RUN,
+        form: str = "copy",
+        step: int = STEP,
+        short_form: str | None = None,
+    ):
         if form not in FORMS:
             raise ValueError(f"fast path: no rows of form {form!r}")
         self.stages = stages
@@ -106,26 +126,37 @@ class FastPath:
         self.form = form
         self.copy = form == "copy"  # else MariaDB's VALUES tuples, lean only
         self.encode_run = encode_c.encode_run if self.copy else encode_c.encode_run_mysql
-        self._plans: dict[int, tuple[Any, RelationPlan | None]] = {}  # relation oid -> (Relation, plan)
+        self.short_form = short_form  # short runs' form (lean only), or None: the reference way
+        self._plans: dict[tuple, tuple[Any, RelationPlan | None]] = {}  # (oid, form) -> (Relation, plan)
         self.encoded = 0  # changes encoded (the rest went the reference way)
 
-    def plan(self, rel: Any) -> RelationPlan | None:
-        known = self._plans.get(rel.oid)
+    def plan(self, rel: Any, form: str = "") -> RelationPlan | None:
+        """The relation's plan for rows of `form` ("": the connector's own; "pg-values": short runs')."""
+        known = self._plans.get((rel.oid, form))
         if known is not None and known[0] is rel:
             return known[1]
-        plan, why = plan_relation(rel, self.stages, self.sink.target, self.form)
+        plan, why = plan_relation(rel, self.stages, self.sink.target, form or self.form)
         if self.sink.target.table is not None:  # (until the table is made, asked again)
-            self._plans[rel.oid] = (rel, plan)
+            self._plans[(rel.oid, form)] = (rel, plan)
             if plan is None:
-                log.info("fast path: %s.%s goes the reference way: %s", rel.schema, rel.name, why)
+                name, form = f"{rel.schema}.{rel.name}", form or self.form
+                log.info("fast path: %s goes the reference way for %s rows: %s", name, form, why)
         return plan
 
     def push(self, batch: ChangeBatch, push_one) -> None:
         """A batch into the sink: encoded where it can be, the rest change by change through `push_one` (the
-        runner's reference path), in order."""
-        plan = self.plan(batch.relation) if len(batch) >= self.min_run else None
+        runner's reference path), in order. A run shorter than min_run goes as the short form's tuples when
+        the sink has one and the lines can be lean, else the reference way."""
         floor = self.sink.lean_above()
         lean = floor is not None and batch.commit_lsn > floor  # no never-backwards check: positions apart
+        form, encode_run = "", self.encode_run
+        if len(batch) >= self.min_run:
+            plan = self.plan(batch.relation)
+        elif lean and self.short_form is not None:
+            form, encode_run = self.short_form, encode_c.encode_run_mysql
+            plan = self.plan(batch.relation, form)
+        else:
+            plan = None
         if plan is None or not (lean or self.copy):
             for ev in batch.events():
                 push_one(ev)
@@ -136,12 +167,12 @@ class FastPath:
             mid, tail = b"\tu\t%d\t" % batch.commit_lsn, b"\t%d\t%d\t\\N\n" % (batch.ts_ms, batch.txid)
         payloads, lsns, n, i = batch.payloads, batch.lsns, len(batch), 0
         while i < n:
-            enc = self.sink.encoded_rows(plan.cols, lean, self.expand)
+            enc = self.sink.encoded_rows(plan.cols, lean, self.expand, form)
             start = i
             while i < n:  # `step` messages a call
                 end = min(n, i + self.step)
                 chunk = payloads[i:end], lsns[i:end], 0, plan.ncols, plan.slots, plan.key_index, mid, tail
-                i += self.encode_run(*chunk, enc.lines, enc.entries)
+                i += encode_run(*chunk, enc.lines, enc.entries)
                 if i < end:
                     break
             if i > start:

@@ -11,7 +11,11 @@ else gives no plan, and that table's changes take the reference path.
 
 The form of the rows: "copy", the PostgreSQL staging table's COPY lines (encode.py); "mysql" or "mysql-nbe",
 a MariaDB/MySQL storefront's VALUES tuples (encode_mysql.py; "-nbe": the session has NO_BACKSLASH_ESCAPES),
-whose literals are the reference path's own, whatever the storefront column's type (`_how_mysql`).
+whose literals are the reference path's own, whatever the storefront column's type (`_how_mysql`);
+"pg-values", a PostgreSQL storefront's VALUES tuples for short runs (the single sale: the upsert goes into the
+storefront table with its commit in one round trip, no staging), encoded as "mysql-nbe" is: each value the
+text PostgreSQL sent, quoted (an untyped literal, which the column's type parses as it parses COPY text; the
+storefront session has standard_conforming_strings on), money columns' values bare (`_how_pg_values`).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class RelationPlan:
     key_index: tuple  # the source columns of the storefront key, in its order
 
 
-FORMS = ("copy", "mysql", "mysql-nbe")
+FORMS = ("copy", "mysql", "mysql-nbe", "pg-values")
 
 
 def plan_relation(rel: Any, stages: list, target: Any, form: str = "copy") -> tuple[RelationPlan | None, str]:
@@ -88,7 +92,9 @@ def plan_relation(rel: Any, stages: list, target: Any, form: str = "copy") -> tu
     for c in cols:
         src, convs = row[c]
         type_oid = rel.columns[src].type_oid
-        if convs:
+        if form == "pg-values":
+            how = _how_pg_values(type_oid, target.table.c[c].type, bool(convs))
+        elif convs:
             how = MONEY
         elif form == "copy":
             how = _how(type_oid, target.table.c[c].type)
@@ -96,7 +102,7 @@ def plan_relation(rel: Any, stages: list, target: Any, form: str = "copy") -> tu
             how = _how_mysql(type_oid, form)
         if how is None:
             return None, f"{c}: its {type_oid} values are written as Python would write them"
-        shift = _shift(rel.columns[src].type_oid, convs)
+        shift = _shift(rel.columns[src].type_oid, convs) if how == MONEY else None
         slots.append((src, SHIFT, shift) if shift else (src, how, convs))
     # a money stage's column the storefront lacks is still converted (a value it cannot take holds the change)
     slots += checks + [(src, CHECK, convs) for c, (src, convs) in row.items() if convs and c not in cols]
@@ -132,6 +138,17 @@ def _how(type_oid: int, target_type: sa.types.TypeEngine) -> int | None:
     if type_oid == BOOL_OID:
         return PASS if isinstance(target_type, sa.Boolean) else None
     return None
+
+
+def _how_pg_values(type_oid: int, target_type: sa.types.TypeEngine, money: bool) -> int | None:
+    """How a source column's text goes into a PostgreSQL VALUES tuple: where it may go as it was sent (`_how`),
+    quoted (TEXT_NBE: an untyped literal, parsed by the column's type as COPY text is); a money stage's Decimal
+    bare (a numeric literal) only into a numeric column, where the assignment rounds it as the column's input
+    would round its text (into an integer column the text would be refused, and the number rounded)."""
+    if money:
+        exact = isinstance(target_type, sa.Numeric) and not isinstance(target_type, sa.Float)
+        return MONEY if exact else None
+    return None if _how(type_oid, target_type) is None else TEXT_NBE
 
 
 def _how_mysql(type_oid: int, form: str) -> int | None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import SimpleNamespace
 
+from cdc.sinks.sql.pg_merge import PgMerge
 from tests.integration.helpers import Running, wait_until
 
 POS = [
@@ -92,12 +94,15 @@ def _load(env) -> None:
     env.pos(
         "INSERT INTO item_extra SELECT 'EXT' || g, 1, g, g / 3.0 FROM generate_series(1, 200) g",
     )
-    # single sales back to back (the reference path's, committed in groups), with a NaN price, NULLs and text
-    # to escape among them
+    # single sales back to back (PostgreSQL: short runs' VALUES tuples, committed in groups in one round trip),
+    # with a NaN price, NULLs, text to escape, and a key the storefront refuses among them
     env.pos(
         "DO $$ BEGIN FOR i IN 1..600 LOOP UPDATE item_price SET price_fen = CASE WHEN i = 300 THEN 'NaN'"
-        " ELSE price_fen + i END, note = CASE i % 3 WHEN 0 THEN NULL WHEN 1 THEN E'q''\\t' ELSE 's' END"
-        " WHERE item_code = 'SKU' || lpad((i * 7 % 2900 + 100)::text, 6, '0'); COMMIT; END LOOP; END $$"
+        " ELSE price_fen + i END, note = CASE i % 4 WHEN 0 THEN NULL WHEN 1 THEN E'q''\\t' WHEN 2 THEN"
+        " E'back\\\\slash ''\\\\'' \\\\N ünï' ELSE 's' END, active = i % 5 = 0, weight = i / 3.0"
+        " WHERE item_code = 'SKU' || lpad((i * 7 % 2900 + 100)::text, 6, '0'); COMMIT;"
+        " IF i = 450 THEN INSERT INTO item_price VALUES ('SALE-TOO-LONG-KEY', 1, 'POS', 5, 'n', now(), true,"
+        " 's', 1); COMMIT; END IF; END LOOP; END $$"
     )
     env.pos("INSERT INTO item_price VALUES ('~marker', 0, 'x', 1, 'done', now(), true, 's', 0)")
 
@@ -125,7 +130,9 @@ def _held(dsn) -> list:
         ).fetchall()
 
 
-def _run_both(env, monkeypatch, fast_url: str, ref_url: str, marked: Callable[[str], bool]) -> tuple:
+def _run_both(
+    env, monkeypatch, fast_url: str, ref_url: str, marked: Callable[[str], bool], load=_load
+) -> tuple:
     """The reference connector (CDC_FAST_PATH=0) and the fast one, each into its storefront, through _load's
     transactions until `marked(which)` sees the marker row in both; the changes the fast path encoded, and its
     sink's merger."""
@@ -139,10 +146,23 @@ def _run_both(env, monkeypatch, fast_url: str, ref_url: str, marked: Callable[[s
             wait_until(lambda: fast.pipeline.runner is not None, 30, "the fast connector", running=fast)
             assert fast.pipeline.runner.fast is not None, "the fast path did not apply"
             assert ref.pipeline.runner.fast is None
-            _load(env)
+            load(env)
             for r, which in ((fast, "fast"), (ref, "ref")):
                 wait_until(lambda which=which: marked(which), 90, "the marker", running=r)
             return fast.pipeline.runner.fast.encoded, fast.pipeline.sink.writer.merger
+
+
+def _count_calls(monkeypatch, cls, name: str):
+    """`cls.name` wrapped to count its calls that returned (the real method runs)."""
+    real, counter = getattr(cls, name), SimpleNamespace(done=0)
+
+    def counted(*args, **kw):
+        out = real(*args, **kw)
+        counter.done += 1
+        return out
+
+    monkeypatch.setattr(cls, name, counted)
+    return counter
 
 
 def _same_held(fast_held: list, ref_held: list) -> None:
@@ -153,6 +173,7 @@ def _same_held(fast_held: list, ref_held: list) -> None:
     kinds = {(h[2], h[4]) for h in fast_held}
     assert ("MUCH-TOO-LONG-KEY", "sink.write") in kinds
     assert ("SKU001500", "money#2") in kinds
+    assert ("SALE-TOO-LONG-KEY", "sink.write") in kinds  # among single sales (pg-values: the usual way)
     assert ("EXT1", "sink.write") not in kinds  # float text into a text column: applied, the reference way
 
 
@@ -174,7 +195,11 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
     )
     assert encoded > 3000
     assert merger.plain_tries > merger.plain_misses >= 1  # (OLD7 made one miss)
-    assert "fast path on" in caplog.text and "(copy rows)" in caplog.text
+    assert (
+        "fast path on" in caplog.text
+        and "(copy rows)" in caplog.text
+        and "lean pg-values rows" in caplog.text
+    )
     assert "item_extra goes the reference way" in caplog.text
     fast_rows, ref_rows = _rows(env, env.store_dsn), _rows(env, ref_dsn)
     assert len(fast_rows) > 3500
@@ -182,6 +207,58 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
     _same_held(_held(env.store_dsn), _held(ref_dsn))
     notes = dict(_exec(env.store_dsn, "SELECT sku, note FROM product_price WHERE sku LIKE 'SKU00001%'"))
     assert [notes[f"SKU00001{d}"] for d in range(9)] == [NOTES[(10 + d) % len(NOTES)] for d in range(9)]
+
+
+def _sales(env) -> None:
+    """Single sales only (after one bulk insert), no change held until the last few: each group of them is
+    committed in one round trip as VALUES tuples, then a key the storefront refuses is held and the sales
+    after it go the usual way."""
+    notes = "ARRAY[" + ", ".join("NULL" if n is None else _lit(n) for n in NOTES) + "]"
+    env.pos(
+        "INSERT INTO item_price SELECT 'SKU' || lpad(g::text, 6, '0'), g % 7, 'ONLINE', g * 101, 'n',"
+        " '2024-05-06 07:08:09.123456+00'::timestamptz, true, 'x', g FROM generate_series(1, 200) g"
+    )
+    env.pos(
+        "DO $$ BEGIN FOR i IN 1..500 LOOP UPDATE item_price SET price_fen = price_fen + i,"
+        f" note = ({notes})[i % {len(NOTES)} + 1], active = i % 3 = 0, weight = i / 7.0,"
+        " updated_at = updated_at + i * interval '1.5 second', channel = CASE WHEN i % 4 = 0 THEN NULL"
+        " ELSE 'ch' || i END WHERE item_code = 'SKU' || lpad((i % 200 + 1)::text, 6, '0'); COMMIT;"
+        " IF i % 100 = 0 THEN PERFORM pg_sleep(0.3); END IF;"  # (so that they come in several groups)
+        " IF i = 480 THEN INSERT INTO item_price VALUES ('SALE-TOO-LONG-KEY', 1, 'POS', 5, 'n', now(), true,"
+        " 's', 1); COMMIT; END IF; END LOOP; END $$"
+    )
+    env.pos("INSERT INTO item_price VALUES ('~marker', 0, 'x', 1, 'done', now(), true, 's', 0)")
+
+
+def test_single_sales_go_as_values_tuples_committed_in_one_round_trip(env, monkeypatch, caplog):
+    """PostgreSQL: runs shorter than MIN_RUN (the single sale) are encoded as VALUES tuples and committed with
+    their position in one round trip (PgMerge.commit_encoded); the rows and held changes are the reference
+    path's."""
+    for sql in POS:
+        env.pos(sql)
+    ref_db = f"{env.store_db}_ref"
+    ref_dsn = env.pg.create_database(ref_db)
+    for sql in STORE:
+        env.store(sql)
+        _exec(ref_dsn, sql)
+    caplog.set_level(logging.INFO, logger="cdc.fast")
+    one_trip = _count_calls(monkeypatch, PgMerge, "commit_encoded")
+    dsns = {"fast": env.store_dsn, "ref": ref_dsn}
+    marker = "SELECT count(*) FROM product_price WHERE sku = '~marker'"
+    encoded, _ = _run_both(
+        env,
+        monkeypatch,
+        env.store_url,
+        env.pg.url(ref_db),
+        lambda which: _exec(dsns[which], marker)[0][0],
+        load=_sales,
+    )
+    assert "lean pg-values rows" in caplog.text
+    assert encoded >= 400 and one_trip.done >= 3, (encoded, one_trip.done)
+    fast_rows, ref_rows = _rows(env, env.store_dsn), _rows(env, ref_dsn)
+    assert len(fast_rows) == 201 and fast_rows == ref_rows
+    held = _held(env.store_dsn)
+    assert [h[2] for h in held] == ["SALE-TOO-LONG-KEY"] and held == _held(ref_dsn)
 
 
 def test_fast_path_writes_what_the_reference_path_writes_to_mariadb(env, mariadb, monkeypatch, caplog):

@@ -138,8 +138,15 @@ def cases(draw):
         stages.append({"type": "drop", "fields": [out[-1]]})
     kept = [0] + [i for i in range(1, n) if out[i] != out[0] and draw(st.integers(0, 4))]
     target_cols = [out[i] for i in kept]
+    form = draw(st.sampled_from(["copy", "copy", "mysql", "mysql-nbe", "pg-values", "pg-values"]))
+    money = {s["field"] for s in stages if s["type"] == "money"}
     target_types = [
-        USUAL[types[i]] if draw(st.integers(0, 5)) else draw(st.sampled_from(TARGET_TYPES)) for i in kept
+        sa.Numeric()  # (pg-values: a money column's number goes bare into a numeric column only)
+        if form == "pg-values" and out[i] in money and draw(st.integers(0, 5))
+        else USUAL[types[i]]
+        if draw(st.integers(0, 5))
+        else draw(st.sampled_from(TARGET_TYPES))
+        for i in kept
     ]
     rows = draw(
         st.lists(st.tuples(*[st.one_of(st.none(), TYPES[t]) for t in types]), min_size=1, max_size=12)
@@ -152,8 +159,7 @@ def cases(draw):
             max_size=len(rows) + len(keys),
         )
     )
-    form = draw(st.sampled_from(["copy", "copy", "mysql", "mysql-nbe"]))
-    lean, step = draw(st.booleans()), draw(st.sampled_from([1, 2, 3, 256]))
+    lean, step = draw(st.booleans()) or form == "pg-values", draw(st.sampled_from([1, 2, 3, 256]))
     return types, names, stages, target_cols, target_types, rows, keys, shapes, lean, form, step
 
 
@@ -183,8 +189,8 @@ class Sink:
     def lean_above(self):
         return 0 if self.lean else None
 
-    def encoded_rows(self, cols, lean, expand):
-        enc = Encoded(cols, expand, {} if lean else None)
+    def encoded_rows(self, cols, lean, expand, form=""):
+        enc = Encoded(cols, expand, {} if lean else None, form=form)
         self.segments.append(("enc", enc))
         return enc
 
@@ -235,6 +241,16 @@ def _literals(line: bytes, nbe: bool) -> list[str]:
     return out
 
 
+def _unquoted(literal: str) -> str | None:
+    """A PostgreSQL literal of a VALUES tuple (standard_conforming_strings on) -> the text it stands for."""
+    if literal == "NULL":
+        return None
+    if literal[0] == "'":
+        assert literal[-1] == "'" and "'" not in literal[1:-1].replace("''", ""), literal
+        return literal[1:-1].replace("''", "'")
+    return literal  # a money column's number, bare
+
+
 def _escaper(nbe: bool):
     """The reference path's literals (mysql_merge._mysql_escaper on a pymysql connection's attributes)."""
     status = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES if nbe else 0
@@ -268,7 +284,8 @@ def _same(type_oid: int, money: bool, fast: str | None, ref) -> bool:
 @given(cases())
 def test_fast_path_rows_are_the_reference_rows(case):
     types, names, stage_cfgs, target_cols, target_types, rows, keys, shapes, lean, form, step = case
-    mysql, nbe = form != "copy", form == "mysql-nbe"
+    mysql, nbe = form in ("mysql", "mysql-nbe"), form == "mysql-nbe"
+    values = form == "pg-values"  # PostgreSQL's VALUES tuples (short runs): each literal PostgreSQL's text
     cfg = ConnectorConfig.model_validate(
         {
             "name": "prop",
@@ -323,7 +340,12 @@ def test_fast_path_rows_are_the_reference_rows(case):
         return
 
     sink = Sink(target, lean)
-    path = FastPath(stages, sink, min_run=1, form=form, step=step)  # (a small step: calls split the batch)
+    if values:  # the short runs' form: every run is short
+        path = FastPath(stages, sink, min_run=10**6, step=step, short_form=form)
+    else:
+        path = FastPath(
+            stages, sink, min_run=1, form=form, step=step
+        )  # (a small step: calls split the batch)
     path.push(batch, lambda ev: sink.segments.append(("ref", ev)))
     esc = _escaper(nbe)
 
@@ -340,6 +362,18 @@ def test_fast_path_rows_are_the_reference_rows(case):
                     assert entry[0] == k.decode() and entry[5:] == ["u", None]
                     assert entry[1] == COMMIT_LSN and entry[3:5] == [TS_MS, XID]
                     state[k.decode()] = {c: ("lit", v) for c, v in zip(plan.cols, lits, strict=True)}
+                    state[k.decode()]["__seq"] = entry[2]
+                    continue
+                if values:  # quoted: PostgreSQL's text, as COPY would carry it; bare: a money column's number
+                    assert item.form == "pg-values"
+                    lits = _literals(line, True)
+                    assert len(lits) == len(plan.cols), (line, plan.cols)
+                    entry = json.loads(item.entries[k])
+                    assert entry[0] == k.decode() and entry[5:] == ["u", None]
+                    assert entry[1] == COMMIT_LSN and entry[3:5] == [TS_MS, XID]
+                    state[k.decode()] = {
+                        c: ("text", _unquoted(v)) for c, v in zip(plan.cols, lits, strict=True)
+                    }
                     state[k.decode()]["__seq"] = entry[2]
                     continue
                 fields = line.rstrip(b"\n").split(b"\t")

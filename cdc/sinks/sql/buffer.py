@@ -52,6 +52,9 @@ class Encoded:
     spans: list[tuple[Any, int, int]] = field(default_factory=list)
     min_commit_lsn: int = 0
     inserts_only: bool = True  # every change came from an insert at the source (new keys, most likely)
+    form: str = (
+        ""  # "pg-values": PostgreSQL VALUES tuples (lean); "": the connector's form (SqlSink.fast_form)
+    )
 
     def add_span(self, batch: Any, start: int, stop: int) -> None:
         if not self.spans or batch.commit_lsn < self.min_commit_lsn:

@@ -91,6 +91,8 @@ class Offsets:
         usual way; True when done."""
         writer, store = self.writer, self.store
         pending, held, truncate_first, encoded = taken
+        if encoded is not None and encoded.form == "pg-values":
+            return self._commit_encoded(taken, offset)
         if (
             store.dialect != "postgresql"
             or writer.target.table is None
@@ -117,6 +119,24 @@ class Offsets:
             raise
         writer.lookups.forget()
         writer.folder.appended += len(items)
+        return True
+
+    def _commit_encoded(self, taken: tuple, offset: dict) -> bool:
+        """The fast path's short-run tuples (PgMerge.commit_encoded) committed with their position in one round
+        trip, when nothing else is to be written (the usual way otherwise, or when a row is refused)."""
+        writer, store = self.writer, self.store
+        pending, held, truncate_first, encoded = taken
+        if pending or held or truncate_first or writer.tracks_applied or store.in_transaction():
+            return False
+        conn = store.conn
+        try:
+            writer.merger.commit_encoded(conn, encoded, self._pg_upsert(conn), offset)
+        except Exception as e:
+            if is_row_error(e):
+                return False  # rolled back: the usual way finds the refused rows
+            raise
+        writer.lookups.forget()
+        writer.folder.appended += len(encoded.lines)
         return True
 
     def _pg_upsert(self, conn: sa.Connection) -> str:

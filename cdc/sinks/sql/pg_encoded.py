@@ -6,6 +6,11 @@ alone, above every recorded position) by an upsert that stores the cdc_applied e
 when every change came from an insert at the source, first by a COPY straight into the storefront table (no
 staging, no upsert: a third of their cost) under a savepoint, which a key the storefront has already turns
 back into the upsert.
+
+Short runs (the single sale) come as VALUES tuples instead ("pg-values", lean): upserted straight into the
+storefront table by one INSERT … ON CONFLICT (every key once), their entries inserted beside; when nothing else
+is to be written, with the connector's lock, the source position and the COMMIT in one simple query
+(commit_encoded), one round trip where staging takes five.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
+from cdc.sinks.sql.bookkeeping import PG_LOCK
+
 
 class EncodedMerge:
     """Mixed into PgMerge, whose staging table, statements and cursors it uses (_empty_stage, _statements,
-    _copy_cur, _tid, _conflict, positions, target)."""
+    _copy_cur, _literal_cur, _tid, _conflict, send_alone, connector, positions, target)."""
 
     PLAIN_BACKOFF = 20  # groups that skip the direct COPY after one found a key there (_try_direct)
     _plain_skip = 0  # groups still to skip it
@@ -32,6 +39,12 @@ class EncodedMerge:
         pg = conn.connection.driver_connection
         cols, n = tuple(encoded.cols), len(encoded.lines)
         cur = self._copy_cur
+        if encoded.form == "pg-values":
+            upsert, record = self._values_statements(pg, encoded)
+            with pg.pipeline():
+                cur.execute(upsert)
+                cur.execute(record, self._entries_params(encoded))
+            return
         if encoded.entries is not None and encoded.inserts_only and self._try_direct(pg, cur, encoded):
             return
         empty = self._empty_stage(n)
@@ -46,6 +59,42 @@ class EncodedMerge:
         with cur.copy(copy) as cp:
             cp.write(b"".join(encoded.lines.values()))
         cur.execute(statement, params)
+
+    def commit_encoded(self, conn: sa.Connection, encoded: Any, store: str, offset: dict) -> None:
+        """Short runs' VALUES tuples (lean, "pg-values") and their commit as ONE simple query: BEGIN; the
+        connector's lock; the upsert of the tuples into the storefront table; their cdc_applied entries; the
+        source position; COMMIT (as commit_small, one round trip where the usual way takes several). If the
+        storefront refuses anything, the server has rolled it all back and the error is raised."""
+        pg = conn.connection.driver_connection
+        lit = self._literal_cur.mogrify
+        upsert, record = self._values_statements(pg, encoded)
+        parts = (
+            b"BEGIN",
+            lit(PG_LOCK, (self.connector,)).encode(),
+            upsert,
+            lit(record, self._entries_params(encoded)).encode(),
+            lit(store, offset).encode(),
+            b"COMMIT",
+        )
+        self.send_alone(pg, b";\n".join(parts))
+
+    def _values_statements(self, pg, encoded: Any) -> tuple[bytes, str]:
+        """The upsert of short runs' VALUES tuples straight into the storefront table (every key once: the
+        newest change per key), and the insert of their cdc_applied entries (`_entries_params`)."""
+        cols = tuple(encoded.cols)
+        key = (cols, "values")
+        if key not in self._cache:
+            ident, S = sql.Identifier, sql.SQL
+            head = S("INSERT INTO {tid} AS t ({cols}) VALUES ").format(
+                tid=self._tid(), cols=S(", ").join(map(ident, cols))
+            )
+            tail = S(" ON CONFLICT ({keys}) {conflict}").format(
+                keys=S(", ").join(map(ident, self.target.key_cols)), conflict=self._conflict(cols)
+            )
+            _, _, _, record = self._lean_statements(pg, cols)
+            self._cache[key] = (head.as_bytes(pg), tail.as_bytes(pg), record)
+        head, tail, record = self._cache[key]
+        return head + b",".join(encoded.lines.values()) + tail, record
 
     def _entries_params(self, encoded: Any) -> dict:
         entries = b"[" + b",".join(encoded.entries.values()) + b"]"

@@ -146,9 +146,14 @@ class PgMerge(EncodedMerge):
             parts.append(head + ", ".join(_literal_row(vals, lit) for vals in self._stage_rows(items, cols)))
             parts.append(lit(statement, {"c": self.positions}))
         parts += [lit(store, offset), "COMMIT"]
-        pg.autocommit = True  # the BEGIN is ours, in the same round trip
+        self.send_alone(pg, ";\n".join(parts).encode())
+
+    def send_alone(self, pg, query: bytes) -> None:
+        """`query`, a whole transaction from its BEGIN to its COMMIT, as one simple query (one round trip). If
+        the server refuses any of it, it has rolled it all back, and the error is raised."""
+        pg.autocommit = True  # the BEGIN is the query's, in the same round trip
         try:
-            pg.execute(";\n".join(parts).encode())
+            pg.execute(query)
         except BaseException:
             self.forget_stage()
             if pg.info.transaction_status == pq.TransactionStatus.INERROR:

@@ -152,21 +152,26 @@ class SqlSink:
     # --- the data path --------------------------------------------------------------------------------
 
     def add(self, ev: ChangeEvent) -> None:
-        if self.buffer.encoded is not None:  # the fast path's rows came first: they are written first
-            self.writer.write()
+        enc = self.buffer.encoded
+        if enc is not None:  # the fast path's rows came first: they are written first
+            if enc.lines:
+                self.writer.write()
+            else:  # (opened for a run whose first change it could not encode: nothing in it)
+                self.buffer.encoded = None
         self.buffer.add(ev)
 
-    def encoded_rows(self, cols: list[str], lean: bool, expand) -> Encoded:
+    def encoded_rows(self, cols: list[str], lean: bool, expand, form: str = "") -> Encoded:
         """The fast path's buffer for rows of these storefront columns (cdc/fast/): the one open, or a new one
         once whatever else is buffered (changes, rows of another form) has been written, in order. `lean`:
-        lines without positions, which go to `entries` (see lean_above)."""
+        lines without positions, which go to `entries` (see lean_above); `form`: "pg-values" for
+        PostgreSQL's VALUES tuples (short_form), "" for the connector's own form (fast_form)."""
         buffer = self.buffer
         enc = buffer.encoded
-        if enc is not None and enc.cols == cols and (enc.entries is not None) == lean:
+        if enc is not None and enc.cols == cols and (enc.entries is not None) == lean and enc.form == form:
             return enc
         if enc is not None or buffer.pending or buffer.truncate_first:
             self.writer.write()
-        buffer.encoded = enc = Encoded(cols, expand, {} if lean else None)
+        buffer.encoded = enc = Encoded(cols, expand, {} if lean else None, form=form)
         return enc
 
     def fast_form(self) -> tuple[str | None, str | None]:
@@ -178,6 +183,18 @@ class SqlSink:
         if dialect == "mysql":
             return mysql_fast_form(self.store.conn.connection.driver_connection)
         return None, f"the storefront is {dialect}"
+
+    def short_form(self) -> str | None:
+        """The form of the fast path's rows for short runs (the single sale), lean only: "pg-values" for a
+        PostgreSQL storefront whose session parses string literals as written (standard_conforming_strings
+        on: a backslash is itself), whose tuples go straight into the storefront table with the commit in one
+        round trip (Offsets); None: short runs go the reference way."""
+        if self.store.dialect != "postgresql":
+            return None
+        scs = self.store.conn.connection.driver_connection.info.parameter_status(
+            "standard_conforming_strings"
+        )
+        return "pg-values" if scs == "on" else None
 
     def lean_above(self) -> int | None:
         """Changes of transactions committed above this source position may go as lean lines (their merge needs
