@@ -110,6 +110,7 @@ def encode_run_mysql(
     end=cython.Py_ssize_t,
     buf=bytes,
     money=bytes,
+    literal=bytes,
     vals=list,
     m=cython.p_uchar,
     mp=cython.p_uchar,
@@ -216,18 +217,13 @@ def _run(
             elif h == BOOL:  # 't', 'f' -> 1, 0
                 if lens[j] != 1 or (p[starts[j]] != 116 and p[starts[j]] != 102):
                     return i
-                at = _sep(o, at, first, sep)
-                if 0 <= at < CAP:
-                    o[at] = 49 if p[starts[j]] == 116 else 48
-                    at += 1
-                else:
-                    at = -1
+                at = _put(o, _sep(o, at, first, sep), b"1" if p[starts[j]] == 116 else b"0", 1)
             elif h == DATETIME:
-                money = mysql_datetime(buf[starts[j] : starts[j] + lens[j]])
-                if money is None:
+                literal = mysql_datetime(buf[starts[j] : starts[j] + lens[j]])
+                if literal is None:
                     return i
-                m = money
-                at = _put(o, _sep(o, at, first, sep), m, len(money))
+                m = literal
+                at = _put(o, _sep(o, at, first, sep), m, len(literal))
             else:  # MONEY, CHECK: the stages' conversions (a Decimal)
                 d = converted(buf[starts[j] : starts[j] + lens[j]], slots[s][2])
                 if d is None:
