@@ -3,8 +3,11 @@ as it is becomes an extension module beside it, which the import system prefers.
 package is in pyproject.toml.
 
 When a module cannot be compiled (no C compiler, no Cython, Cython refusing the code) the install still
-succeeds: that module stays pure Python and a warning says so. `CDC_PURE_PYTHON=1` at run time picks the .py
-files even when the extensions are there (cdc/__init__.py).
+succeeds: that module stays pure Python and a warning says so. A module that cimports another listed one
+(`from cython.cimports.cdc.fast.cbytes import ...`: C functions, found at import through the other's compiled
+module) is compiled only when that one was, earlier in the list: compiled alone, it could not be imported, so
+it too stays pure Python, with a warning. `CDC_PURE_PYTHON=1` at run time picks the .py files even when the
+extensions are there (cdc/__init__.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ def compiled_modules() -> list[str]:
     raise SystemExit("setup.py: cdc/hotpath.py has no `COMPILED = (...)` literal")
 
 
+def cimported(module: str) -> set[str]:
+    """The modules whose C functions `module` cimports in pure mode (`from cython.cimports.X import ...`)."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    prefix = "cython.cimports."
+    return {
+        node.module[len(prefix) :]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(prefix)
+    }
+
+
 def warn(text: str) -> None:
     print(f"\nWARNING (pos-cdc): {text}\n", file=sys.stderr, flush=True)
 
@@ -63,7 +77,16 @@ class OptionalBuildExt(build_ext):
 
     def build_extensions(self) -> None:
         built = []
+        listed = {x.name for x in self.extensions}
         for ext in self.extensions:
+            missing = sorted(cimported(ext.name) & (listed - {x.name for x in built}))
+            if missing:  # compiled, it could not be imported (its C functions are not there)
+                warn(
+                    f"did not compile {ext.name}: it calls C functions of {', '.join(missing)}, not compiled "
+                    "before it (the warning above says why); installed as pure Python, which works the same, "
+                    "only slower"
+                )
+                continue
             try:
                 self.build_extension(ext)
                 built.append(ext)

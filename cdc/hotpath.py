@@ -20,12 +20,14 @@ import os
 import sys
 from dataclasses import dataclass
 
-# The modules compiled at install, in dotted form (setup.py reads this assignment with `ast`: keep it a literal).
+# The modules compiled at install, in dotted form (setup.py reads this assignment with `ast`: keep it a literal),
+# in the order they are built: a module that cimports another (encode_c the C functions of cbytes) after it.
 COMPILED = (
     "cdc.sources.pg_values",
     "cdc.sources.pgoutput",
     "cdc.fast.encode",
     "cdc.fast.encode_mysql",
+    "cdc.fast.cbytes",
     "cdc.fast.encode_c",
     "cdc.sources.pg_run",
 )

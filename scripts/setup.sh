@@ -55,9 +55,10 @@ fi
 # the demo needs the runtime only; the tests add MariaDB's driver, confluent-kafka and the test tools
 if [ "${1:-}" = "--with-test-tools" ]; then extras="all"; else extras="runtime"; fi
 stamp="$VENV/.installed-$extras"
-# again when the packaging changed, or a compiled module's .py since the last build (its extension is stale)
+# again when the packaging changed, or a compiled module's .py or .pxd since the last build (its extension is
+# stale; a .pxd that is not there is never newer)
 rebuild=""
-for f in pyproject.toml setup.py cdc/hotpath.py $("$BUILD_PY" -c 'import cdc.hotpath as h; print(*(n.replace(".", "/") + ".py" for n in h.COMPILED))'); do
+for f in pyproject.toml setup.py cdc/hotpath.py $("$BUILD_PY" -c 'import cdc.hotpath as h; print(*(n.replace(".", "/") + x for n in h.COMPILED for x in (".py", ".pxd")))'); do
   if [ "$f" -nt "$stamp" ]; then rebuild=yes; fi
 done
 if [ ! -f "$stamp" ] || [ -n "$rebuild" ]; then

@@ -11,7 +11,7 @@ install) writes the rows straight from the message bytes into the sink's buffer,
 (cdc/sinks/sql/buffer.py `Encoded`): for PostgreSQL the staging table's COPY lines (encode.py), which the sink
 merges by the same statement as any other write; for MariaDB the VALUES tuples of its multi-row INSERT …
 ON DUPLICATE KEY UPDATE (encode_mysql.py), the literals the reference path would send. Compiled, encode_c.py
-writes the same lines byte by byte into a C buffer, and runs instead of both.
+writes the same lines byte by byte into a C buffer (with cbytes.py's C functions), and runs instead of both.
 
 Runs shorter than MIN_RUN (the single sale) are encoded too, for a PostgreSQL storefront, when their lines
 can be lean: as VALUES tuples ("pg-values", plan.py), which the sink upserts straight into the storefront

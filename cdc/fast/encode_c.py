@@ -3,8 +3,8 @@
 encode.py builds each line from Python objects: a bytes object per column, a list, a join and a few
 concatenations, ~1.7 µs a change compiled. Here a message's columns are found by offset (no bytes object per
 column), and the line (and, for the lean form, the cdc_applied entry) is written into one C buffer: COPY's
-escapes, SHIFT's decimal point and the change's LSN digit by digit. Per change that leaves two Python objects
-(the key and the line; three with the entry) and one dict store.
+escapes, SHIFT's decimal point and the change's LSN digit by digit (cbytes.py's C functions, cimported). Per
+change that leaves two Python objects (the key and the line; three with the entry) and one dict store.
 
 What it does not write itself goes to encode.py's `encode_one`, the reference for it, message by message: a
 key of several columns, a line longer than the buffer, a key that is not plain ASCII for JSON, more columns
@@ -26,8 +26,31 @@ try:
 except ImportError:  # interpreted without Cython: its declarations are no-ops
     from cdc import cython_shim as cython
 
+from cdc.fast.cbytes import CAP
+
+# cbytes.py's C byte writers: compiled, cimported (C calls, declared in cbytes.pxd); interpreted, its Python
+# functions (which nothing calls then). Cython compiles only the first branch (`cython.compiled` is true for
+# it); Python, with Cython or cdc/cython_shim.py, runs only the second.
+if cython.compiled:
+    from cython.cimports.cdc.fast.cbytes import (
+        is_plain_number,
+        put_digits,
+        put_escaped,
+        put_json,
+        put_quoted,
+        put_shifted,
+    )
+else:
+    from cdc.fast.cbytes import (
+        is_plain_number,
+        put_digits,
+        put_escaped,
+        put_json,
+        put_quoted,
+        put_shifted,
+    )
+
 MAX_COLS = 256  # a relation with more columns goes through encode_one (the arrays below are this long)
-CAP = 16384  # bytes a line and its entry may take in the buffer (a longer one goes through encode_one)
 
 
 def encode_run(
@@ -87,6 +110,7 @@ def encode_run_mysql(
     end=cython.Py_ssize_t,
     buf=bytes,
     money=bytes,
+    literal=bytes,
     vals=list,
     m=cython.p_uchar,
     mp=cython.p_uchar,
@@ -181,30 +205,25 @@ def _run(
             elif h == PASS:
                 at = _put(o, _sep(o, at, first, sep), p + starts[j], lens[j])
             elif h == TEXT and not mysql:
-                at = _escaped(o, _sep(o, at, first, sep), p + starts[j], lens[j])
+                at = put_escaped(o, _sep(o, at, first, sep), p + starts[j], lens[j])
             elif h == TEXT or h == TEXT_NBE:
-                at = _quoted(o, _sep(o, at, first, sep), p + starts[j], lens[j], h == TEXT_NBE)
+                at = put_quoted(o, _sep(o, at, first, sep), p + starts[j], lens[j], h == TEXT_NBE)
             elif h == SHIFT:
-                at = _shifted(o, _sep(o, at, first, sep), p + starts[j], lens[j], shift[s], zeros[s])
+                at = put_shifted(o, _sep(o, at, first, sep), p + starts[j], lens[j], shift[s], zeros[s])
             elif h == NUMBER:  # as sent, where str(Decimal) gives the same text (encode_mysql.py)
-                if not _plain_number(p + starts[j], lens[j]):
+                if not is_plain_number(p + starts[j], lens[j]):
                     return i
                 at = _put(o, _sep(o, at, first, sep), p + starts[j], lens[j])
             elif h == BOOL:  # 't', 'f' -> 1, 0
                 if lens[j] != 1 or (p[starts[j]] != 116 and p[starts[j]] != 102):
                     return i
-                at = _sep(o, at, first, sep)
-                if 0 <= at < CAP:
-                    o[at] = 49 if p[starts[j]] == 116 else 48
-                    at += 1
-                else:
-                    at = -1
+                at = _put(o, _sep(o, at, first, sep), b"1" if p[starts[j]] == 116 else b"0", 1)
             elif h == DATETIME:
-                money = mysql_datetime(buf[starts[j] : starts[j] + lens[j]])
-                if money is None:
+                literal = mysql_datetime(buf[starts[j] : starts[j] + lens[j]])
+                if literal is None:
                     return i
-                m = money
-                at = _put(o, _sep(o, at, first, sep), m, len(money))
+                m = literal
+                at = _put(o, _sep(o, at, first, sep), m, len(literal))
             else:  # MONEY, CHECK: the stages' conversions (a Decimal)
                 d = converted(buf[starts[j] : starts[j] + lens[j]], slots[s][2])
                 if d is None:
@@ -217,14 +236,14 @@ def _run(
             first = False
         lsn = lsns[i]
         if entries is None:  # then the key (escaped) and its position
-            at = _escaped(o, _sep(o, at, first, sep), p + starts[key], lens[key])
-            at = _digits(o, _put(o, at, mp, nmid), lsn)
+            at = put_escaped(o, _sep(o, at, first, sep), p + starts[key], lens[key])
+            at = put_digits(o, _put(o, at, mp, nmid), lsn)
             at = _put(o, at, tp, ntail)
             end = at
         else:  # then the entry, after the line: ["<key>", <commit lsn>, <lsn>, ...]
             end = _put(o, at, lp, 1)
-            at = _json(o, _put(o, end, hp, 2), p + starts[key], lens[key])
-            at = _digits(o, _put(o, at, mp, nmid), lsn)
+            at = put_json(o, _put(o, end, hp, 2), p + starts[key], lens[key])
+            at = put_digits(o, _put(o, at, mp, nmid), lsn)
             at = _put(o, at, tp, ntail)
         if at < 0 and mysql:  # too long for the buffer, or a key JSON needs escapes for: the Python way
             if not encode_mysql_py([buf], [lsn], 0, ncols, slots, (key,), mid, tail, lines, entries):
@@ -243,8 +262,9 @@ def _run(
     return i
 
 
-# Each writer below puts its bytes at o[at:] and returns the new end, or -1 when they would not fit in CAP
-# bytes (or `at` is -1 already: one check of the last one's result covers a line).
+# The two smallest writers, inline here (the others are cbytes.py's): each puts its bytes at o[at:] and returns
+# the new end, or -1 when they would not fit in CAP bytes (or `at` is -1 already: one check of the last one's
+# result covers a line).
 
 
 @cython.cfunc
@@ -276,195 +296,3 @@ def _put(o, at, s, ln):
     for k in range(ln):
         o[at + k] = s[k]
     return at + ln
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.Py_ssize_t)
-@cython.locals(
-    o=cython.p_uchar,
-    at=cython.Py_ssize_t,
-    s=cython.p_uchar,
-    ln=cython.Py_ssize_t,
-    k=cython.Py_ssize_t,
-    c=cython.uchar,
-)
-def _escaped(o, at, s, ln):
-    """s[:ln] escaped for COPY's text format (encode.copy_text: backslash, and \\b \\t \\n \\v \\f \\r)."""
-    if at < 0 or at + 2 * ln > CAP:
-        return -1
-    for k in range(ln):
-        c = s[k]
-        if c == 92 or (c >= 8 and c <= 13):
-            o[at] = 92
-            if c == 8:
-                c = 98  # b
-            elif c == 9:
-                c = 116  # t
-            elif c == 10:
-                c = 110  # n
-            elif c == 11:
-                c = 118  # v
-            elif c == 12:
-                c = 102  # f
-            elif c == 13:
-                c = 114  # r
-            at += 1
-        o[at] = c
-        at += 1
-    return at
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.Py_ssize_t)
-@cython.locals(
-    o=cython.p_uchar,
-    at=cython.Py_ssize_t,
-    s=cython.p_uchar,
-    ln=cython.Py_ssize_t,
-    k=cython.Py_ssize_t,
-    c=cython.uchar,
-)
-def _json(o, at, s, ln):
-    """s[:ln] inside a JSON string, when it needs no escape (encode.json_text's plain case); else -1."""
-    if at < 0 or at + ln > CAP:
-        return -1
-    for k in range(ln):
-        c = s[k]
-        if c < 32 or c == 34 or c == 92 or c >= 127:
-            return -1
-        o[at + k] = c
-    return at + ln
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.Py_ssize_t)
-@cython.locals(
-    o=cython.p_uchar,
-    at=cython.Py_ssize_t,
-    s=cython.p_uchar,
-    ln=cython.Py_ssize_t,
-    shift=cython.Py_ssize_t,
-    nzeros=cython.Py_ssize_t,
-    neg=cython.bint,
-    nonzero=cython.bint,
-    pad=cython.Py_ssize_t,
-    total=cython.Py_ssize_t,
-    k=cython.Py_ssize_t,
-)
-def _shifted(o, at, s, ln, shift, nzeros):
-    """An integer's text with its decimal point moved `shift` places left, then `nzeros` zeros: encode.shifted.
-    An empty text (which PostgreSQL never sends): -1, so that encode.shifted says what it makes of it."""
-    if at < 0 or ln == 0 or at + ln + shift + nzeros + 3 > CAP:
-        return -1
-    neg = s[0] == 45  # '-'
-    if neg:
-        s += 1
-        ln -= 1
-    nonzero = False
-    for k in range(ln):
-        if s[k] != 48:
-            nonzero = True
-            break
-    if neg and nonzero:
-        o[at] = 45
-        at += 1
-    pad = shift + 1 - ln if shift and ln <= shift else 0  # zeros before the digits: one before the point
-    total = pad + ln
-    for k in range(total):
-        if shift and k == total - shift:
-            o[at] = 46  # '.'
-            at += 1
-        o[at] = 48 if k < pad else s[k - pad]
-        at += 1
-    if nzeros and not shift:
-        o[at] = 46
-        at += 1
-    for k in range(nzeros):
-        o[at + k] = 48
-    return at + nzeros
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.Py_ssize_t)
-@cython.locals(o=cython.p_uchar, at=cython.Py_ssize_t, v=cython.ulonglong, k=cython.Py_ssize_t)
-def _digits(o, at, v):
-    """A position's decimal digits (b"%d" % v)."""
-    tmp = cython.declare(cython.uchar[24])
-    if at < 0 or at + 20 > CAP:
-        return -1
-    k = 0
-    while True:
-        tmp[k] = 48 + v % 10
-        v //= 10
-        k += 1
-        if v == 0:
-            break
-    while k > 0:
-        k -= 1
-        o[at] = tmp[k]
-        at += 1
-    return at
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.Py_ssize_t)
-@cython.locals(
-    o=cython.p_uchar,
-    at=cython.Py_ssize_t,
-    s=cython.p_uchar,
-    ln=cython.Py_ssize_t,
-    nbe=cython.bint,
-    k=cython.Py_ssize_t,
-    c=cython.uchar,
-)
-def _quoted(o, at, s, ln, nbe):
-    """s[:ln] as a quoted MySQL string literal: pymysql's escape_string (encode_mysql.mysql_text: NUL, \\n,
-    \\r, ^Z, quotes and backslash escaped) or, `nbe` (NO_BACKSLASH_ESCAPES), with its single quotes doubled."""
-    if at < 0 or at + 2 * ln + 2 > CAP:
-        return -1
-    o[at] = 39
-    at += 1
-    for k in range(ln):
-        c = s[k]
-        if nbe:
-            if c == 39:
-                o[at] = 39
-                at += 1
-        elif c == 0 or c == 10 or c == 13 or c == 26 or c == 39 or c == 34 or c == 92:
-            o[at] = 92
-            at += 1
-            if c == 0:
-                c = 48  # 0
-            elif c == 10:
-                c = 110  # n
-            elif c == 13:
-                c = 114  # r
-            elif c == 26:
-                c = 90  # Z
-        o[at] = c
-        at += 1
-    o[at] = 39
-    return at + 1
-
-
-@cython.cfunc
-@cython.exceptval(check=False)
-@cython.returns(cython.bint)
-@cython.locals(s=cython.p_uchar, ln=cython.Py_ssize_t, at=cython.Py_ssize_t, k=cython.Py_ssize_t)
-def _plain_number(s, ln):
-    """Whether a numeric's text is str() of its Decimal (encode_mysql.py's NUMBER): digits first (not NaN or
-    Infinity), and not 0.000000 followed by more (below 1E-6, where str() writes an exponent)."""
-    at = 1 if ln and s[0] == 45 else 0
-    if at >= ln or s[at] < 48 or s[at] > 57:
-        return False
-    if ln > at + 8 and s[at] == 48 and s[at + 1] == 46:
-        for k in range(at + 2, at + 8):
-            if s[k] != 48:
-                return True
-        return False
-    return True

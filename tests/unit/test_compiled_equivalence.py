@@ -8,7 +8,8 @@ this run has CDC_PURE_PYTHON=1), each with its own copy of the modules in FRESH,
 builds its relations with the pure converters. Results are compared structurally (class names, fields, reprs),
 since the two variants' classes are distinct objects.
 
-A new hot module is one more entry in CASES: its name, a strategy for its inputs, and how to run one input.
+A new hot module is one more entry in CASES: its name, a strategy for its inputs, and how to run one input; a
+module of C functions only (cdc.fast.cbytes), one more entry in C_ONLY: the module whose Case calls them.
 """
 
 from __future__ import annotations
@@ -443,12 +444,25 @@ CASES = [
     Case("cdc.fast.encode_mysql", encode_mysql_input(), run_encode_mysql),
     Case("cdc.sources.pg_run", frames_input(), run_pg_run),
 ]
+# listed modules with no Python functions to call (C functions, which another listed module cimports): that
+# module's Case runs them, the compiled variant its compiled C functions, the pure one their .py
+C_ONLY = {"cdc.fast.cbytes": "cdc.fast.encode_c"}
 
 
 def test_every_compiled_module_has_a_case():
-    assert sorted(c.module for c in CASES) == sorted(hotpath.COMPILED), (
-        "each module in cdc/hotpath.py's COMPILED needs a Case here (its inputs, how to run one)"
+    assert sorted([*(c.module for c in CASES), *C_ONLY]) == sorted(hotpath.COMPILED), (
+        "each module in cdc/hotpath.py's COMPILED needs a Case here (its inputs, how to run one), or an "
+        "entry in C_ONLY"
     )
+    assert set(C_ONLY.values()) <= {c.module for c in CASES}
+
+
+@pytest.mark.parametrize("module", sorted(C_ONLY))
+def test_c_only_modules_export_every_c_function(module):
+    """Its .pxd declares each C function of its .py (compiled: exported for cimport, in `__pyx_capi__`)."""
+    compiled, pure = pair(module)
+    defined = {n for n, v in vars(pure).items() if _c_only(v) and v.__module__ == pure.__name__}
+    assert defined and sorted(compiled.__pyx_capi__) == sorted(defined)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.module)

@@ -4,6 +4,7 @@ that runs is said in one line and exported as cdc_hot_path_info."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -60,6 +61,46 @@ def test_without_cdc_pure_python_the_compiled_modules_load_when_installed():
     for name, path in zip(hotpath.COMPILED, imported_files({hotpath.PURE_ENV: "0"}), strict=True):
         installed = hotpath.compiled_origin(name)
         assert path == (installed or path), (name, path, installed)
+
+
+def test_a_module_that_cimports_another_is_listed_after_it():
+    """setup.py compiles the listed modules in their order, one that cimports another's C functions only when
+    that one compiled before it (else it stays pure Python: compiled alone, it could not be imported)."""
+    for i, name in enumerate(hotpath.COMPILED):
+        tree = ast.parse((ROOT / (name.replace(".", "/") + ".py")).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cython.cimports.cdc."):
+                cimported = node.module.removeprefix("cython.cimports.")
+                assert cimported in hotpath.COMPILED[:i], f"{name} cimports {cimported}: list it first"
+
+
+# a process without Cython: the listed modules' .py files with cdc/cython_shim.py, and encode_c's lines
+WITHOUT_CYTHON = r"""
+import importlib, sys
+sys.modules["cython"] = None  # `import cython` raises ImportError, as where Cython is not installed
+from cdc import cython_shim, hotpath
+from cdc.fast import encode, encode_c
+from cdc.fast.encode import PASS, TEXT
+
+mods = [importlib.import_module(n) for n in hotpath.COMPILED]
+assert all(m.__file__.endswith(".py") for m in mods), mods
+assert {getattr(m, "cython", cython_shim) for m in mods} == {cython_shim}, mods
+msg = b"I\0\0\0\1N\0\2" + b"t\0\0\0\2k1" + b"t\0\0\0\3a\tb"
+args = ([msg], [7], 0, 2, ((0, PASS, ()), (1, TEXT, ())), (0,), b"\tu\t", b"\n")
+lines, expect = {}, {}
+assert encode_c.encode_run(*args, lines) == encode.encode_run(*args, expect) == 1
+assert lines == expect == {b"k1": b"k1\ta\\tb\tk1\tu\t7\n"}, lines
+"""
+
+
+def test_the_listed_modules_run_interpreted_without_cython():
+    """Without Cython installed, the .py files import (the declarations from cdc/cython_shim.py) and run:
+    encode_c imports cbytes's C functions as Python functions then, and calls encode.py."""
+    env = {**os.environ, hotpath.PURE_ENV: "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_CYTHON], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_the_finder_answers_for_the_listed_modules_only():
