@@ -43,3 +43,8 @@ def returns(_type):
 
 def exceptval(*_args, **_kw):
     return lambda fn: fn
+
+
+def declare(_type=None, value=None):
+    """A C variable compiled; interpreted, just its value."""
+    return value

@@ -17,6 +17,7 @@ except ImportError:  # interpreted without Cython: its declarations are no-ops
     from cdc import cython_shim as cython
 
 CAP = 16384  # bytes a line and its entry may take in the buffer (encode_c.py hands a longer one to encode.py)
+_CAP = cython.declare(cython.Py_ssize_t, CAP)  # compiled: a C integer, no Python int in each check
 
 
 @cython.cfunc
@@ -32,7 +33,7 @@ CAP = 16384  # bytes a line and its entry may take in the buffer (encode_c.py ha
 )
 def put_escaped(o, at, s, ln):
     """s[:ln] escaped for COPY's text format (encode.copy_text: backslash, and \\b \\t \\n \\v \\f \\r)."""
-    if at < 0 or at + 2 * ln > CAP:
+    if at < 0 or at + 2 * ln > _CAP:
         return -1
     for k in range(ln):
         c = s[k]
@@ -69,7 +70,7 @@ def put_escaped(o, at, s, ln):
 )
 def put_json(o, at, s, ln):
     """s[:ln] inside a JSON string, when it needs no escape (encode.json_text's plain case); else -1."""
-    if at < 0 or at + ln > CAP:
+    if at < 0 or at + ln > _CAP:
         return -1
     for k in range(ln):
         c = s[k]
@@ -98,7 +99,7 @@ def put_json(o, at, s, ln):
 def put_shifted(o, at, s, ln, shift, nzeros):
     """An integer's text with its decimal point moved `shift` places left, then `nzeros` zeros: encode.shifted.
     An empty text (which PostgreSQL never sends): -1, so that encode.shifted says what it makes of it."""
-    if at < 0 or ln == 0 or at + ln + shift + nzeros + 3 > CAP:
+    if at < 0 or ln == 0 or at + ln + shift + nzeros + 3 > _CAP:
         return -1
     neg = s[0] == 45  # '-'
     if neg:
@@ -135,7 +136,7 @@ def put_shifted(o, at, s, ln, shift, nzeros):
 def put_digits(o, at, v):
     """A position's decimal digits (b"%d" % v)."""
     tmp = cython.declare(cython.uchar[24])
-    if at < 0 or at + 20 > CAP:
+    if at < 0 or at + 20 > _CAP:
         return -1
     k = 0
     while True:
@@ -166,7 +167,7 @@ def put_digits(o, at, v):
 def put_quoted(o, at, s, ln, nbe):
     """s[:ln] as a quoted MySQL string literal: pymysql's escape_string (encode_mysql.mysql_text: NUL, \\n,
     \\r, ^Z, quotes and backslash escaped) or, `nbe` (NO_BACKSLASH_ESCAPES), with its single quotes doubled."""
-    if at < 0 or at + 2 * ln + 2 > CAP:
+    if at < 0 or at + 2 * ln + 2 > _CAP:
         return -1
     o[at] = 39
     at += 1

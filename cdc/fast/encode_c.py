@@ -28,6 +28,8 @@ except ImportError:  # interpreted without Cython: its declarations are no-ops
 
 from cdc.fast.cbytes import CAP
 
+_CAP = cython.declare(cython.Py_ssize_t, CAP)  # compiled: a C integer, no Python int in each check
+
 # cbytes.py's C byte writers: compiled, cimported (C calls, declared in cbytes.pxd); interpreted, its Python
 # functions (which nothing calls then). Cython compiles only the first branch (`cython.compiled` is true for
 # it); Python, with Cython or cdc/cython_shim.py, runs only the second.
@@ -276,7 +278,7 @@ def _sep(o, at, first, sep):
     """The separator (a tab, a comma) before every column but the first."""
     if first or at < 0:
         return at
-    if at + 1 > CAP:
+    if at + 1 > _CAP:
         return -1
     o[at] = sep
     return at + 1
@@ -291,7 +293,7 @@ def _sep(o, at, first, sep):
 )
 def _put(o, at, s, ln):
     """s[:ln] as it is."""
-    if at < 0 or at + ln > CAP:
+    if at < 0 or at + ln > _CAP:
         return -1
     for k in range(ln):
         o[at + k] = s[k]

@@ -14,6 +14,7 @@ module of C functions only (cdc.fast.cbytes), one more entry in C_ONLY: the modu
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import importlib
@@ -22,6 +23,7 @@ import os
 import sys
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -492,11 +494,13 @@ def shape(module: ModuleType) -> dict[str, Any]:
     """What a module defines, as its users see it: names, classes (MRO, __slots__, dataclass fields, members)
     and the signatures of its functions. Not compared: `annotations` (the __future__ feature, which a compiled
     module does not keep as a name), `cython` (Cython's declarations: compile-time only when compiled),
-    functions declared `@cython.cfunc` (C functions, which a compiled module does not show as names) and
-    dunders (a compiled module adds __test__, lacks __cached__)."""
+    functions declared `@cython.cfunc` and module variables made by `cython.declare` (C functions and
+    variables, which a compiled module does not show as names) and dunders (a compiled module adds __test__,
+    lacks __cached__)."""
     out: dict[str, Any] = {}
+    c_vars = _c_variables(module)
     for name, value in vars(module).items():
-        if name.startswith("__") or name in ("annotations", "cython") or _c_only(value):
+        if name.startswith("__") or name in ("annotations", "cython") or _c_only(value) or name in c_vars:
             continue
         if isinstance(value, type) and value.__module__ == module.__name__:
             fields = dataclasses.fields(value) if dataclasses.is_dataclass(value) else ()
@@ -509,6 +513,20 @@ def shape(module: ModuleType) -> dict[str, Any]:
         else:
             out[name] = shape_of(value)
     return out
+
+
+def _c_variables(module: ModuleType) -> set[str]:
+    """The names a module's source assigns at its top level from `cython.declare(...)`."""
+    source = Path(module.__file__).parent / (module.__name__.rpartition(".")[2] + ".py")
+    names = set()
+    for node in ast.parse(source.read_text()).body:
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Call)
+            and ast.unparse(node.value.func) == "cython.declare"
+        ):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
 
 
 def _c_only(value: Any) -> bool:
