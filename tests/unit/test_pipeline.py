@@ -675,6 +675,20 @@ def test_the_sql_buffer_keeps_the_newest_change_of_a_key_whatever_arrives_last()
     assert [p.row["price"] for p in truncated.pending.values()] == ["after"]
 
 
+def test_the_sql_buffer_takes_an_encoded_group_without_rows_as_none():
+    """The fast path opens its buffer of rows before it knows whether a run's first change is encoded; when that
+    change is held or goes the reference way, the empty group is nothing to write (its lean lines, with no
+    position, would otherwise read as rows at or below the stored position)."""
+    from cdc.sinks.sql.buffer import Encoded, KeyBuffer
+
+    buf = KeyBuffer(("sku",))
+    buf.encoded = Encoded(["sku", "price"], lambda spans: [], {}, form="pg-values")
+    assert buf.take() == ({}, None, None) and buf.encoded is None
+    buf.encoded = enc = Encoded(["sku", "price"], lambda spans: [], {}, form="pg-values")
+    enc.lines[b"A"], enc.entries[b"A"] = b"('A','1.00')", b'["A",5,5,0,1,"u",null]'
+    assert buf.take() == ({}, None, enc) and buf.encoded is None
+
+
 def test_each_retry_says_its_attempt_the_wait_it_uses_and_when_it_gives_up(no_backoff, caplog):
     refused = Fail(TransientError("POS database unavailable: connection refused"))
     rig = Rig([refused], [refused], [*txn(10, ("A", 100)), Idle()], retry_for_s=60)

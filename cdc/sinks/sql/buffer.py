@@ -9,7 +9,7 @@ under the new one). A source TRUNCATE empties the buffer and remembers its posit
 table first.
 
 Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table (PostgreSQL) or VALUES
-tuples (MariaDB), newest per key, of one set of columns. The sink never holds both kinds at once: whichever
+tuples (MariaDB; PostgreSQL's short runs), newest per key, of one set of columns and one form. The sink never holds both kinds at once: whichever
 arrives while the other is buffered has the other written first, so the order of changes holds.
 
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
@@ -52,9 +52,8 @@ class Encoded:
     spans: list[tuple[Any, int, int]] = field(default_factory=list)
     min_commit_lsn: int = 0
     inserts_only: bool = True  # every change came from an insert at the source (new keys, most likely)
-    form: str = (
-        ""  # "pg-values": PostgreSQL VALUES tuples (lean); "": the connector's form (SqlSink.fast_form)
-    )
+    # "pg-values": PostgreSQL VALUES tuples, lean (SqlSink.short_form); "": the connector's form (fast_form)
+    form: str = ""
 
     def add_span(self, batch: Any, start: int, stop: int) -> None:
         if not self.spans or batch.commit_lsn < self.min_commit_lsn:
@@ -86,8 +85,10 @@ class KeyBuffer:
         return len(self.pending) + (len(self.encoded.lines) if self.encoded is not None else 0)
 
     def take(self) -> tuple[dict[tuple, Pending], Position | None, Encoded | None]:
-        """What is buffered, leaving the buffer empty."""
-        taken = (self.pending, self.truncate_first, self.encoded)
+        """What is buffered, leaving the buffer empty (an Encoded with no rows is none: the fast path opens one
+        before it knows whether a run's first change is encoded, or held, or goes the reference way)."""
+        enc = self.encoded if self.encoded is not None and self.encoded.lines else None
+        taken = (self.pending, self.truncate_first, enc)
         self.pending, self.truncate_first, self.encoded = {}, None, None
         return taken
 
