@@ -177,7 +177,8 @@ def _same_held(fast_held: list, ref_held: list) -> None:
     assert ("EXT1", "sink.write") not in kinds  # float text into a text column: applied, the reference way
 
 
-def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplog):
+def _two_storefronts(env) -> tuple[str, str]:
+    """The POS tables, the fast connector's storefront (env's) and the reference one's: (its name, its DSN)."""
     for sql in POS:
         env.pos(sql)
     ref_db = f"{env.store_db}_ref"
@@ -185,6 +186,11 @@ def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplo
     for sql in STORE:
         env.store(sql)
         _exec(ref_dsn, sql)
+    return ref_db, ref_dsn
+
+
+def test_fast_path_writes_what_the_reference_path_writes(env, monkeypatch, caplog):
+    ref_db, ref_dsn = _two_storefronts(env)
     for dsn in (env.store_dsn, ref_dsn):  # a key the storefront has already: the bulk insert's plain INSERT
         _exec(dsn, OLD7)
     caplog.set_level(logging.INFO, logger="cdc.fast")
@@ -234,13 +240,7 @@ def test_single_sales_go_as_values_tuples_committed_in_one_round_trip(env, monke
     """PostgreSQL: runs shorter than MIN_RUN (the single sale) are encoded as VALUES tuples and committed with
     their position in one round trip (PgMerge.commit_encoded); the rows and held changes are the reference
     path's."""
-    for sql in POS:
-        env.pos(sql)
-    ref_db = f"{env.store_db}_ref"
-    ref_dsn = env.pg.create_database(ref_db)
-    for sql in STORE:
-        env.store(sql)
-        _exec(ref_dsn, sql)
+    ref_db, ref_dsn = _two_storefronts(env)
     caplog.set_level(logging.INFO, logger="cdc.fast")
     one_trip = _count_calls(monkeypatch, PgMerge, "commit_encoded")
     dsns = {"fast": env.store_dsn, "ref": ref_dsn}
