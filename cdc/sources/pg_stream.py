@@ -38,6 +38,7 @@ STATUS = struct.Struct("!cQQQQB")  # standby status update
 STREAM_TAGS = frozenset((b"S", b"E", b"c", b"A"))  # protocol 2's stream start, stop, commit, abort
 CHANGES = frozenset((po.Insert, po.Update, po.Delete, po.Truncate))
 OID = struct.Struct("!I")
+BEGIN, COMMIT = struct.Struct("!QqI"), struct.Struct("!BQQq")  # (final LSN, time, xid), (flags, LSNs, time)
 RUN_MAX = 2000  # changes in one ChangeBatch at most (a bulk transaction is yielded in runs of this size)
 
 
@@ -244,22 +245,24 @@ class WalStream:
                             yield from self._run_out(run_rel, run, run_lsns, inserts, commit_lsn, ts_ms, xid)
                             run, run_lsns, inserts = [], [], 0
                         continue
-                msg = decode(body)
-                t = type(msg)
-                if t is po.Begin:
-                    self._in_txn = True
-                    commit_lsn, xid = msg.final_lsn, msg.xid
-                    ts_ms = po.pg_epoch_us_to_unix_ms(msg.commit_ts_us)
+                # Begin and Commit, unpacked here (two of a single sale's three frames; a malformed one is
+                # left to the decoder, which says what is wrong with it)
+                if tag == b"B" and len(body) == 21:
+                    commit_lsn, ts_us, xid = BEGIN.unpack_from(body, 1)
+                    self._in_txn, ts_ms = True, po.pg_epoch_us_to_unix_ms(ts_us)
                     skipping = commit_lsn <= skip_through
-                elif t is po.Commit:
+                elif tag == b"C" and len(body) == 26:
+                    _, c_lsn, end_lsn, _ = COMMIT.unpack_from(body, 1)
                     self._in_txn = False
                     if skipping:
-                        self._mark = max(self._mark, msg.end_lsn)
+                        self._mark = max(self._mark, end_lsn)
                     else:
-                        yield TxnEnd(WalPosition(msg.commit_lsn, msg.end_lsn), ts_ms)
-                elif t in CHANGES and not skipping:
-                    yield from self._events(msg, lsn, commit_lsn, ts_ms, xid)
-                # Relation, Type, Origin and logical messages need nothing more here
+                        yield TxnEnd(WalPosition(c_lsn, end_lsn), ts_ms)
+                else:
+                    msg = decode(body)
+                    if type(msg) in CHANGES and not skipping:
+                        yield from self._events(msg, lsn, commit_lsn, ts_ms, xid)
+                    # Relation, Type, Origin and logical messages need nothing more here
         except (
             struct.error,
             IndexError,

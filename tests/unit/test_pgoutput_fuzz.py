@@ -183,6 +183,13 @@ def test_the_reader_passes_a_valid_transaction(shape, batching):
     events = read_all([RELATION, KEEPALIVE, *shape(insert_msg(PRODUCTS, ROW))], batching)
     assert len(rows(events)) == 1
     assert "walsender stopped" in str(events[-1])  # the end of the frames
+    # the Begin's and the Commit's fields, as sent (the reader unpacks those two itself)
+    (change,) = [e for e in events if isinstance(e, ChangeEvent)]
+    (end,) = [e for e in events if isinstance(e, TxnEnd)]
+    lsns = (200, 201) if shape is txn else (300, 301)
+    assert (end.position.commit_lsn, end.position.end_lsn) == lsns and change.commit_lsn == lsns[0]
+    assert end.ts_ms == change.ts_ms == 700_000_000_000 + 946_684_800_000
+    assert change.txid == (7 if shape is txn else 9)
 
 
 @SETTINGS
