@@ -169,10 +169,13 @@ class FastPath:
         while i < n:
             enc = self.sink.encoded_rows(plan.cols, lean, self.expand, form)
             start = i
-            while i < n:  # `step` messages a call
+            while i < n:  # `step` messages a call (the whole batch, unsliced, when it is that short)
                 end = min(n, i + self.step)
-                chunk = payloads[i:end], lsns[i:end], 0, plan.ncols, plan.slots, plan.key_index, mid, tail
-                i += encode_run(*chunk, enc.lines, enc.entries)
+                rest = (plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries)
+                if i == 0 and end == n:
+                    i = encode_run(payloads, lsns, 0, *rest)
+                else:
+                    i += encode_run(payloads[i:end], lsns[i:end], 0, *rest)
                 if i < end:
                     break
             if i > start:
