@@ -38,7 +38,6 @@ STATUS = struct.Struct("!cQQQQB")  # standby status update
 STREAM_TAGS = frozenset((b"S", b"E", b"c", b"A"))  # protocol 2's stream start, stop, commit, abort
 CHANGES = frozenset((po.Insert, po.Update, po.Delete, po.Truncate))
 OID = struct.Struct("!I")
-BEGIN, COMMIT = struct.Struct("!QqI"), struct.Struct("!BQQq")  # (final LSN, time, xid), (flags, LSNs, time)
 RUN_MAX = 2000  # changes in one ChangeBatch at most (a bulk transaction is yielded in runs of this size)
 
 
@@ -248,11 +247,11 @@ class WalStream:
                 # Begin and Commit, unpacked here (two of a single sale's three frames; a malformed one is
                 # left to the decoder, which says what is wrong with it)
                 if tag == b"B" and len(body) == 21:
-                    commit_lsn, ts_us, xid = BEGIN.unpack_from(body, 1)
+                    commit_lsn, ts_us, xid = po.unpack_begin(body, 1)
                     self._in_txn, ts_ms = True, po.pg_epoch_us_to_unix_ms(ts_us)
                     skipping = commit_lsn <= skip_through
                 elif tag == b"C" and len(body) == 26:
-                    _, c_lsn, end_lsn, _ = COMMIT.unpack_from(body, 1)
+                    _, c_lsn, end_lsn, _ = po.unpack_commit(body, 1)
                     self._in_txn = False
                     if skipping:
                         self._mark = max(self._mark, end_lsn)

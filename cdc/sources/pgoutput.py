@@ -83,8 +83,8 @@ __all__ = [
 
 _u16 = struct.Struct("!H").unpack_from
 _u32 = struct.Struct("!I").unpack_from
-_begin = struct.Struct("!QqI").unpack_from  # final LSN, commit timestamp, xid
-_commit = struct.Struct("!BQQq").unpack_from  # flags, commit LSN, end LSN, commit timestamp
+unpack_begin = struct.Struct("!QqI").unpack_from  # final LSN, commit timestamp, xid (pg_stream.py too)
+unpack_commit = struct.Struct("!BQQq").unpack_from  # flags, commit LSN, end LSN, commit timestamp (ditto)
 _u64 = struct.Struct("!Q").unpack_from
 _col_tail = struct.Struct("!Ii").unpack_from  # column type OID, typmod
 _trunc_head = struct.Struct("!IB").unpack_from  # number of relations, option bits
@@ -309,13 +309,13 @@ class Decoder:
     def _begin(self, buf: bytes) -> Begin:
         if len(buf) != 21:
             raise _malformed("Begin", min(len(buf), 21), buf, "expected exactly 21 bytes")
-        final_lsn, ts, xid = _begin(buf, 1)
+        final_lsn, ts, xid = unpack_begin(buf, 1)
         return Begin(final_lsn, ts, xid)
 
     def _commit(self, buf: bytes) -> Commit:
         if len(buf) != 26:
             raise _malformed("Commit", min(len(buf), 26), buf, "expected exactly 26 bytes")
-        flags, commit_lsn, end_lsn, ts = _commit(buf, 1)
+        flags, commit_lsn, end_lsn, ts = unpack_commit(buf, 1)
         return Commit(flags, commit_lsn, end_lsn, ts)
 
     def _origin(self, buf: bytes) -> Origin:
