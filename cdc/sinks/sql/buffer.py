@@ -9,8 +9,9 @@ under the new one). A source TRUNCATE empties the buffer and remembers its posit
 table first.
 
 Beside it, the fast path's rows (`Encoded`, cdc/fast/): COPY lines of the staging table (PostgreSQL) or VALUES
-tuples (MariaDB; PostgreSQL's short runs), newest per key, of one set of columns and one form. The sink never holds both kinds at once: whichever
-arrives while the other is buffered has the other written first, so the order of changes holds.
+tuples (MariaDB; PostgreSQL's short runs), newest per key, of one set of columns and one form. The sink never
+holds both kinds at once: whichever arrives while the other is buffered has the other written first, so the
+order of changes holds.
 
 Pure bookkeeping: no database here (a key change whose unchanged values must be kept asks `on_rename`).
 """
@@ -85,12 +86,17 @@ class KeyBuffer:
         return len(self.pending) + (len(self.encoded.lines) if self.encoded is not None else 0)
 
     def take(self) -> tuple[dict[tuple, Pending], Position | None, Encoded | None]:
-        """What is buffered, leaving the buffer empty (an Encoded with no rows is none: the fast path opens one
-        before it knows whether a run's first change is encoded, or held, or goes the reference way)."""
-        enc = self.encoded if self.encoded is not None and self.encoded.lines else None
-        taken = (self.pending, self.truncate_first, enc)
+        """What is buffered, leaving the buffer empty."""
+        taken = (self.pending, self.truncate_first, self.encoded_with_rows())
         self.pending, self.truncate_first, self.encoded = {}, None, None
         return taken
+
+    def encoded_with_rows(self) -> Encoded | None:
+        """The fast path's rows buffered, or None. An Encoded with no rows is dropped: the fast path opens one
+        before it knows whether a run's first change is encoded, or held, or goes the reference way."""
+        if self.encoded is not None and not self.encoded.lines:
+            self.encoded = None
+        return self.encoded
 
     def clear(self) -> None:
         self.pending, self.truncate_first, self.encoded = {}, None, None

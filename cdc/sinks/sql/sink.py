@@ -152,12 +152,8 @@ class SqlSink:
     # --- the data path --------------------------------------------------------------------------------
 
     def add(self, ev: ChangeEvent) -> None:
-        enc = self.buffer.encoded
-        if enc is not None:  # the fast path's rows came first: they are written first
-            if enc.lines:
-                self.writer.write()
-            else:  # (opened for a run whose first change it could not encode: nothing in it)
-                self.buffer.encoded = None
+        if self.buffer.encoded_with_rows() is not None:  # the fast path's rows came first: written first
+            self.writer.write()
         self.buffer.add(ev)
 
     def encoded_rows(self, cols: list[str], lean: bool, expand, form: str = "") -> Encoded:
