@@ -111,15 +111,10 @@ class Offsets:
         ):
             return False
         conn = store.conn
-        try:
-            writer.merger.commit_small(conn, writer.target.groups(items), self._pg_upsert(conn), offset)
-        except Exception as e:
-            if is_row_error(e):
-                return False  # rolled back: the usual way finds the refused rows
-            raise
-        writer.lookups.forget()
-        writer.folder.appended += len(items)
-        return True
+        groups = writer.target.groups(items)
+        return self._alone(
+            lambda: writer.merger.commit_small(conn, groups, self._pg_upsert(conn), offset), len(items)
+        )
 
     def _commit_encoded(self, taken: tuple, offset: dict) -> bool:
         """The fast path's short-run tuples (PgMerge.commit_encoded) committed with their position in one round
@@ -129,14 +124,22 @@ class Offsets:
         if pending or held or truncate_first or writer.tracks_applied or store.in_transaction():
             return False
         conn = store.conn
+        return self._alone(
+            lambda: writer.merger.commit_encoded(conn, encoded, self._pg_upsert(conn), offset),
+            len(encoded.lines),
+        )
+
+    def _alone(self, send, n: int) -> bool:
+        """`send()`s a write of `n` changes committed with its position in one round trip; False (rolled back)
+        when the storefront refused a row, which the usual way then finds."""
         try:
-            writer.merger.commit_encoded(conn, encoded, self._pg_upsert(conn), offset)
+            send()
         except Exception as e:
             if is_row_error(e):
-                return False  # rolled back: the usual way finds the refused rows
+                return False
             raise
-        writer.lookups.forget()
-        writer.folder.appended += len(encoded.lines)
+        self.writer.lookups.forget()
+        self.writer.folder.appended += n
         return True
 
     def _pg_upsert(self, conn: sa.Connection) -> str:
