@@ -168,10 +168,10 @@ class FastPath:
         payloads, lsns, n, i = batch.payloads, batch.lsns, len(batch), 0
         while i < n:
             enc = self.sink.encoded_rows(plan.cols, lean, self.expand, form)
+            rest = (plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries)
             start = i
             while i < n:  # `step` messages a call (the whole batch, unsliced, when it is that short)
                 end = min(n, i + self.step)
-                rest = (plan.ncols, plan.slots, plan.key_index, mid, tail, enc.lines, enc.entries)
                 if i == 0 and end == n:
                     i = encode_run(payloads, lsns, 0, *rest)
                 else:

@@ -102,7 +102,7 @@ def plan_relation(rel: Any, stages: list, target: Any, form: str = "copy") -> tu
             how = _how_mysql(type_oid, form)
         if how is None:
             return None, f"{c}: its {type_oid} values are written as Python would write them"
-        shift = _shift(rel.columns[src].type_oid, convs) if how == MONEY else None
+        shift = _shift(rel.columns[src].type_oid, convs)
         slots.append((src, SHIFT, shift) if shift else (src, how, convs))
     # a money stage's column the storefront lacks is still converted (a value it cannot take holds the change)
     slots += checks + [(src, CHECK, convs) for c, (src, convs) in row.items() if convs and c not in cols]
